@@ -1,0 +1,1 @@
+"""NKI kernels, one op family per module (versions ``<op>_v0 ... <op>_vN``)."""

@@ -1,0 +1,1 @@
+"""Qwen3-MoE configs, weights, tokenizer, assembled model and generation."""

@@ -1,0 +1,1 @@
+"""Trainium hardware specs, cost model and roofline helpers."""

@@ -1,0 +1,1 @@
+"""NumPy references for every op and the whole Qwen3-MoE forward."""
