@@ -1,0 +1,61 @@
+"""nki.isa enums (values from the 0.3 stubs, nki-api.md §3.1)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class engine(enum.IntEnum):  # noqa: N801 (NKI spelling)
+    unknown = 0
+    tensor = 1
+    scalar = 2
+    gpsimd = 3
+    dma = 4
+    vector = 5
+    sync = 6
+
+
+class reduce_cmd(enum.IntEnum):  # noqa: N801
+    idle = 0
+    reset = 1
+    reduce = 2
+    reset_reduce = 3
+    load_reduce = 4
+
+
+class dge_mode(enum.IntEnum):  # noqa: N801
+    unknown = 0
+    swdge = 1
+    hwdge = 2
+    none = 3
+
+
+class oob_mode(enum.IntEnum):  # noqa: N801
+    error = 0
+    skip = 1
+
+
+class matmul_perf_mode(enum.IntEnum):  # noqa: N801
+    none = 0
+    double_row = 1
+
+
+class nc_version(enum.IntEnum):  # noqa: N801
+    gen2 = 2
+    gen3 = 3
+    gen4 = 4
+
+
+class dma_engine(enum.IntEnum):  # noqa: N801
+    dma = 1
+    gpsimd_dma = 2
+
+
+ENGINE_NAMES = {
+    engine.tensor: "pe",
+    engine.scalar: "act",
+    engine.gpsimd: "pool",
+    engine.dma: "dma",
+    engine.vector: "dve",
+    engine.sync: "sp",
+}

@@ -1,0 +1,71 @@
+"""The one exception type the emulator raises for NKI rule violations, plus its location helper."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+SIM_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_frame(depth: int = 1):
+    """First frame outside nki_moe/sim (the kernel line that issued the call)."""
+    f = sys._getframe(depth)
+    while f is not None and f.f_code.co_filename.startswith(SIM_DIR):
+        f = f.f_back
+    return f
+
+
+def user_location(depth: int = 2) -> str:
+    f = user_frame(depth)
+    return f"{f.f_code.co_filename}:{f.f_lineno}" if f is not None else "<unknown>"
+
+
+class NkiValidationError(Exception):
+    """A kernel broke a hardware/compiler rule that the emulator enforces.
+
+    Attributes: instruction, operand, limit, value, location ("file:line" of the kernel code).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        instruction: str | None = None,
+        operand: str | None = None,
+        limit=None,
+        value=None,
+        location: str | None = None,
+    ):
+        self.instruction = instruction
+        self.operand = operand
+        self.limit = limit
+        self.value = value
+        self.location = location if location is not None else user_location(2)
+        self.detail = message
+        parts = []
+        if instruction:
+            parts.append(instruction)
+        if operand:
+            parts.append(f"operand '{operand}'")
+        head = " ".join(parts)
+        text = f"{head}: {message}" if head else message
+        if limit is not None or value is not None:
+            text += f" (limit: {limit}, got: {value})"
+        text += f" [at {self.location}]"
+        super().__init__(text)
+
+
+class NkiCapacityError(NkiValidationError):
+    """Live SBUF/PSUM allocations exceed the target's capacity."""
+
+
+class NkiUninitializedError(NkiValidationError):
+    """A value derived from never-written memory reached an output or an address."""
+
+
+class NkiDependencyError(NkiValidationError):
+    """An affine_range iteration reads data written by an earlier iteration of the same loop."""
+
+
+class NkiBackendError(ImportError):
+    """The requested NKI backend is not available."""

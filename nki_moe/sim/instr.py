@@ -1,0 +1,345 @@
+"""`with Instr(opcode, engine) as I:` — the frame every ISA instruction body runs in.
+
+Instr validates operands, moves data between tensor views and (P, F) NumPy arrays, propagates the
+uninitialised-data taint, checks affine_range independence and appends one trace record on success.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from . import numerics, runtime
+from .enums import ENGINE_NAMES, engine
+from .errors import SIM_DIR, NkiDependencyError, NkiUninitializedError, NkiValidationError
+from .tensor import ITEMSIZE, ON_CHIP, NkiTensor
+from .trace import Access, Record
+
+_tls = runtime._tls
+_HBM = ("private_hbm", "shared_hbm")
+
+
+_BUF_CACHE: dict = {}
+
+
+def _expand_buffers(buffers) -> tuple:
+    got = _BUF_CACHE.get(buffers)
+    if got is not None:
+        return got
+    out = []
+    for b in buffers:
+        b = str(b)
+        out.extend(_HBM if b == "hbm" else (b,))
+    _BUF_CACHE[buffers] = tuple(out)
+    return tuple(out)
+
+
+class Instr:
+    """Context of one executing instruction (see notes/sim-contract.md)."""
+
+    __slots__ = (
+        "opcode",
+        "engine",
+        "prog",
+        "file",
+        "line",
+        "seq",
+        "accesses",
+        "info",
+        "_taints",
+        "last_taint",
+    )
+
+    def __init__(self, opcode: str, engine: str):
+        self.opcode = opcode
+        self.engine = engine
+        prog = getattr(_tls, "prog", None)
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_filename.startswith(SIM_DIR):
+            f = f.f_back
+        self.file, self.line = (f.f_code.co_filename, f.f_lineno) if f is not None else ("<unknown>", 0)
+        if prog is None:
+            raise NkiValidationError(
+                "ISA instructions can only run inside a kernel (call the @nki.jit function or "
+                "nki_moe.sim.run)",
+                instruction=opcode,
+                location=self.location,
+            )
+        self.prog = prog
+        self.seq = len(prog.trace.records)
+        self.accesses: list[Access] = []
+        self.info: dict = {}
+        self._taints: list = []
+        self.last_taint = None  # taint mask (P, F) of the last read, or None when clean
+
+    def __enter__(self) -> Instr:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.prog.trace.records.append(
+                Record(
+                    self.opcode, self.engine, self.accesses, self.file, self.line, self.prog.pid, self.info
+                )
+            )
+        return False
+
+    # ---- context -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> runtime.Program:
+        return self.prog
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def note(self, **fields) -> None:
+        self.info.update(fields)
+
+    def fail(
+        self, message: str, operand: str | None = None, limit=None, value=None, cls: type = NkiValidationError
+    ):
+        raise cls(
+            message,
+            instruction=self.opcode,
+            operand=operand,
+            limit=limit,
+            value=value,
+            location=self.location,
+        )
+
+    def check(self, ok: bool, message: str, operand: str | None = None, limit=None, value=None) -> None:
+        if not ok:
+            self.fail(message, operand, limit, value)
+
+    def engine_from(self, arg, default: str) -> str:
+        """Map an nisa.engine argument (unknown/None -> default) to an engine name and adopt it."""
+        if arg is None or arg == engine.unknown:
+            name = default
+        elif isinstance(arg, engine):
+            name = ENGINE_NAMES[arg]
+        elif isinstance(arg, int) and self.prog.compat == "0.2":
+            name = ENGINE_NAMES.get(engine(arg), default)
+        else:
+            self.fail("engine must be an nisa.engine value", "engine", value=arg)
+        self.engine = name
+        return name
+
+    # ---- operands ------------------------------------------------------------------------------------
+    def tensor(self, operand: str, value, buffers=("sbuf", "psum"), check_start: bool = True) -> NkiTensor:
+        """Validate a tensor operand: type, buffer, partitions <= 128, start-partition rule."""
+        if not isinstance(value, NkiTensor):
+            self.fail(f"expected an NKI tensor, got {type(value).__name__}", operand)
+        buf = value.st.buffer
+        allowed = _expand_buffers(buffers)
+        if buf not in allowed:
+            self.fail(f"tensor in {buf} is not allowed here", operand, limit="/".join(allowed), value=buf)
+        if value.dyn is not None and value.dyn[0] == "vector" and self.engine != "dma":
+            self.fail("vector_offset (indirect) views are only accepted by DMA instructions", operand)
+        if buf in ON_CHIP:
+            P = value.pat[0][1]
+            if P > 128:
+                self.fail("partition dimension exceeds maximum", operand, limit=128, value=P)
+            if check_start and value.dyn is None:
+                p0 = value.p_start()
+                ok = p0 == 0 if P > 64 else (p0 in (0, 64) if P > 32 else p0 in (0, 32, 64, 96))
+                if not ok:
+                    allowed_starts = "0" if P > 64 else ("0/64" if P > 32 else "0/32/64/96")
+                    self.fail(
+                        f"a {P}-partition access must start at partition {allowed_starts}",
+                        operand,
+                        limit=allowed_starts,
+                        value=p0,
+                    )
+        return value
+
+    def scalar_or_vector(self, operand: str, v, P: int):
+        """A compile-time scalar (-> float) or a (P, 1) SBUF/PSUM tensor (-> float32 (P, 1) array)."""
+        if isinstance(v, NkiTensor):
+            self.tensor(operand, v)
+            p, f = v.pf()
+            if p != P or f != 1:
+                self.fail(
+                    "expected a scalar or a (P, 1) per-partition vector", operand, limit=(P, 1), value=v.shape
+                )
+            return self.read(operand, v)
+        if isinstance(v, (bool, np.bool_)):
+            return float(v)
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return float(v)
+        self.fail(f"expected a scalar or a (P, 1) tensor, got {type(v).__name__}", operand)
+
+    def scalar_value(self, operand: str, src) -> int:
+        """Runtime integer from a register, int, or 1-element tensor (an address: must be initialised)."""
+        if isinstance(src, (int, np.integer)):
+            return int(src)
+        if hasattr(src, "_nki_register_value"):
+            return int(src._nki_register_value())
+        if isinstance(src, NkiTensor):
+            if src.size != 1:
+                self.fail(
+                    "scalar_offset tensor must hold exactly one element", operand, limit=1, value=src.shape
+                )
+            raw = self.read_raw(operand, src)
+            if self.last_taint is not None:
+                self.fail(
+                    "index/address computed from uninitialised memory", operand, cls=NkiUninitializedError
+                )
+            return int(raw.reshape(-1)[0])
+        self.fail(f"unsupported dynamic offset {type(src).__name__}", operand)
+
+    def resolve(self, operand: str, t: NkiTensor) -> NkiTensor:
+        """Turn a scalar_offset view into a static view (bounds-checked)."""
+        kind, src, mult, nrows = t.dyn
+        if kind != "scalar":
+            self.fail("vector_offset views are only accepted by DMA instructions", operand)
+        val = self.scalar_value(operand, src)
+        out = NkiTensor(t.st, t.dtype, t.pat, t.off + val * mult)
+        total = t.st.raw.nbytes // numerics.itemsize(t.dtype)
+        lo = out.off + sum(min(0, s * (n - 1)) for s, n in out.pat)
+        hi = out.off + sum(max(0, s * (n - 1)) for s, n in out.pat)
+        if lo < 0 or hi >= total:
+            self.fail(
+                "dynamic offset moves the access outside its tensor",
+                operand,
+                limit=f"elements [0, {total - 1}]",
+                value=f"offset {val} -> [{lo}, {hi}]",
+            )
+        return out
+
+    # ---- data movement ------------------------------------------------------------------------------
+    def _access(self, operand: str, t: NkiTensor, mode: str) -> NkiTensor:
+        if t.dyn is not None:
+            t = self.resolve(operand, t)
+        st = t.st
+        if st.buffer == "psum" and self.engine == "pool":
+            self.fail("GpSimd cannot access PSUM", operand, limit="sbuf", value="psum")
+        rec = st.rec
+        if rec is not None and not rec.live:
+            self.prog.revive(rec, self.opcode)
+        dt = t.dtype
+        self.accesses.append(
+            Access(
+                operand,
+                mode,
+                st.buffer,
+                dt,
+                ITEMSIZE[dt],
+                t.off,
+                t.pat,
+                t.part_step() if st.F else 0,
+                st.serial,
+            )
+        )
+        return t
+
+    def _read_checks(self, operand: str, t: NkiTensor, P: int, F: int) -> None:
+        st = t.st
+        self.last_taint = None
+        if st.taint is not None:
+            m = t.mask_get(st.taint)
+            if m.any():
+                m = np.array(m, dtype=np.bool_).reshape(P, F)
+                self._taints.append(m)
+                self.last_taint = m
+        prog = self.prog
+        if prog.affine and st.stamp is not None:
+            stamps = None
+            for loop in prog.affine:
+                if loop.iter <= 0 or st.serial >= loop.iter_serial:
+                    continue
+                if stamps is None:
+                    stamps = np.asarray(t.mask_get(st.stamp))
+                bad = (stamps >= loop.loop_seq) & (stamps < loop.iter_seq)
+                if bad.any():
+                    writer = prog.trace.records[int(stamps[bad].flat[0])]
+                    self.fail(
+                        f"reads data written by an earlier iteration of the same affine_range "
+                        f"(written by {writer.opcode} at {writer.location}; iteration {loop.iter} reads it). "
+                        "Use sequential_range for loop-carried data, or allocate the tile inside the loop",
+                        operand,
+                        cls=NkiDependencyError,
+                    )
+
+    def read_raw(self, operand: str, t: NkiTensor) -> np.ndarray:
+        """(P, F) copy of the view in its storage dtype (bit-exact)."""
+        t = self._access(operand, t, "r")
+        P, F = t.pf()
+        self._read_checks(operand, t, P, F)
+        return np.array(t._nd(t._arr())).reshape(P, F)
+
+    def read(self, operand: str, t: NkiTensor) -> np.ndarray:
+        """(P, F) float32 values of the view."""
+        t = self._access(operand, t, "r")
+        P, F = t.pf()
+        self._read_checks(operand, t, P, F)
+        return numerics.to_f32(t._nd(t._arr()).reshape(P, F))
+
+    def _out_taint(self, taint, P: int, F: int):
+        if taint is None:
+            return None
+        if isinstance(taint, np.ndarray):
+            return np.broadcast_to(taint, (P, F)) if taint.any() else None
+        if not self._taints:
+            return None
+        if taint == "elementwise":
+            out = np.zeros((P, F), np.bool_)
+            for m in self._taints:
+                if m.shape == (P, F):
+                    out |= m
+                elif m.shape[0] == P:
+                    out |= m.any(axis=1, keepdims=True)
+                else:
+                    out |= m.any()
+            return out if out.any() else None
+        rows = np.zeros((P, 1), np.bool_)
+        for m in self._taints:
+            if m.shape[0] == P:
+                rows |= m.any(axis=1, keepdims=True)
+            else:
+                rows |= m.any()
+        return np.broadcast_to(rows, (P, F)) if rows.any() else None
+
+    def write(self, operand: str, t: NkiTensor, values, taint="partition", raw: bool = False) -> None:
+        """Store (P, F) (or broadcastable) values into the view, casting to its dtype unless raw."""
+        t = self._access(operand, t, "w")
+        st = t.st
+        P, F = t.pf()
+        arr = t._arr()
+        if raw:
+            vals = np.asarray(values)
+            if vals.dtype != arr.dtype:
+                vals = vals.view(arr.dtype) if vals.dtype.itemsize == arr.itemsize else vals.astype(arr.dtype)
+        else:
+            vals = numerics.cast(values, t.dtype)
+            if vals.dtype != arr.dtype:
+                vals = vals.astype(arr.dtype)
+        nd = t._nd(arr)
+        if vals.size == nd.size:
+            nd[...] = vals.reshape(nd.shape)
+        else:
+            nd[...] = np.broadcast_to(vals.reshape(P, -1) if vals.ndim else vals, (P, F)).reshape(nd.shape)
+        st.written = True
+        prog = self.prog
+        if prog.strict:
+            out = self._out_taint(taint, P, F)
+            if out is None:
+                if st.taint is not None:
+                    t.mask_set(st.taint, False)
+            else:
+                if st.buffer in _HBM and (st.is_input or st.buffer == "shared_hbm"):
+                    bad = np.argwhere(out)[0]
+                    self.fail(
+                        f"stores values derived from uninitialised memory to HBM output "
+                        f"({int(out.sum())} of {P * F} elements, first at row {bad[0]}, col {bad[1]})",
+                        operand,
+                        cls=NkiUninitializedError,
+                    )
+                if st.taint is None:
+                    st.taint = np.zeros(st.nelem, np.bool_)
+                t.mask_set(st.taint, out.reshape(nd.shape))
+            if prog.affine and st.serial < prog.affine[-1].iter_serial:
+                if st.stamp is None:
+                    st.stamp = np.full(st.nelem, -1, np.int32)
+                t.mask_set(st.stamp, self.seq)

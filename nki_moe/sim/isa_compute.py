@@ -1,0 +1,1294 @@
+"""nki.isa compute instructions (Vector, Scalar and GpSimd engines), NKI 0.3 signatures.
+
+Each instruction validates its operands (nki-api.md §3.3-3.5 and §5), reads them as (P, F) arrays through
+`Instr`, computes with `semantics`, and writes through `Instr` (which casts to dst.dtype, records the trace
+and propagates the uninitialised-data taint). Errors name the instruction, the operand and the kernel line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import alu, numerics
+from . import semantics as S
+from .alu import Op
+from .dma import enum_arg
+from .enums import engine as _engine
+from .enums import reduce_cmd as _reduce_cmd
+from .errors import NkiValidationError
+from .instr import Instr
+from .tensor import NkiTensor
+
+__all__ = [
+    "activation",
+    "activation_reduce",
+    "affine_select",
+    "bn_aggr",
+    "bn_stats",
+    "dropout",
+    "exponential",
+    "iota",
+    "local_gather",
+    "max8",
+    "memset",
+    "nc_find_index8",
+    "nc_match_replace8",
+    "nc_n_gather",
+    "nc_stream_shuffle",
+    "rand2",
+    "rand_get_state",
+    "rand_set_state",
+    "range_select",
+    "reciprocal",
+    "rng",
+    "scalar_tensor_tensor",
+    "select_reduce",
+    "sequence_bounds",
+    "set_rng_seed",
+    "tensor_copy",
+    "tensor_copy_predicated",
+    "tensor_partition_reduce",
+    "tensor_reduce",
+    "tensor_scalar",
+    "tensor_scalar_cumulative",
+    "tensor_scalar_reduce",
+    "tensor_tensor",
+    "tensor_tensor_scan",
+]
+
+_FP32_MIN = float(np.float32(-3.4028235e38))
+_INT32ISH = ("int32", "uint32")
+_SBUF = ("sbuf",)
+_PSUM_OK = ("sbuf", "psum")
+_ENGINE_LABEL = {"dve": "vector", "act": "scalar", "pool": "gpsimd", "pe": "tensor"}
+
+
+class NkiKwargError(NkiValidationError, TypeError):
+    """An unexpected keyword argument (NKI 2.28+ rejects them); also a TypeError like Python's own."""
+
+
+# ---- shared checks -----------------------------------------------------------------------------------------
+
+
+def _kwargs(ins: Instr, kw: dict) -> None:
+    """Reject unknown keyword arguments, naming the first one."""
+    for k in kw:
+        raise NkiKwargError(
+            f"{ins.opcode}() got an unexpected keyword argument '{k}'",
+            instruction=ins.opcode,
+            operand=k,
+            location=ins.location,
+        )
+
+
+def _op(ins: Instr, operand: str, op: Any, arity: int | None = None) -> Op:
+    """Resolve an op= argument to an alu.Op (error names the operand)."""
+    try:
+        o = alu.lookup(op)
+    except TypeError as e:
+        ins.fail(str(e), operand, value=op)
+    if arity == 2 and o.arity != 2:
+        ins.fail(f"needs a binary ALU op, got unary nl.{o.name}", operand, value=f"nl.{o.name}")
+    return o
+
+
+def _alu_op(ins: Instr, operand: str, op: Any, arity: int | None = None) -> Op:
+    """An op the Vector/GpSimd ALU can execute (not a Scalar Engine activation function)."""
+    o = _op(ins, operand, op, arity)
+    if not o.alu:
+        ins.fail(
+            f"nl.{o.name} is an activation function, not a Vector/GpSimd ALU op; use nisa.activation",
+            operand,
+            value=f"nl.{o.name}",
+        )
+    return o
+
+
+def _same_shape(
+    ins: Instr, ref_name: str, ref: NkiTensor, name: str, t: NkiTensor, elements: bool = True
+) -> None:
+    """Same partition count (and elements per partition) as the reference operand."""
+    pr, fr = ref.pf()
+    p, f = t.pf()
+    if p != pr:
+        ins.fail(
+            f"partition count differs from '{ref_name}' (no implicit partition broadcast)",
+            name,
+            limit=pr,
+            value=p,
+        )
+    if elements and f != fr:
+        ins.fail(f"elements per partition differ from '{ref_name}'", name, limit=fr, value=f)
+
+
+def _elems(ins: Instr, name: str, t: NkiTensor, want: int) -> None:
+    """Exact elements-per-partition requirement."""
+    f = t.pf()[1]
+    if f != want:
+        ins.fail("wrong number of elements per partition", name, limit=want, value=f)
+
+
+def _not_both_psum(ins: Instr, a_name: str, a: NkiTensor, b_name: str, b: Any) -> None:
+    """Two PSUM inputs are illegal for this instruction (one PSUM read port)."""
+    if isinstance(b, NkiTensor) and a.st.buffer == "psum" and b.st.buffer == "psum":
+        ins.fail(
+            f"'{a_name}' and '{b_name}' cannot both be in PSUM",
+            b_name,
+            limit="at most one PSUM input",
+            value="psum",
+        )
+
+
+def _int_dtypes(ins: Instr, what: str, **tensors: NkiTensor) -> None:
+    """Bitvec ops need integer dtypes on every tensor operand."""
+    for name, t in tensors.items():
+        if isinstance(t, NkiTensor) and not numerics.is_int(t.dtype):
+            ins.fail(f"{what} needs integer dtypes", name, limit="int8/16/32, uint8/16/32", value=t.dtype)
+
+
+def _cmd(ins: Instr, reduce_cmd: Any) -> int:
+    """reduce_cmd enum member -> int (raw ints only in 0.2-compat mode)."""
+    return int(enum_arg(ins, reduce_cmd, _reduce_cmd, "reduce_cmd"))
+
+
+def _engine_arg(ins: Instr, arg: Any, default: str, allowed: tuple[str, ...]) -> str:
+    """Honour an explicit engine= argument if the instruction can run there; adopt it."""
+    if arg is not None and not isinstance(arg, _engine):
+        enum_arg(ins, arg, _engine, "engine")
+    name = ins.engine_from(arg, default)
+    if name not in allowed:
+        ins.fail(
+            f"cannot run on the {_ENGINE_LABEL.get(name, name)} engine",
+            "engine",
+            limit="/".join(_ENGINE_LABEL.get(a, a) for a in allowed),
+            value=_ENGINE_LABEL.get(name, name),
+        )
+    return name
+
+
+def _buffers(eng: str) -> tuple[str, ...]:
+    """Buffers an engine can touch (GpSimd never reaches PSUM)."""
+    return _SBUF if eng == "pool" else _PSUM_OK
+
+
+def _lanes(t: NkiTensor) -> slice:
+    """Accumulator lanes (absolute partitions) an on-chip tile occupies."""
+    p0 = t.p_start()
+    return slice(p0, p0 + t.pf()[0])
+
+
+def _vec(ins: Instr, name: str, v: Any, p: int, fp32: bool = False) -> Any:
+    """Scalar or (P, 1) vector operand; optionally the vector must be fp32."""
+    if isinstance(v, NkiTensor) and fp32 and v.dtype != "float32":
+        ins.fail("per-partition vector operand must be float32", name, limit="float32", value=v.dtype)
+    return ins.scalar_or_vector(name, v, p)
+
+
+def _reduce_op(ins: Instr, operand: str, op: Any, allowed: tuple[str, ...]) -> Op:
+    o = _op(ins, operand, op)
+    if o.name not in allowed:
+        ins.fail(
+            "unsupported reduction op",
+            operand,
+            limit="/".join(f"nl.{a}" for a in allowed),
+            value=f"nl.{o.name}",
+        )
+    return o
+
+
+def _write_acc(ins: Instr, name: str, reduce_res: Any, acc: np.ndarray, lanes: slice, p: int) -> None:
+    """Copy accumulator lanes into an optional (P, 1) reduce_res tile."""
+    if reduce_res is None:
+        return
+    ins.tensor(name, reduce_res)
+    rp, rf = reduce_res.pf()
+    if rp != p or rf != 1:
+        ins.fail("reduce_res must be a (P, 1) tile", name, limit=(p, 1), value=reduce_res.shape)
+    ins.write(name, reduce_res, acc[lanes].reshape(p, 1), taint="partition")
+
+
+def _float_scalar(ins: Instr, name: str, v: Any) -> float:
+    """A compile-time numeric scalar."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        ins.fail("expected a compile-time number", name, value=type(v).__name__)
+    return float(v)
+
+
+# ---- Vector / GpSimd ALU -----------------------------------------------------------------------------------
+
+
+def tensor_tensor(dst, data1, data2, op, engine=_engine.unknown, name=None, **kw) -> None:
+    """dst = data1 op data2 elementwise (fp32 math; bitvec on raw ints; exact int32 on GpSimd)."""
+    with Instr("tensor_tensor", "dve") as ins:
+        _kwargs(ins, kw)
+        o = _alu_op(ins, "op", op, arity=2)
+        for n, t in (("dst", dst), ("data1", data1), ("data2", data2)):
+            ins.tensor(n, t)
+        _same_shape(ins, "data1", data1, "data2", data2)
+        _same_shape(ins, "data1", data1, "dst", dst)
+        _not_both_psum(ins, "data1", data1, "data2", data2)
+        any_psum = any(t.st.buffer == "psum" for t in (dst, data1, data2))
+        all_int32 = all(t.dtype in _INT32ISH for t in (dst, data1, data2))
+        # power runs on GpSimd; all-int32 goes to GpSimd for exact integer math unless PSUM is involved.
+        default = "pool" if (o.name == "power" or (all_int32 and not any_psum)) else "dve"
+        eng = _engine_arg(ins, engine, default, ("dve", "pool"))
+        if eng == "pool":
+            for n, t in (("dst", dst), ("data1", data1), ("data2", data2)):
+                ins.tensor(n, t, buffers=_SBUF)
+        ins.note(op=o.name)
+        if o.is_bitvec:
+            _int_dtypes(ins, f"bitvec op nl.{o.name}", dst=dst, data1=data1, data2=data2)
+            out = S.tensor_tensor(ins.read_raw("data1", data1), ins.read_raw("data2", data2), o)
+        elif eng == "pool" and all(numerics.is_int(t.dtype) for t in (data1, data2)):
+            out = S.tensor_tensor_int(ins.read_raw("data1", data1), ins.read_raw("data2", data2), o)
+        else:
+            out = S.tensor_tensor(ins.read("data1", data1), ins.read("data2", data2), o)
+        ins.write("dst", dst, out, taint="elementwise")
+
+
+def _bitvec_operand(ins: Instr, name: str, v: Any, p: int) -> Any:
+    """Operand of a bitvec tensor_scalar: an integer scalar or a (P, 1) integer tile (raw bits)."""
+    if isinstance(v, NkiTensor):
+        ins.tensor(name, v)
+        vp, vf = v.pf()
+        if vp != p or vf != 1:
+            ins.fail("expected a scalar or a (P, 1) per-partition vector", name, limit=(p, 1), value=v.shape)
+        _int_dtypes(ins, "bitvec operand", **{name: v})
+        return ins.read_raw(name, v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, float, np.floating)):
+        ins.fail("bitvec operand must be an integer", name, value=v)
+    if float(v) != int(v):
+        ins.fail("bitvec operand must be an integer", name, value=v)
+    return int(v)
+
+
+def tensor_scalar(
+    dst,
+    data,
+    op0,
+    operand0,
+    reverse0=False,
+    op1=None,
+    operand1=None,
+    reverse1=False,
+    engine=_engine.unknown,
+    name=None,
+    **kw,
+) -> None:
+    """dst = (data op0 operand0) op1 operand1 with scalar or (P, 1) operands."""
+    with Instr("tensor_scalar", "dve") as ins:
+        _kwargs(ins, kw)
+        o0 = _alu_op(ins, "op0", op0)
+        o1 = None if op1 is None else _alu_op(ins, "op1", op1)
+        if o1 is not None and o1.is_bitvec != o0.is_bitvec:
+            ins.fail(
+                "op0 and op1 must both be arithmetic or both be bitvec ops",
+                "op1",
+                limit=f"same class as nl.{o0.name}",
+                value=f"nl.{o1.name}",
+            )
+        if o1 is not None and operand1 is None and o1.arity == 2 and o1.name != "bypass":
+            ins.fail("op1 needs operand1", "operand1")
+        eng = _engine_arg(ins, engine, "dve", ("dve", "act", "pool"))
+        ins.tensor("dst", dst, buffers=_buffers(eng))
+        ins.tensor("data", data, buffers=_buffers(eng))
+        _same_shape(ins, "data", data, "dst", dst)
+        p = data.pf()[0]
+        if eng == "act" and ins.state.nc_version <= 3:
+            pair = (o0.name, None if o1 is None or o1.name == "bypass" else o1.name)
+            if pair not in (("multiply", "add"), ("multiply", None), ("add", None)):
+                ins.fail(
+                    f"the Scalar Engine on {ins.state.target} only runs (multiply, add), (multiply,) and "
+                    "(add,) op pairs",
+                    "op0",
+                    limit="(mul, add)/(mul,)/(add,)",
+                    value=pair,
+                )
+        ins.note(op0=o0.name, op1=None if o1 is None else o1.name)
+        if o0.is_bitvec:
+            if eng != "dve":
+                ins.fail(
+                    "bitvec ops run on the Vector Engine only",
+                    "engine",
+                    limit="vector",
+                    value=_ENGINE_LABEL.get(eng, eng),
+                )
+            _int_dtypes(ins, f"bitvec op nl.{o0.name}", dst=dst, data=data)
+            v0 = _bitvec_operand(ins, "operand0", operand0, p)
+            v1 = None if o1 is None else _bitvec_operand(ins, "operand1", operand1, p)
+            out = S.tensor_scalar(ins.read_raw("data", data), o0, v0, reverse0, o1, v1, reverse1)
+        else:
+            v0 = _vec(ins, "operand0", operand0, p)
+            v1 = None if o1 is None or operand1 is None else _vec(ins, "operand1", operand1, p)
+            out = S.tensor_scalar(ins.read("data", data), o0, v0, reverse0, o1, v1, reverse1)
+        ins.write("dst", dst, out, taint="elementwise")
+
+
+def scalar_tensor_tensor(
+    dst, data, op0, operand0, op1, operand1, reverse0=False, reverse1=False, name=None, **kw
+) -> None:
+    """dst = (data op0 operand0) op1 operand1; operand0 scalar/(P, 1), operand1 a full tile."""
+    with Instr("scalar_tensor_tensor", "dve") as ins:
+        _kwargs(ins, kw)
+        o0 = _alu_op(ins, "op0", op0)
+        o1 = _alu_op(ins, "op1", op1, arity=2)
+        for n, o in (("op0", o0), ("op1", o1)):
+            if o.is_bitvec:
+                ins.fail("only arithmetic ops are supported (no bitvec)", n, value=f"nl.{o.name}")
+        for n, t in (("dst", dst), ("data", data), ("operand1", operand1)):
+            ins.tensor(n, t)
+        _same_shape(ins, "data", data, "operand1", operand1)
+        _same_shape(ins, "data", data, "dst", dst)
+        _not_both_psum(ins, "data", data, "operand1", operand1)
+        p = data.pf()[0]
+        v0 = _vec(ins, "operand0", operand0, p)
+        out = S.scalar_tensor_tensor(
+            ins.read("data", data), o0, v0, o1, ins.read("operand1", operand1), reverse0, reverse1
+        )
+        ins.note(op0=o0.name, op1=o1.name)
+        ins.write("dst", dst, out, taint="elementwise")
+
+
+def tensor_reduce(dst, op, data, axis, negate=False, keepdims=False, name=None, **kw) -> None:
+    """Reduce data along trailing free axes (never the partition axis)."""
+    with Instr("tensor_reduce", "dve") as ins:
+        _kwargs(ins, kw)
+        o = _alu_op(ins, "op", op, arity=2)
+        if not o.reducible:
+            ins.fail(
+                "not a legal reduction op",
+                "op",
+                limit="add/subtract/multiply/max/min/bitwise/logical",
+                value=f"nl.{o.name}",
+            )
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        nd = data.ndim
+        axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        try:
+            norm = sorted({int(a) + nd if int(a) < 0 else int(a) for a in axes})
+        except (TypeError, ValueError):
+            ins.fail("axis must be an int or a tuple of ints", "axis", value=axis)
+        if not norm or norm[0] <= 0:
+            ins.fail(
+                "cannot reduce along the partition axis 0", "axis", limit="trailing free axes", value=axis
+            )
+        if norm != list(range(norm[0], nd)):
+            ins.fail(
+                "axes must be the trailing free axes ending at the last dim",
+                "axis",
+                limit=f"e.g. ({nd - 1},) or ({', '.join(str(a) for a in range(1, nd))})",
+                value=axis,
+            )
+        if negate and o.kind not in ("arith",):
+            ins.fail("negate applies to arithmetic reductions only", "negate", value=f"nl.{o.name}")
+        if o.is_bitvec:
+            _int_dtypes(ins, f"bitvec reduction nl.{o.name}", dst=dst, data=data)
+        free = data.shape[1:]
+        kept = int(np.prod(free[: norm[0] - 1], dtype=np.int64))
+        _same_shape(ins, "data", data, "dst", dst, elements=False)
+        _elems(ins, "dst", dst, kept)
+        vals = ins.read_raw("data", data) if o.is_bitvec else ins.read("data", data)
+        out = S.tensor_reduce(vals, o, free, norm, negate)
+        ins.note(op=o.name, reduced=int(np.prod(free, dtype=np.int64)) // max(kept, 1))
+        ins.write("dst", dst, out, taint="partition")
+
+
+_RED4 = ("add", "subtract", "multiply", "maximum", "minimum", "max", "min")
+
+
+def tensor_scalar_reduce(
+    dst, data, op0, operand0, reduce_op, reduce_res, reverse0=False, name=None, **kw
+) -> None:
+    """dst = data op0 operand0 and reduce_res[p] = reduce_op over dst's free elements (fp32)."""
+    with Instr("tensor_scalar_reduce", "dve") as ins:
+        _kwargs(ins, kw)
+        o0 = _alu_op(ins, "op0", op0)
+        if o0.is_bitvec:
+            ins.fail("bitvec ops are not supported", "op0", value=f"nl.{o0.name}")
+        r = _reduce_op(ins, "reduce_op", reduce_op, _RED4)
+        if reduce_res is None:
+            ins.fail("reduce_res is required", "reduce_res")
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        _same_shape(ins, "data", data, "dst", dst)
+        p = data.pf()[0]
+        v0 = _vec(ins, "operand0", operand0, p)
+        out = S.tensor_scalar(ins.read("data", data), o0, v0, reverse0)
+        lanes = _lanes(data)
+        acc = ins.state.dve_acc
+        acc[lanes] = S.accumulate(acc[lanes], out, r, S.RESET_REDUCE)
+        ins.note(op0=o0.name, reduce_op=r.name)
+        ins.write("dst", dst, out, taint="elementwise")
+        _write_acc(ins, "reduce_res", reduce_res, acc, lanes, p)
+
+
+_CUM_OPS = ("add", "subtract", "multiply", "maximum", "minimum", "max", "min")
+
+
+def tensor_scalar_cumulative(
+    dst, src, op0, op1, imm0, imm1=None, reduce_cmd=_reduce_cmd.reset_reduce, name=None, **kw
+) -> None:
+    """Inclusive scan reg = op1(op0(src[i], imm0), reg); dst[i] = reg (Vector accumulator registers)."""
+    with Instr("tensor_scalar_cumulative", "dve") as ins:
+        _kwargs(ins, kw)
+        o0 = _alu_op(ins, "op0", op0)
+        if o0.is_bitvec:
+            ins.fail("op0 must be an arithmetic op", "op0", value=f"nl.{o0.name}")
+        o1 = _reduce_op(ins, "op1", op1, _CUM_OPS)
+        cmd = _cmd(ins, reduce_cmd)
+        ins.tensor("dst", dst)
+        ins.tensor("src", src)
+        _same_shape(ins, "src", src, "dst", dst)
+        for n, t in (("src", src), ("dst", dst)):
+            if t.dtype in _INT32ISH or t.dtype == "tfloat32":
+                ins.fail(
+                    "int32/uint32 are not supported (ISA limitation)",
+                    n,
+                    limit="bf16/fp16/fp32/fp8/u8/u16/i8/i16",
+                    value=t.dtype,
+                )
+        p = src.pf()[0]
+        v0 = _vec(ins, "imm0", imm0, p)
+        if cmd == S.LOAD_REDUCE and imm1 is None:
+            ins.fail("reduce_cmd=load_reduce needs imm1", "imm1")
+        v1 = None if imm1 is None else _vec(ins, "imm1", imm1, p)
+        lanes = _lanes(src)
+        acc = ins.state.dve_acc
+        init = S.cumulative_init(o1, cmd, acc[lanes], v1)
+        out = S.tensor_scalar_cumulative(ins.read("src", src), o0, v0, o1, init)
+        acc[lanes] = out[:, -1]
+        ins.note(op0=o0.name, op1=o1.name)
+        # each output depends on every earlier element of its row
+        ins.write("dst", dst, out, taint="partition")
+
+
+def tensor_tensor_scan(
+    dst, data0, data1, initial, op0, op1, reverse0=False, reverse1=False, name=None, **kw
+) -> None:
+    """res[i] = op1(op0(data0[i], res[i-1]), data1[i]) along the free dim; res[-1] = initial."""
+    with Instr("tensor_tensor_scan", "dve") as ins:
+        _kwargs(ins, kw)
+        o0 = _alu_op(ins, "op0", op0, arity=2)
+        o1 = _alu_op(ins, "op1", op1, arity=2)
+        for n, o in (("op0", o0), ("op1", o1)):
+            if o.is_bitvec:
+                ins.fail("only arithmetic ops are supported", n, value=f"nl.{o.name}")
+        for n, t in (("dst", dst), ("data0", data0), ("data1", data1)):
+            ins.tensor(n, t)
+        _same_shape(ins, "data0", data0, "data1", data1)
+        _same_shape(ins, "data0", data0, "dst", dst)
+        _not_both_psum(ins, "data0", data0, "data1", data1)
+        p = data0.pf()[0]
+        init = _vec(ins, "initial", initial, p)
+        out = S.tensor_tensor_scan(
+            ins.read("data0", data0), ins.read("data1", data1), init, o0, o1, reverse0, reverse1
+        )
+        ins.note(op0=o0.name, op1=o1.name)
+        ins.write("dst", dst, out, taint="partition")
+
+
+def reciprocal(dst, data, name=None, **kw) -> None:
+    """dst = 1 / data in fp32 on the Vector Engine."""
+    with Instr("reciprocal", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        _same_shape(ins, "data", data, "dst", dst)
+        ins.write("dst", dst, S.reciprocal(ins.read("data", data)), taint="elementwise")
+
+
+def tensor_copy(dst, src, engine=_engine.unknown, name=None, **kw) -> None:
+    """dst = src (bit-exact when dtypes match, else through fp32); free shapes may differ."""
+    with Instr("tensor_copy", "dve") as ins:
+        _kwargs(ins, kw)
+        eng = _engine_arg(ins, engine, "dve", ("dve", "act", "pool"))
+        if eng == "act" and ins.state.nc_version <= 2:
+            ins.fail(
+                f"tensor_copy on the Scalar Engine is unsupported on {ins.state.target} "
+                "(use activation(op=nl.copy))",
+                "engine",
+                limit="trn2/trn3",
+                value=ins.state.target,
+            )
+        ins.tensor("dst", dst, buffers=_buffers(eng))
+        ins.tensor("src", src, buffers=_buffers(eng))
+        _same_shape(ins, "src", src, "dst", dst)
+        if src.dtype == dst.dtype:
+            ins.write("dst", dst, ins.read_raw("src", src), taint="elementwise", raw=True)
+        else:
+            ins.write("dst", dst, ins.read("src", src), taint="elementwise")
+
+
+_PRED_DTYPES = ("uint8", "uint16", "uint32", "bool_")
+
+
+def tensor_copy_predicated(dst, src, predicate, reverse_pred=False, name=None, **kw) -> None:
+    """dst = src where predicate is nonzero (zero if reverse_pred); other elements keep their value."""
+    with Instr("tensor_copy_predicated", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("predicate", predicate)
+        _same_shape(ins, "dst", dst, "predicate", predicate)
+        if predicate.dtype not in _PRED_DTYPES:
+            ins.fail(
+                "predicate must be an unsigned integer tile",
+                "predicate",
+                limit="/".join(_PRED_DTYPES),
+                value=predicate.dtype,
+            )
+        p, f = dst.pf()
+        if isinstance(src, NkiTensor):
+            ins.tensor("src", src)
+            _same_shape(ins, "dst", dst, "src", src)
+            if src.dtype != dst.dtype:
+                ins.fail("src and dst must have the same dtype", "src", limit=dst.dtype, value=src.dtype)
+            _not_both_psum(ins, "src", src, "predicate", predicate)
+            src_vals = ins.read_raw("src", src)
+            src_taint = ins.last_taint
+        else:
+            src_vals = numerics.cast(np.float32(_float_scalar(ins, "src", src)), dst.dtype)
+            src_taint = None
+        pred = ins.read_raw("predicate", predicate)
+        pred_taint = ins.last_taint
+        old = ins.read_raw("dst", dst)
+        old_taint = ins.last_taint
+        out = S.tensor_copy_predicated(old, src_vals, pred, bool(reverse_pred))
+        take = (pred != 0) != bool(reverse_pred)
+        taint = np.zeros((p, f), bool)
+        for m, where in ((src_taint, take), (old_taint, ~take)):
+            if m is not None:
+                taint |= m & where
+        if pred_taint is not None:
+            taint |= pred_taint
+        ins.write("dst", dst, out, taint=taint, raw=True)
+
+
+_SEL_PRED = ("int8", "uint8", "int16", "uint16")
+
+
+def select_reduce(
+    dst,
+    predicate,
+    on_true,
+    on_false,
+    reduce_res=None,
+    reduce_cmd=_reduce_cmd.idle,
+    reduce_op=alu.maximum,
+    reverse_pred=False,
+    name=None,
+    **kw,
+) -> None:
+    """dst = predicate ? on_true : on_false, with an optional max-reduction into the Vector accumulator."""
+    with Instr("select_reduce", "dve") as ins:
+        _kwargs(ins, kw)
+        cmd = _cmd(ins, reduce_cmd)
+        r = _reduce_op(ins, "reduce_op", reduce_op, ("maximum", "max"))
+        for n, t in (("dst", dst), ("predicate", predicate), ("on_true", on_true)):
+            ins.tensor(n, t)
+        _same_shape(ins, "on_true", on_true, "predicate", predicate)
+        _same_shape(ins, "on_true", on_true, "dst", dst)
+        _not_both_psum(ins, "predicate", predicate, "on_true", on_true)
+        if predicate.dtype not in _SEL_PRED:
+            ins.fail(
+                "predicate dtype must be int8/uint8/int16/uint16",
+                "predicate",
+                limit="/".join(_SEL_PRED),
+                value=predicate.dtype,
+            )
+        if on_true.dtype in ("tfloat32", "int32", "uint32"):
+            ins.fail("on_true cannot be tfloat32/int32/uint32", "on_true", value=on_true.dtype)
+        p = on_true.pf()[0]
+        off = _vec(ins, "on_false", on_false, p)
+        out = S.select_reduce(
+            ins.read_raw("predicate", predicate), ins.read("on_true", on_true), off, bool(reverse_pred)
+        )
+        lanes = _lanes(on_true)
+        acc = ins.state.dve_acc
+        acc[lanes] = S.accumulate(acc[lanes], out, r, cmd)
+        ins.write("dst", dst, out, taint="elementwise")
+        _write_acc(ins, "reduce_res", reduce_res, acc, lanes, p)
+
+
+_RANGE_CMP = ("equal", "less", "less_equal", "greater", "greater_equal")
+
+
+def range_select(
+    dst,
+    on_true_tile,
+    comp_op0,
+    comp_op1,
+    bound0,
+    bound1,
+    reduce_cmd=_reduce_cmd.reset_reduce,
+    reduce_res=None,
+    reduce_op=alu.maximum,
+    range_start=0,
+    on_false_value=_FP32_MIN,
+    name=None,
+    **kw,
+) -> None:
+    """Keep elements whose free index lies in the per-partition range, else FP32_MIN; max-reduce them."""
+    with Instr("range_select", "dve") as ins:
+        _kwargs(ins, kw)
+        if ins.state.nc_version < 3:
+            ins.fail(
+                f"range_select needs NeuronCore-v3+, the target is {ins.state.target}",
+                None,
+                limit="trn2/trn3",
+                value=ins.state.target,
+            )
+        cmd = _cmd(ins, reduce_cmd)
+        c0 = _reduce_op(ins, "comp_op0", comp_op0, _RANGE_CMP)
+        c1 = _reduce_op(ins, "comp_op1", comp_op1, _RANGE_CMP)
+        r = _reduce_op(ins, "reduce_op", reduce_op, ("maximum", "max"))
+        if float(np.float32(_float_scalar(ins, "on_false_value", on_false_value))) != _FP32_MIN:
+            ins.fail(
+                "on_false_value must be FP32_MIN (-3.4028235e+38)",
+                "on_false_value",
+                limit=_FP32_MIN,
+                value=on_false_value,
+            )
+        ins.tensor("dst", dst)
+        ins.tensor("on_true_tile", on_true_tile)
+        _same_shape(ins, "on_true_tile", on_true_tile, "dst", dst)
+        p = on_true_tile.pf()[0]
+        b0 = _vec(ins, "bound0", bound0, p, fp32=True)
+        b1 = _vec(ins, "bound1", bound1, p, fp32=True)
+        out = S.range_select(
+            ins.read("on_true_tile", on_true_tile),
+            c0,
+            c1,
+            b0,
+            b1,
+            _float_scalar(ins, "range_start", range_start),
+            _FP32_MIN,
+        )
+        lanes = _lanes(on_true_tile)
+        acc = ins.state.dve_acc
+        acc[lanes] = S.accumulate(acc[lanes], out, r, cmd)
+        ins.write("dst", dst, out, taint="elementwise")
+        _write_acc(ins, "reduce_res", reduce_res, acc, lanes, p)
+
+
+def memset(dst, value, engine=_engine.unknown, name=None, **kw) -> None:
+    """Fill dst with a compile-time constant whose kind matches dst's dtype."""
+    with Instr("memset", "dve") as ins:
+        _kwargs(ins, kw)
+        eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
+        ins.tensor("dst", dst, buffers=_buffers(eng))
+        err = S.memset_value_error(value, dst.dtype)
+        if err is not None:
+            ins.fail(err, "value", limit=dst.dtype, value=value)
+        if numerics.is_int(dst.dtype) and not isinstance(value, (bool, np.bool_)):
+            lo, hi = numerics.int_range(dst.dtype)
+            if not lo <= int(value) <= hi:
+                ins.fail("value out of range for dst dtype", "value", limit=f"[{lo}, {hi}]", value=value)
+        p, f = dst.pf()
+        if numerics.is_int(dst.dtype) or numerics.is_packed(dst.dtype):
+            fill = np.full((p, f), int(value), dtype=np.int64)
+        else:
+            fill = np.full((p, f), value, dtype=np.float32)
+        ins.write("dst", dst, fill, taint=None)
+
+
+# ---- Scalar Engine -----------------------------------------------------------------------------------------
+
+
+def _act_operands(ins: Instr, op: Any, data: Any, dst: Any, bias: Any, scale: Any) -> tuple:
+    """Validate activation op/data/dst/bias/scale; return (Op, bias value, scale value)."""
+    o = _op(ins, "op", op)
+    if not o.act or o.arity != 1:
+        ins.fail("not a Scalar Engine activation function", "op", value=f"nl.{o.name}")
+    ins.tensor("dst", dst)
+    ins.tensor("data", data)
+    _same_shape(ins, "data", data, "dst", dst)
+    p = data.pf()[0]
+    if isinstance(bias, NkiTensor):
+        ins.tensor("bias", bias)
+        if bias.dtype == "tfloat32":
+            ins.fail("bias cannot be tfloat32", "bias", value=bias.dtype)
+    elif bias is not None and ins.state.nc_version < 3:
+        ins.fail(
+            f"a scalar bias needs NeuronCore-v3+, the target is {ins.state.target}; pass a (P, 1) tile",
+            "bias",
+            limit="(P, 1) tile",
+            value=bias,
+        )
+    b = None if bias is None else _vec(ins, "bias", bias, p)
+    s = _vec(ins, "scale", scale, p, fp32=True)
+    return o, b, s
+
+
+def activation(
+    dst,
+    op,
+    data,
+    bias=None,
+    scale=1.0,
+    reduce_op=None,
+    reduce_res=None,
+    reduce_cmd=_reduce_cmd.idle,
+    name=None,
+    **kw,
+) -> None:
+    """dst = op(data * scale + bias) on the Scalar Engine, optionally summed into the ACT accumulators."""
+    with Instr("activation", "act") as ins:
+        _kwargs(ins, kw)
+        cmd = _cmd(ins, reduce_cmd)
+        r = alu.add if reduce_op is None else _reduce_op(ins, "reduce_op", reduce_op, ("add",))
+        if cmd == S.LOAD_REDUCE:
+            ins.fail(
+                "reduce_cmd=load_reduce needs an initial value, which activation does not take",
+                "reduce_cmd",
+                limit="idle/reset/reduce/reset_reduce",
+                value="load_reduce",
+            )
+        if reduce_res is not None and cmd == S.IDLE and reduce_op is not None:
+            cmd = S.RESET_REDUCE  # 0.2-style call: reduce_op + reduce_res without a command
+        o, b, s = _act_operands(ins, op, data, dst, bias, scale)
+        out = S.activation(ins.read("data", data), o, s, b)
+        lanes = _lanes(data)
+        acc = ins.state.act_acc
+        acc[lanes] = S.accumulate(acc[lanes], out, r, cmd)
+        ins.note(op=o.name, reduce_cmd=cmd)
+        ins.write("dst", dst, out, taint="elementwise")
+        _write_acc(ins, "reduce_res", reduce_res, acc, lanes, data.pf()[0])
+
+
+def activation_reduce(dst, op, data, reduce_op, reduce_res, bias=None, scale=1.0, name=None, **kw) -> None:
+    """activation() plus a sum over all free elements of the result into reduce_res (P, 1)."""
+    with Instr("activation_reduce", "act") as ins:
+        _kwargs(ins, kw)
+        r = _reduce_op(ins, "reduce_op", reduce_op, ("add",))
+        o, b, s = _act_operands(ins, op, data, dst, bias, scale)
+        if reduce_res is None:
+            ins.fail("reduce_res is required", "reduce_res")
+        out = S.activation(ins.read("data", data), o, s, b)
+        lanes = _lanes(data)
+        acc = ins.state.act_acc
+        acc[lanes] = S.accumulate(acc[lanes], out, r, S.RESET_REDUCE)
+        ins.note(op=o.name)
+        ins.write("dst", dst, out, taint="elementwise")
+        _write_acc(ins, "reduce_res", reduce_res, acc, lanes, data.pf()[0])
+
+
+def exponential(
+    dst, src, max_value=0.0, reduce_res=None, reduce_cmd=_reduce_cmd.idle, reduce_init=0.0, name=None, **kw
+) -> None:
+    """dst = exp(src - max_value) with an optional sum into the Vector accumulators (trn3 only)."""
+    with Instr("exponential", "dve") as ins:
+        _kwargs(ins, kw)
+        if ins.state.nc_version < 4:
+            ins.fail(
+                f"exponential is a NeuronCore-v4 (trn3) instruction; the target is {ins.state.target}",
+                None,
+                limit="trn3",
+                value=ins.state.target,
+            )
+        cmd = _cmd(ins, reduce_cmd)
+        ins.tensor("dst", dst)
+        ins.tensor("src", src)
+        _same_shape(ins, "src", src, "dst", dst)
+        p = src.pf()[0]
+        mv = _vec(ins, "max_value", max_value, p)
+        init = _vec(ins, "reduce_init", reduce_init, p)
+        out = S.exponential(ins.read("src", src), mv)
+        lanes = _lanes(src)
+        acc = ins.state.dve_acc
+        init_lanes = np.asarray(init, np.float32).reshape(-1) if isinstance(init, np.ndarray) else init
+        acc[lanes] = S.accumulate(acc[lanes], out, alu.add, cmd, init_lanes)
+        ins.write("dst", dst, out, taint="elementwise")
+        _write_acc(ins, "reduce_res", reduce_res, acc, lanes, p)
+
+
+# ---- GpSimd ------------------------------------------------------------------------------------------------
+
+
+def _pattern(ins: Instr, pattern: Any) -> list[list[int]]:
+    """Validate an [[step, num], ...] pattern (up to 4 pairs)."""
+    try:
+        pat = [[int(s), int(n)] for s, n in pattern]
+    except (TypeError, ValueError):
+        ins.fail("pattern must be a list of [step, num] pairs", "pattern", value=pattern)
+    if not 1 <= len(pat) <= 4:
+        ins.fail("pattern takes 1 to 4 [step, num] pairs", "pattern", limit=4, value=len(pat))
+    if any(n <= 0 for _, n in pat):
+        ins.fail("pattern sizes must be positive", "pattern", value=pattern)
+    return pat
+
+
+def iota(dst, pattern, offset=0, channel_multiplier=0, name=None, **kw) -> None:
+    """dst[p, i...] = offset + p*channel_multiplier + sum(i_k * step_k), computed in int32 on GpSimd."""
+    with Instr("iota", "pool") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst, buffers=_SBUF)
+        pat = _pattern(ins, pattern)
+        p, f = dst.pf()
+        count = int(np.prod([n for _, n in pat], dtype=np.int64))
+        if count != f:
+            ins.fail(
+                "pattern covers a different number of elements than dst has per partition",
+                "pattern",
+                limit=f,
+                value=count,
+            )
+        vals = S.iota(pat, int(offset), int(channel_multiplier), p)
+        ins.write("dst", dst, vals, taint=None)
+
+
+def affine_select(
+    dst,
+    pattern,
+    channel_multiplier,
+    on_true_tile,
+    on_false_value,
+    cmp_op=alu.equal,
+    offset=0,
+    name=None,
+    **kw,
+) -> None:
+    """dst = on_true_tile where cmp_op(affine value, 0) else on_false_value (GpSimd)."""
+    with Instr("affine_select", "pool") as ins:
+        _kwargs(ins, kw)
+        if not isinstance(on_true_tile, NkiTensor) and isinstance(on_false_value, NkiTensor):
+            # NKI 0.2 positional order: (dst, pattern, offset, channel_multiplier, on_true_tile, ...)
+            offset, channel_multiplier, on_true_tile, on_false_value, cmp_op = (
+                channel_multiplier,
+                on_true_tile,
+                on_false_value,
+                cmp_op,
+                offset if isinstance(offset, Op) else alu.equal,
+            )
+        c = _reduce_op(ins, "cmp_op", cmp_op, tuple(S.COMPARE_OPS))
+        ins.tensor("dst", dst, buffers=_SBUF)
+        ins.tensor("on_true_tile", on_true_tile, buffers=_SBUF)
+        _same_shape(ins, "on_true_tile", on_true_tile, "dst", dst)
+        pat = _pattern(ins, pattern)
+        p, f = dst.pf()
+        count = int(np.prod([n for _, n in pat], dtype=np.int64))
+        if count != f:
+            ins.fail(
+                "pattern covers a different number of elements than dst has per partition",
+                "pattern",
+                limit=f,
+                value=count,
+            )
+        fv = _float_scalar(ins, "on_false_value", on_false_value)
+        keep = (
+            S.affine_select(pat, int(channel_multiplier), np.ones((p, f), np.float32), 0.0, c, int(offset))
+            != 0
+        )
+        if on_true_tile.dtype == dst.dtype:
+            vals = ins.read_raw("on_true_tile", on_true_tile)
+            out = np.where(keep, vals, numerics.cast(np.float32(fv), dst.dtype))
+            raw = True
+        else:
+            out = np.where(keep, ins.read("on_true_tile", on_true_tile), np.float32(fv))
+            raw = False
+        taint = None if ins.last_taint is None else ins.last_taint & keep
+        ins.write("dst", dst, out, taint=taint, raw=raw)
+
+
+_LG_ELEMS = (1, 2, 4, 8, 16, 32)
+
+
+def local_gather(dst, src_buffer, index, num_elem_per_idx=1, num_valid_indices=None, name=None, **kw) -> None:
+    """Each 16-partition GpSimd core gathers num_elem_per_idx-element runs of its rows at shared indices."""
+    with Instr("local_gather", "pool") as ins:
+        _kwargs(ins, kw)
+        for n, t in (("dst", dst), ("src_buffer", src_buffer), ("index", index)):
+            ins.tensor(n, t, buffers=_SBUF)
+        if index.dtype != "uint16":
+            ins.fail("index must be uint16", "index", limit="uint16", value=index.dtype)
+        p, f = src_buffer.pf()
+        _same_shape(ins, "src_buffer", src_buffer, "index", index, elements=False)
+        _same_shape(ins, "src_buffer", src_buffer, "dst", dst, elements=False)
+        if p % 16:
+            ins.fail(
+                "partition count must be a multiple of 16 (one GpSimd core per 16 partitions)",
+                "src_buffer",
+                limit="multiple of 16",
+                value=p,
+            )
+        if num_elem_per_idx not in _LG_ELEMS:
+            ins.fail(
+                "num_elem_per_idx must be 1, 2, 4, 8, 16 or 32",
+                "num_elem_per_idx",
+                limit=_LG_ELEMS,
+                value=num_elem_per_idx,
+            )
+        per_core = 16 * index.pf()[1]
+        nvalid = per_core if num_valid_indices is None else int(num_valid_indices)
+        if not 1 <= nvalid <= min(per_core, 4096):
+            ins.fail(
+                "num_valid_indices must be in [1, indices per core] and at most 4096",
+                "num_valid_indices",
+                limit=min(per_core, 4096),
+                value=nvalid,
+            )
+        if dst.dtype != src_buffer.dtype:
+            ins.fail(
+                "local_gather does not cast: dst.dtype must equal src_buffer.dtype",
+                "dst",
+                limit=src_buffer.dtype,
+                value=dst.dtype,
+            )
+        _elems(ins, "dst", dst, nvalid * num_elem_per_idx)
+        src = ins.read_raw("src_buffer", src_buffer)
+        src_taint = ins.last_taint
+        idx = ins.read_raw("index", index)
+        idx_taint = ins.last_taint
+        try:
+            out = S.local_gather(src, idx, num_elem_per_idx, nvalid)
+        except ValueError as e:
+            ins.fail(f"{e} (out-of-bounds gather is undefined on hardware)", "index", limit=f, value=None)
+        taint = np.zeros(out.shape, bool)
+        if src_taint is not None:
+            taint |= S.local_gather(src_taint, idx, num_elem_per_idx, nvalid)
+        if idx_taint is not None:
+            core_bad = idx_taint.reshape(p // 16, -1).any(axis=1)
+            taint |= np.repeat(core_bad, 16)[:, None]
+        ins.write("dst", dst, out, taint=taint, raw=True)
+
+
+def nc_n_gather(dst, data, indices, name=None, **kw) -> None:
+    """dst[p, k] = data[p, indices[p, k]] (flattened free dims), all in SBUF."""
+    with Instr("nc_n_gather", "pool") as ins:
+        _kwargs(ins, kw)
+        for n, t in (("dst", dst), ("data", data), ("indices", indices)):
+            ins.tensor(n, t, buffers=_SBUF)
+        if not numerics.is_int(indices.dtype) or indices.dtype == "bool_":
+            ins.fail(
+                "indices must be an integer (uint32) tile", "indices", limit="uint32", value=indices.dtype
+            )
+        if dst.dtype != data.dtype:
+            ins.fail("dst.dtype must equal data.dtype", "dst", limit=data.dtype, value=dst.dtype)
+        _same_shape(ins, "data", data, "indices", indices, elements=False)
+        _same_shape(ins, "indices", indices, "dst", dst)
+        vals = ins.read_raw("data", data)
+        vt = ins.last_taint
+        idx = ins.read_raw("indices", indices)
+        it = ins.last_taint
+        try:
+            out = S.nc_n_gather(vals, idx)
+        except ValueError as e:
+            ins.fail(str(e), "indices", limit=f"[0, {vals.shape[1]})")
+        taint = np.zeros(out.shape, bool)
+        if vt is not None:
+            taint |= S.nc_n_gather(vt, idx)
+        if it is not None:
+            taint |= it
+        ins.write("dst", dst, out, taint=taint, raw=True)
+
+
+_PART_RED = ("add", "maximum", "max", "bitwise_or", "bitwise_and")
+
+
+def tensor_partition_reduce(dst, op, data, name=None, **kw) -> None:
+    """Reduce across partitions: data (P, F) -> dst (1, F) on GpSimd."""
+    with Instr("tensor_partition_reduce", "pool") as ins:
+        _kwargs(ins, kw)
+        o = _reduce_op(ins, "op", op, _PART_RED)
+        ins.tensor("dst", dst, buffers=_SBUF)
+        ins.tensor("data", data, buffers=_SBUF)
+        if dst.pf()[0] != 1:
+            ins.fail("dst must have a single partition", "dst", limit=1, value=dst.pf()[0])
+        _elems(ins, "dst", dst, data.pf()[1])
+        if o.is_bitvec:
+            _int_dtypes(ins, f"bitvec reduction nl.{o.name}", dst=dst, data=data)
+            vals = ins.read_raw("data", data)
+        else:
+            vals = ins.read("data", data)
+        taint = None if ins.last_taint is None else ins.last_taint.any(axis=0, keepdims=True)
+        ins.write("dst", dst, S.tensor_partition_reduce(vals, o), taint=taint)
+
+
+def sequence_bounds(dst, segment_ids, name=None, **kw) -> None:
+    """Per element: start and (exclusive) end of its segment run; padding id 0 gives (n, -1)."""
+    with Instr("sequence_bounds", "pool") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst, buffers=_SBUF)
+        ins.tensor("segment_ids", segment_ids, buffers=_SBUF)
+        if segment_ids.dtype not in ("float32", "int32"):
+            ins.fail(
+                "segment_ids must be float32 or int32",
+                "segment_ids",
+                limit="float32/int32",
+                value=segment_ids.dtype,
+            )
+        _same_shape(ins, "segment_ids", segment_ids, "dst", dst, elements=False)
+        n = segment_ids.pf()[1]
+        _elems(ins, "dst", dst, 2 * n)
+        ins.write("dst", dst, S.sequence_bounds(ins.read("segment_ids", segment_ids)), taint="partition")
+
+
+# ---- Vector: top-k, statistics, shuffles -------------------------------------------------------------------
+
+
+def _top8_src(ins: Instr, name: str, t: NkiTensor) -> None:
+    f = t.pf()[1]
+    if not 8 <= f <= 16384:
+        ins.fail("needs 8 to 16384 elements per partition", name, limit="[8, 16384]", value=f)
+
+
+def max8(dst, src, name=None, **kw) -> None:
+    """The 8 largest values of each partition, in descending order."""
+    with Instr("max8", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("src", src)
+        _top8_src(ins, "src", src)
+        _same_shape(ins, "src", src, "dst", dst, elements=False)
+        _elems(ins, "dst", dst, 8)
+        ins.write("dst", dst, S.max8(ins.read("src", src)), taint="partition")
+
+
+def _vals8(ins: Instr, vals: NkiTensor, data: NkiTensor) -> None:
+    ins.tensor("vals", vals)
+    _same_shape(ins, "data", data, "vals", vals, elements=False)
+    _elems(ins, "vals", vals, 8)
+
+
+def nc_find_index8(dst, data, vals, name=None, **kw) -> None:
+    """Index of each of the 8 vals in data per partition (ties: successive occurrences, ascending)."""
+    with Instr("nc_find_index8", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        _top8_src(ins, "data", data)
+        _vals8(ins, vals, data)
+        if dst.dtype not in ("uint16", "uint32"):
+            ins.fail("dst must be uint16 or uint32", "dst", limit="uint16/uint32", value=dst.dtype)
+        _same_shape(ins, "data", data, "dst", dst, elements=False)
+        _elems(ins, "dst", dst, 8)
+        idx = S.nc_find_index8(ins.read("data", data), ins.read("vals", vals))
+        ins.write("dst", dst, idx.astype(np.int64), taint="partition")
+
+
+def nc_match_replace8(dst, data, vals, imm, dst_idx=None, name=None, **kw) -> None:
+    """Replace the first occurrence of each of the 8 vals with imm (vals visited 7..0); optional indices."""
+    with Instr("nc_match_replace8", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        _vals8(ins, vals, data)
+        _same_shape(ins, "data", data, "dst", dst)
+        fimm = _float_scalar(ins, "imm", imm)
+        if dst_idx is not None:
+            ins.tensor("dst_idx", dst_idx)
+            _same_shape(ins, "data", data, "dst_idx", dst_idx, elements=False)
+            _elems(ins, "dst_idx", dst_idx, 8)
+            if not numerics.is_int(dst_idx.dtype):
+                ins.fail(
+                    "dst_idx must be an integer tile", "dst_idx", limit="uint16/uint32", value=dst_idx.dtype
+                )
+        out, idx = S.nc_match_replace8(ins.read("data", data), ins.read("vals", vals), fimm)
+        ins.write("dst", dst, out, taint="partition")
+        if dst_idx is not None:
+            ins.write("dst_idx", dst_idx, idx.astype(np.int64), taint="partition")
+
+
+def _shuffle_mask(ins: Instr, shuffle_mask: Any) -> list[int]:
+    try:
+        mask = [int(m) for m in shuffle_mask]
+    except (TypeError, ValueError):
+        ins.fail("shuffle_mask must be a list of 32 ints", "shuffle_mask", value=shuffle_mask)
+    if len(mask) != 32:
+        ins.fail("shuffle_mask must have 32 entries", "shuffle_mask", limit=32, value=len(mask))
+    bad = [m for m in mask if not (0 <= m < 32 or m == S.SHUFFLE_KEEP)]
+    if bad:
+        ins.fail(
+            "shuffle_mask entries must be in [0, 31] or 255 (keep dst)",
+            "shuffle_mask",
+            limit="[0, 31] or 255",
+            value=bad[0],
+        )
+    return mask
+
+
+def nc_stream_shuffle(dst, src, shuffle_mask, name=None, **kw) -> None:
+    """dst[q*32+i] = src[q*32+mask[i]] within each 32-partition quadrant; mask 255 keeps dst."""
+    with Instr("nc_stream_shuffle", "dve") as ins:
+        _kwargs(ins, kw)
+        mask = _shuffle_mask(ins, shuffle_mask)
+        ins.tensor("dst", dst, check_start=False)
+        ins.tensor("src", src, check_start=False)
+        if src.dtype != dst.dtype:
+            ins.fail("src and dst must have the same dtype", "src", limit=dst.dtype, value=src.dtype)
+        ps, fs = src.pf()
+        pd, fd = dst.pf()
+        if fs != fd:
+            ins.fail("elements per partition differ from 'dst'", "src", limit=fd, value=fs)
+        span = -(-max(ps, pd) // 32) * 32
+        starts = (0,) if span > 64 else ((0, 64) if span == 64 else (0, 32, 64, 96))
+        for n, t in (("src", src), ("dst", dst)):
+            if t.p_start() not in starts:
+                ins.fail(
+                    f"with {span} partitions in play the start partition must be one of {starts}",
+                    n,
+                    limit=starts,
+                    value=t.p_start(),
+                )
+        sources = S.stream_shuffle_sources(mask, pd)
+        if np.any(sources >= ps):
+            bad = int(np.flatnonzero(sources >= ps)[0])
+            ins.fail(
+                f"dst partition {bad} reads src partition {int(sources[bad])}, but src has {ps}",
+                "shuffle_mask",
+                limit=ps,
+                value=int(sources[bad]),
+            )
+        vals = ins.read_raw("src", src)
+        st = ins.last_taint
+        old = ins.read_raw("dst", dst)
+        dt = ins.last_taint
+        out = S.nc_stream_shuffle(vals, old, mask)
+        taint = None
+        if st is not None or dt is not None:
+            src_t = np.zeros((ps, fs), bool) if st is None else st
+            old_t = np.zeros((pd, fd), bool) if dt is None else dt
+            taint = S.nc_stream_shuffle(src_t, old_t, mask)
+        ins.write("dst", dst, out, taint=taint if taint is not None else None, raw=True)
+
+
+def bn_stats(dst, data, name=None, **kw) -> None:
+    """Per partition [count, mean, var*count] of the even- then odd-indexed elements (6 values)."""
+    with Instr("bn_stats", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        f = data.pf()[1]
+        if f > 512:
+            ins.fail("free size exceeds bn_stats_fmax", "data", limit=512, value=f)
+        _same_shape(ins, "data", data, "dst", dst, elements=False)
+        _elems(ins, "dst", dst, 6)
+        ins.write("dst", dst, S.bn_stats(ins.read("data", data)), taint="partition")
+
+
+def bn_aggr(dst, data, name=None, **kw) -> None:
+    """Aggregate concatenated bn_stats tuples into [mean, variance] per partition."""
+    with Instr("bn_aggr", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        f = data.pf()[1]
+        if f % 3:
+            ins.fail(
+                "elements per partition must be a multiple of 3 (count, mean, var*count)",
+                "data",
+                limit="multiple of 3",
+                value=f,
+            )
+        _same_shape(ins, "data", data, "dst", dst, elements=False)
+        _elems(ins, "dst", dst, 2)
+        ins.write("dst", dst, S.bn_aggr(ins.read("data", data)), taint="partition")
+
+
+# ---- randomness (deterministic: a seeded generator per program) --------------------------------------------
+
+
+def _rng(ins: Instr) -> np.random.Generator:
+    return ins.state.rng
+
+
+def dropout(dst, data, prob, name=None, **kw) -> None:
+    """Zero each element with probability prob (kept values are not rescaled)."""
+    with Instr("dropout", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("dst", dst)
+        ins.tensor("data", data)
+        _same_shape(ins, "data", data, "dst", dst)
+        if dst.dtype != data.dtype:
+            ins.fail("dst.dtype must equal data.dtype", "dst", limit=data.dtype, value=dst.dtype)
+        p, f = data.pf()
+        pr = _vec(ins, "prob", prob, p, fp32=numerics.is_int(data.dtype))
+        u = _rng(ins).random((p, f), dtype=np.float32)
+        ins.write("dst", dst, S.dropout(ins.read("data", data), pr, u), taint="elementwise")
+
+
+def rng(dst, engine=_engine.unknown, name=None, **kw) -> None:
+    """Random bits truncated to an integer dst."""
+    with Instr("rng", "dve") as ins:
+        _kwargs(ins, kw)
+        eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
+        if eng == "pool" and ins.state.nc_version < 3:
+            ins.fail(
+                f"rng on GpSimd needs NeuronCore-v3+, the target is {ins.state.target}",
+                "engine",
+                limit="vector",
+                value="gpsimd",
+            )
+        ins.tensor("dst", dst, buffers=_buffers(eng))
+        if not numerics.is_int(dst.dtype):
+            ins.fail("rng writes integer bits; dst must be an integer tile", "dst", value=dst.dtype)
+        p, f = dst.pf()
+        bits = _rng(ins).integers(0, 2**32, size=(p, f), dtype=np.uint32)
+        sdt = numerics.np_storage_dtype(dst.dtype)
+        ins.write("dst", dst, bits.astype(sdt, casting="unsafe"), taint=None, raw=True)
+
+
+def rand2(dst, min, max, name=None, **kw) -> None:
+    """Uniform fp32 values in [min, max] (trn3 only)."""
+    with Instr("rand2", "dve") as ins:
+        _kwargs(ins, kw)
+        if ins.state.nc_version < 4:
+            ins.fail(
+                f"rand2 is a NeuronCore-v4 (trn3) instruction; the target is {ins.state.target}",
+                None,
+                limit="trn3",
+                value=ins.state.target,
+            )
+        ins.tensor("dst", dst)
+        p, f = dst.pf()
+        lo = _vec(ins, "min", min, p)
+        hi = _vec(ins, "max", max, p)
+        u = _rng(ins).random((p, f), dtype=np.float32)
+        ins.write("dst", dst, S.rand_uniform(u, lo, hi), taint=None)
+
+
+_STATE_WORDS = {"pool": 6, "dve": 24}
+
+
+def rand_get_state(dst, engine=_engine.unknown, name=None, **kw) -> None:
+    """Save the PRNG state as uint32 words per lane (6 on GpSimd, 24 on Vector); restorable by set_state."""
+    with Instr("rand_get_state", "dve") as ins:
+        _kwargs(ins, kw)
+        eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
+        ins.tensor("dst", dst, buffers=_buffers(eng))
+        p, f = dst.pf()
+        if f != _STATE_WORDS[eng]:
+            ins.fail("wrong number of state words per partition", "dst", limit=_STATE_WORDS[eng], value=f)
+        words = _rng(ins).integers(0, 2**32, size=(p, f), dtype=np.uint32)
+        # The emulator's stream continues from a generator seeded by the saved words, so writing them back
+        # with rand_set_state replays exactly the values drawn after this point.
+        ins.state.rng = np.random.default_rng(words.reshape(-1))
+        ins.write("dst", dst, words.astype(np.int64), taint=None)
+
+
+def rand_set_state(src_seeds, engine=_engine.unknown, name=None, **kw) -> None:
+    """Restore the PRNG state from words saved by rand_get_state (or any seed words)."""
+    with Instr("rand_set_state", "dve") as ins:
+        _kwargs(ins, kw)
+        eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
+        ins.tensor("src_seeds", src_seeds, buffers=_buffers(eng))
+        words = ins.read_raw("src_seeds", src_seeds).astype(np.uint64).astype(np.uint32)
+        ins.state.rng = np.random.default_rng(words.reshape(-1))
+
+
+def set_rng_seed(src_seeds, name=None, **kw) -> None:
+    """Seed the Vector PRNG from a [1, 1] 32-bit tensor."""
+    with Instr("set_rng_seed", "dve") as ins:
+        _kwargs(ins, kw)
+        ins.tensor("src_seeds", src_seeds)
+        if src_seeds.size != 1 or numerics.itemsize(src_seeds.dtype) != 4:
+            ins.fail(
+                "src_seeds must be a [1, 1] 32-bit tensor",
+                "src_seeds",
+                limit="[1, 1] 32-bit",
+                value=(src_seeds.shape, src_seeds.dtype),
+            )
+        word = ins.read_raw("src_seeds", src_seeds).reshape(-1).view(np.uint32)
+        ins.state.rng = np.random.default_rng(word)

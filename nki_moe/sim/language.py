@@ -1,0 +1,388 @@
+"""Emulated `nki.language`: dtypes (strings), buffers, tensor creation, ranges, SPMD ids, tile_size, op
+objects, and the 0.3 high-level helpers (nl.load/store/matmul/exp/add/...) built on nisa instructions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import alu, isa, numerics, runtime
+from .alu import OPS as _OPS
+from .errors import NkiValidationError
+from .instr import Instr
+from .tensor import MemoryRegion, NkiTensor, allocate, ds  # noqa: F401 (re-exported API)
+
+# ---- dtypes: NKI 2 dtypes are plain strings --------------------------------------------------------
+bool_ = "bool_"
+int8, int16, int32 = "int8", "int16", "int32"
+uint8, uint16, uint32 = "uint8", "uint16", "uint32"
+float16, bfloat16, tfloat32, float32 = "float16", "bfloat16", "tfloat32", "float32"
+float8_e4m3, float8_e4m3fn, float8_e5m2 = "float8_e4m3", "float8_e4m3fn", "float8_e5m2"
+float8_e8m0fnu = "float8_e8m0fnu"
+float8_e5m2_x4, float8_e4m3fn_x4, float4_e2m1fn_x4 = "float8_e5m2_x4", "float8_e4m3fn_x4", "float4_e2m1fn_x4"
+
+
+class _FloatInfo:
+    def __init__(self, lo: float, hi: float):
+        self.min, self.max = lo, hi
+
+
+fp32 = _FloatInfo(numerics.FP32_MIN, numerics.FP32_MAX)
+
+# ---- buffers ---------------------------------------------------------------------------------------
+sbuf = MemoryRegion.sbuf
+psum = MemoryRegion.psum
+private_hbm = MemoryRegion.private_hbm
+hbm = MemoryRegion.private_hbm
+shared_hbm = MemoryRegion.shared_hbm
+
+
+def is_hbm(buffer) -> bool:
+    return str(getattr(buffer, "value", buffer)) in ("private_hbm", "shared_hbm", "hbm")
+
+
+def is_sbuf(buffer) -> bool:
+    return str(getattr(buffer, "value", buffer)) == "sbuf"
+
+
+def is_psum(buffer) -> bool:
+    return str(getattr(buffer, "value", buffer)) == "psum"
+
+
+def is_on_chip(buffer) -> bool:
+    return is_sbuf(buffer) or is_psum(buffer)
+
+
+class NKIObject:
+    """Base class for user objects a kernel may pass around (dataclass-like in NKI)."""
+
+
+def par_dim(n: int) -> int:
+    """NKI 1 partition-dim marker; NKI 2 always uses dim 0, so this is the identity."""
+    return n
+
+
+# ---- tensor creation -------------------------------------------------------------------------------
+
+
+def ndarray(shape, dtype, buffer=MemoryRegion.sbuf, name: str = "", address=None) -> NkiTensor:
+    """Uninitialised tensor (poisoned: NaN / integer max; tracked as never-written in strict mode)."""
+    return allocate(shape, dtype, buffer, name, address)
+
+
+def _filled(shape, value, dtype, buffer, name, what) -> NkiTensor:
+    buf_name = str(getattr(buffer, "value", buffer))
+    if buf_name in ("sbuf", "psum"):
+        t = allocate(shape, dtype, buffer, name, instruction=what)
+        isa.memset(dst=t, value=value)
+        return t
+    return allocate(shape, dtype, buffer, name, instruction=what, fill=value)
+
+
+def zeros(shape, dtype, buffer=MemoryRegion.sbuf, name: str = "") -> NkiTensor:
+    return _filled(shape, 0, dtype, buffer, name, "zeros")
+
+
+def ones(shape, dtype, buffer=MemoryRegion.sbuf, name: str = "") -> NkiTensor:
+    return _filled(shape, 1, dtype, buffer, name, "ones")
+
+
+def full(shape, fill_value, dtype, buffer=MemoryRegion.sbuf, name: str = "") -> NkiTensor:
+    return _filled(shape, fill_value, dtype, buffer, name, "full")
+
+
+def zeros_like(x: NkiTensor, dtype=None, buffer=None, name: str = "") -> NkiTensor:
+    return zeros(x.shape, dtype or x.dtype, buffer or x.buffer, name)
+
+
+def ones_like(x: NkiTensor, dtype=None, buffer=None, name: str = "") -> NkiTensor:
+    return ones(x.shape, dtype or x.dtype, buffer or x.buffer, name)
+
+
+def full_like(x: NkiTensor, fill_value, dtype=None, buffer=None, name: str = "") -> NkiTensor:
+    return full(x.shape, fill_value, dtype or x.dtype, buffer or x.buffer, name)
+
+
+def empty_like(x: NkiTensor, dtype=None, buffer=None, name: str = "") -> NkiTensor:
+    return allocate(x.shape, dtype or x.dtype, buffer or x.buffer, name)
+
+
+def rand(shape, dtype, buffer=MemoryRegion.sbuf, name: str = "") -> NkiTensor:
+    prog = runtime.require("nl.rand")
+    t = allocate(shape, dtype, buffer, name, fill=0)
+    vals = prog.rng.random(t.st.nelem, dtype=np.float32)
+    t.st.raw[...] = numerics.cast(vals, t.dtype)
+    return t
+
+
+def shared_constant(constant, dtype=None) -> NkiTensor:
+    """A NumPy array (or .npy path) placed in shared HBM."""
+    arr = np.load(constant) if isinstance(constant, str) else np.asarray(constant)
+    dtype = numerics.normalize_dtype(dtype if dtype is not None else arr.dtype)
+    t = allocate(arr.shape, dtype, MemoryRegion.shared_hbm, "shared_constant", fill=0)
+    t.st.raw[...] = numerics.cast(arr.reshape(-1), dtype)
+    return t
+
+
+def shared_identity_matrix(n: int, dtype="uint8", dst=None) -> NkiTensor:
+    """An n x n identity matrix in SBUF (0/1 in `dtype`)."""
+    t = dst if dst is not None else allocate((n, n), dtype, MemoryRegion.sbuf, "identity", fill=0)
+    with Instr("shared_identity_matrix", "pool") as ins:
+        ins.write("dst", t, np.eye(n, dtype=np.float32), taint=None)
+    return t
+
+
+def device_print(prefix: str, tensor: NkiTensor) -> None:
+    vals = np.array(tensor._nd(tensor._arr()))
+    print(prefix, vals)
+
+
+# ---- iteration ------------------------------------------------------------------------------------
+
+
+def affine_range(start, stop=None, step=1):
+    """Iterations without loop-carried dependencies (checked in strict mode); Python-range semantics."""
+    return runtime.loop_range("affine", start, stop, step)
+
+
+def sequential_range(start, stop=None, step=1):
+    return runtime.loop_range("sequential", start, stop, step)
+
+
+def static_range(start, stop=None, step=1):
+    return runtime.loop_range("static", start, stop, step)
+
+
+def dynamic_range(start, stop=None, step=1):
+    """Runtime loop on registers; the emulator knows register values, so it runs like sequential_range."""
+
+    def val(x):
+        return int(x._nki_register_value()) if hasattr(x, "_nki_register_value") else x
+
+    return runtime.loop_range("sequential", val(start), None if stop is None else val(stop), step)
+
+
+def _unsupported_nki1(name):
+    def f(*a, **k):
+        raise NkiValidationError(
+            f"nl.{name} is NKI 1 only; NKI 2 uses slices and .ap() access patterns", instruction=name
+        )
+
+    return f
+
+
+arange = _unsupported_nki1("arange")
+
+
+class _Mgrid:
+    def __getitem__(self, key):
+        _unsupported_nki1("mgrid")()
+
+
+mgrid = _Mgrid()
+
+# ---- SPMD ---------------------------------------------------------------------------------------------
+
+
+def program_id(axis: int = 0) -> int:
+    prog = runtime.require("nl.program_id")
+    if axis != 0 and not (axis == 0 or prog.launch.ndim == 0):
+        raise NkiValidationError(
+            "the NKI 2 launch grid is 1-D", instruction="program_id", operand="axis", limit=0, value=axis
+        )
+    return prog.pid if axis == 0 else 0
+
+
+def num_programs(axes: int = 0) -> int:
+    return runtime.require("nl.num_programs").launch.nprog
+
+
+def program_ndim() -> int:
+    return runtime.require("nl.program_ndim").launch.ndim
+
+
+# ---- tile_size: constants follow the target of the running kernel (or the default target) -----------
+
+
+class _TileSize:
+    pmax = 128
+    psum_fmax = 512
+    psum_bank_fmax = 512
+    psum_bank_fmax_bytes = 2048
+    gemm_stationary_fmax = 128
+    gemm_moving_fmax = 512
+    bn_stats_fmax = 512
+    psum_min_align = 4
+    sbuf_min_align = 1
+
+    @property
+    def total_available_sbuf_size(self) -> int:
+        return runtime.current_target().sbuf_usable_bytes
+
+    @property
+    def sbuf_fmax_bytes(self) -> int:
+        return runtime.current_target().sbuf_usable_bytes
+
+    @property
+    def sbuf_fmax(self) -> int:
+        return runtime.current_target().sbuf_usable_bytes // 4
+
+    @property
+    def sbuf_size_bytes(self) -> int:
+        t = runtime.current_target()
+        return t.sbuf_bytes * t.partitions
+
+    @property
+    def psum_num_banks(self) -> int:
+        return runtime.current_target().psum_banks
+
+    @property
+    def gemm_moving_fmax_fp32(self) -> int:
+        return runtime.current_target().matmul_n_fp32
+
+    def __repr__(self) -> str:
+        return f"tile_size(target={runtime.current_target().name})"
+
+
+tile_size = _TileSize()
+
+# ---- op objects (alu.py) ---------------------------------------------------------------------------
+globals().update(_OPS)
+
+# ---- 0.3 high-level helpers, built on nisa instructions -------------------------------------------
+
+
+def _new_like(shape, dtype, buffer=MemoryRegion.sbuf) -> NkiTensor:
+    return allocate(shape, dtype, buffer, instruction="high-level op")
+
+
+def load(src: NkiTensor, dtype=None) -> NkiTensor:
+    """HBM -> new SBUF tile (dim 0 becomes the partition dim)."""
+    shape = src.shape if src.ndim >= 2 else (1,) + tuple(src.shape)
+    t = _new_like(shape, dtype or src.dtype)
+    isa.dma_copy(dst=t, src=src)
+    return t
+
+
+def store(dst: NkiTensor, value: NkiTensor) -> None:
+    isa.dma_copy(dst=dst, src=value)
+
+
+def load_transpose2d(src: NkiTensor, dtype=None) -> NkiTensor:
+    t = _new_like((src.shape[1], src.shape[0]), dtype or src.dtype)
+    isa.dma_transpose(dst=t, src=src)
+    return t
+
+
+def _copy(x: NkiTensor, dtype=None) -> NkiTensor:
+    """nl.copy(x, dtype): tensor_copy into a new SBUF tile (nl.copy itself is the op object)."""
+    t = _new_like(x.shape, dtype or x.dtype)
+    isa.tensor_copy(dst=t, src=x)
+    return t
+
+
+def transpose(x: NkiTensor, dtype=None) -> NkiTensor:
+    """PE transpose into a new PSUM tile."""
+    t = _new_like((x.shape[1], x.shape[0]), dtype or x.dtype, MemoryRegion.psum)
+    isa.nc_transpose(dst=t, data=x, engine=isa.engine.tensor)
+    return t
+
+
+def matmul(x: NkiTensor, y: NkiTensor, transpose_x: bool = False) -> NkiTensor:
+    """x.T @ y (transpose_x=True, x is [K, M]) or x @ y (x is [M, K]); fp32 result in a new PSUM tile."""
+    if not transpose_x:
+        xt = transpose(x)
+        x = _copy(xt)
+    K, M = x.shape
+    t = _new_like((M, y.shape[1]), "float32", MemoryRegion.psum)
+    isa.nc_matmul(dst=t, stationary=x, moving=y)
+    return t
+
+
+def _is_tensor(v) -> bool:
+    return isinstance(v, NkiTensor)
+
+
+def _binary(op, x, y, dtype=None):
+    if _is_tensor(x) and _is_tensor(y):
+        out_dt = dtype or numerics.promote(x.dtype, y.dtype)
+        t = _new_like(x.shape, out_dt)
+        isa.tensor_tensor(dst=t, data1=x, data2=y, op=op)
+        return t
+    if _is_tensor(x):
+        out_dt = dtype or numerics.promote(x.dtype, numerics.scalar_dtype(y))
+        t = _new_like(x.shape, out_dt)
+        isa.tensor_scalar(dst=t, data=x, op0=op, operand0=float(y))
+        return t
+    if _is_tensor(y):
+        out_dt = dtype or numerics.promote(y.dtype, numerics.scalar_dtype(x))
+        t = _new_like(y.shape, out_dt)
+        isa.tensor_scalar(dst=t, data=y, op0=op, operand0=float(x), reverse0=True)
+        return t
+    return alu.apply(op, np.float32(x), np.float32(y))
+
+
+def _unary(op, x, dtype=None):
+    t = _new_like(x.shape, dtype or x.dtype)
+    if op.act:
+        isa.activation(dst=t, op=op, data=x)
+    else:
+        isa.tensor_scalar(dst=t, data=x, op0=op, operand0=0.0)
+    return t
+
+
+_REDUCE = {"sum": "add", "max": "maximum", "min": "minimum", "prod": "multiply", "all": "logical_and"}
+
+
+def _reduce(kind: str, x: NkiTensor, axis, dtype=None, keepdims: bool = False) -> NkiTensor:
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(a % x.ndim for a in axes)
+    shape = [n for i, n in enumerate(x.shape) if i not in axes or keepdims]
+    shape = [1 if (i in axes) else n for i, n in enumerate(x.shape)] if keepdims else shape
+    if len(shape) < 2:
+        shape = list(shape) + [1]
+    t = _new_like(tuple(shape), dtype or x.dtype)
+    isa.tensor_reduce(dst=t, op=_OPS[_REDUCE[kind]], data=x, axis=axes, keepdims=keepdims)
+    return t
+
+
+def sum(x, axis, dtype=None, keepdims=False):  # noqa: A001 (NKI name)
+    return _reduce("sum", x, axis, dtype, keepdims)
+
+
+def prod(x, axis, dtype=None, keepdims=False):
+    return _reduce("prod", x, axis, dtype, keepdims)
+
+
+def all(x, axis, dtype=None, keepdims=False):  # noqa: A001
+    return _reduce("all", x, axis, dtype, keepdims)
+
+
+def mean(x, axis, dtype=None, keepdims=False):
+    s = _reduce("sum", x, axis, "float32", keepdims)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    n = math.prod(x.shape[a] for a in axes)
+    t = _new_like(s.shape, dtype or x.dtype)
+    isa.tensor_scalar(dst=t, data=s, op0=_OPS["multiply"], operand0=1.0 / n)
+    return t
+
+
+def _highlevel(op, *args, **kw):
+    """nl.<op>(...) on tensors: the 0.3 experimental wrappers."""
+    dtype = kw.pop("dtype", None)
+    if op.name in ("max", "min") and ("axis" in kw or len(args) == 2 and isinstance(args[1], (int, tuple))):
+        axis = kw.pop("axis", args[1] if len(args) > 1 else None)
+        return _reduce(op.name, args[0], axis, dtype, kw.pop("keepdims", False))
+    if op.name in ("copy", "identity") and len(args) == 1 and not kw:
+        return _copy(args[0], dtype)
+    if kw:
+        raise TypeError(f"nl.{op.name}: unexpected keyword arguments {sorted(kw)}")
+    if op.arity == 1 and len(args) == 1:
+        return _unary(op, args[0], dtype)
+    if len(args) == 2:
+        return _binary(op, args[0], args[1], dtype)
+    raise TypeError(f"nl.{op.name} takes {op.arity} operand(s), got {len(args)}")
+
+
+alu.HIGHLEVEL = _highlevel

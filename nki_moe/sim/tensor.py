@@ -1,0 +1,787 @@
+"""NkiTensor: a view (dtype, offset, [[step, num], ...] pattern) over one flat NumPy storage per allocation.
+
+SBUF/PSUM storages are [P, F] row-major (partition step = F elements); HBM storages are flat row-major.
+Indexing, reshape, view and ap only build new patterns; data moves happen in instructions (instr.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import operator
+
+import numpy as np
+
+from . import numerics, runtime
+from .errors import NkiValidationError, user_frame
+
+
+class MemoryRegion(str, enum.Enum):  # noqa: UP042 (StrEnum needs py3.11; project targets 3.10)
+    """nl.sbuf / nl.psum / nl.private_hbm (= nl.hbm) / nl.shared_hbm; compares equal to its string name."""
+
+    sbuf = "sbuf"
+    psum = "psum"
+    private_hbm = "private_hbm"
+    shared_hbm = "shared_hbm"
+    hbm = "private_hbm"  # alias of private_hbm
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"nl.{self.value}"
+
+
+_BUFFER_NAMES = {
+    "sbuf": MemoryRegion.sbuf,
+    "psum": MemoryRegion.psum,
+    "hbm": MemoryRegion.private_hbm,
+    "private_hbm": MemoryRegion.private_hbm,
+    "shared_hbm": MemoryRegion.shared_hbm,
+}
+ON_CHIP = ("sbuf", "psum")
+ITEMSIZE = {name: numerics.itemsize(name) for name in numerics.DTYPES}
+
+
+def normalize_buffer(buffer, compat: str | None = None) -> MemoryRegion:
+    if isinstance(buffer, MemoryRegion):
+        return buffer
+    if isinstance(buffer, str) and buffer in _BUFFER_NAMES:
+        if (compat or "0.3") != "0.2":
+            raise NkiValidationError(
+                f"buffer given as the string {buffer!r}; NKI 0.3 needs nl.{buffer} (strings were 0.2 only)",
+                instruction="ndarray",
+                operand="buffer",
+            )
+        return _BUFFER_NAMES[buffer]
+    raise NkiValidationError(
+        f"unknown buffer {buffer!r}; use nl.sbuf, nl.psum, nl.hbm or nl.shared_hbm",
+        instruction="ndarray",
+        operand="buffer",
+    )
+
+
+def _poison(dtype: np.dtype):
+    if dtype.kind == "f" or dtype.kind == "V" or "float" in dtype.name:
+        return np.nan
+    if dtype.kind == "b":
+        return True
+    return np.iinfo(dtype).max  # sentinel for never-written integers
+
+
+class Storage:
+    """One allocation: flat data, uninitialised-taint mask, matmul-written mask (PSUM), write stamps."""
+
+    __slots__ = (
+        "raw",
+        "dtype",
+        "buffer",
+        "shape",
+        "F",
+        "nelem",
+        "taint",
+        "mminit",
+        "stamp",
+        "serial",
+        "name",
+        "loc",
+        "rec",
+        "is_input",
+        "written",
+        "mem",
+        "__weakref__",
+    )
+
+    def __init__(
+        self, shape, dtype: str, buffer: str, raw: np.ndarray, serial: int, name: str, loc, tainted: bool
+    ):
+        self.shape = shape
+        self.dtype = dtype
+        self.buffer = buffer
+        self.raw = raw
+        self.nelem = raw.size
+        self.F = math.prod(shape[1:]) if buffer in ON_CHIP else 0
+        self.taint = np.ones(raw.size, np.bool_) if tainted else None
+        self.mminit = None
+        self.stamp = None
+        self.serial = serial
+        self.name = name
+        self.loc = loc
+        self.rec = None
+        self.is_input = False
+        self.written = False
+        self.mem = None
+
+    def __del__(self):
+        # Garbage-collected tiles (e.g. rebound in a Python loop) stop counting against capacity.
+        rec = self.rec
+        if rec is not None and rec.live:
+            self.mem.release(rec)
+
+    @property
+    def on_chip(self) -> bool:
+        return self.buffer in ON_CHIP
+
+
+def _check_shape(shape) -> tuple:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise NkiValidationError(
+            f"shape {shape!r} must be a tuple of ints", instruction="ndarray", operand="shape"
+        ) from None
+    if any(s <= 0 for s in shape):
+        raise NkiValidationError(
+            "every dimension must be positive", instruction="ndarray", operand="shape", value=shape
+        )
+    return shape
+
+
+def allocate(
+    shape, dtype, buffer=MemoryRegion.sbuf, name: str = "", address=None, instruction="ndarray", fill=None
+) -> NkiTensor:
+    """Create a new tensor (the body of nl.ndarray): poisoned unless `fill` is given."""
+    prog = runtime.require(f"nl.{instruction}")
+    shape = _check_shape(shape)
+    dtype = numerics.normalize_dtype(dtype)
+    buf = normalize_buffer(buffer, prog.compat).value
+    f = user_frame(2)
+    loc = (f.f_code.co_filename, f.f_lineno) if f is not None else ("<unknown>", 0)
+    launch = prog.launch
+    if buf in ON_CHIP:
+        if len(shape) < 2:
+            raise NkiValidationError(
+                "on-chip tensors need a partition dim and at least one free dim",
+                instruction=instruction,
+                operand=name or "shape",
+                value=shape,
+                location=f"{loc[0]}:{loc[1]}",
+            )
+        if shape[0] > prog.tgt.partitions:
+            raise NkiValidationError(
+                "partition dimension exceeds the architecture limit",
+                instruction=instruction,
+                operand=name or "shape",
+                limit=prog.tgt.partitions,
+                value=shape[0],
+                location=f"{loc[0]}:{loc[1]}",
+            )
+    if buf == "shared_hbm" and launch.nprog > 1:
+        # Every program allocates the same shared tensors in the same order: hand out one storage.
+        k = prog.shared_count
+        prog.shared_count += 1
+        if k < len(launch.shared):
+            st = launch.shared[k]
+            if st.shape != shape or st.dtype != dtype:
+                raise NkiValidationError(
+                    f"program {prog.pid} allocates shared_hbm #{k} as {shape} {dtype}, other program as "
+                    f"{st.shape} {st.dtype}",
+                    instruction=instruction,
+                    operand=name or None,
+                )
+            return NkiTensor._base(st)
+    sdt = numerics.np_storage_dtype(dtype)
+    n = math.prod(shape)
+    if fill is None:
+        raw = np.full(n, _poison(sdt), sdt)
+    else:
+        raw = np.full(n, fill, sdt)
+    launch.serial += 1
+    tainted = prog.strict and fill is None
+    st = Storage(shape, dtype, buf, raw, launch.serial, name, loc, tainted)
+    if buf in ON_CHIP:
+        isz = numerics.itemsize(dtype)
+        per_part = st.F * isz
+        if buf == "psum":
+            if per_part > prog.tgt.psum_bytes:
+                raise NkiValidationError(
+                    "PSUM tensor larger than a partition's 16 KiB",
+                    instruction=instruction,
+                    operand=name or None,
+                    limit=prog.tgt.psum_bytes,
+                    value=per_part,
+                    location=f"{loc[0]}:{loc[1]}",
+                )
+            st.mminit = np.zeros(n, np.bool_)
+            banks = -(-per_part // prog.tgt.psum_bank_bytes)
+        else:
+            banks = 0
+        rec = runtime.AllocRecord(buf, per_part, banks, name, loc)
+        prog.register_alloc(rec)
+        st.rec = rec
+        st.mem = prog.mem
+    if buf == "shared_hbm" and launch.nprog > 1:
+        launch.shared.append(st)
+    return NkiTensor._base(st)
+
+
+def from_array(arr: np.ndarray, buffer: str, name: str = "", serial: int = 0) -> NkiTensor:
+    """Wrap a kernel input array as an HBM tensor (zero-copy when dtype and layout allow)."""
+    dtype = numerics.normalize_dtype(arr.dtype)
+    sdt = numerics.np_storage_dtype(dtype)
+    if arr.dtype == sdt and arr.flags.c_contiguous and arr.flags.writeable:
+        raw = arr.reshape(-1)
+    else:
+        raw = np.ascontiguousarray(arr).astype(sdt).reshape(-1)
+    shape = tuple(arr.shape) if arr.ndim else (1,)
+    st = Storage(shape, dtype, buffer, raw, serial, name, ("<input>", 0), False)
+    st.is_input = True
+    return NkiTensor._base(st)
+
+
+def _norm_index(i, n: int, dim: int, t) -> int:
+    j = operator.index(i)
+    if j < 0:
+        j += n
+    if not 0 <= j < n:
+        raise NkiValidationError(
+            "index out of bounds",
+            instruction="indexing",
+            operand=t._label(),
+            limit=f"[0, {n - 1}] (dim {dim})",
+            value=i,
+        )
+    return j
+
+
+def _slice(s: slice, n: int, dim: int, t) -> tuple[int, int]:
+    step = 1 if s.step is None else operator.index(s.step)
+    if step == 0:
+        raise NkiValidationError("slice step cannot be 0", instruction="indexing", operand=t._label())
+    if step > 0:
+        start = 0 if s.start is None else operator.index(s.start)
+        stop = n if s.stop is None else operator.index(s.stop)
+        start += n if start < 0 else 0
+        stop += n if stop < 0 else 0
+        if not (0 <= start <= n and 0 <= stop <= n):
+            raise NkiValidationError(
+                "slice out of bounds",
+                instruction="indexing",
+                operand=t._label(),
+                limit=f"dimension {dim} of size {n}",
+                value=f"[{s.start}:{s.stop}]",
+            )
+    else:
+        start = n - 1 if s.start is None else operator.index(s.start)
+        stop = -1 if s.stop is None else operator.index(s.stop)
+        start += n if start < 0 else 0
+        if s.stop is not None and stop < 0:
+            stop += n
+        if not (0 <= start < n and -1 <= stop < n):
+            raise NkiValidationError(
+                "slice out of bounds",
+                instruction="indexing",
+                operand=t._label(),
+                limit=f"dimension {dim} of size {n}",
+                value=f"[{s.start}:{s.stop}]",
+            )
+    num = len(range(start, stop, step))
+    if num == 0:
+        raise NkiValidationError(
+            "empty slice",
+            instruction="indexing",
+            operand=t._label(),
+            limit=f"dimension {dim} of size {n}",
+            value=f"[{s.start}:{s.stop}:{s.step}]",
+        )
+    return start, step, num
+
+
+def _reshape_steps(old: list, new: tuple):
+    """New steps for viewing (num, step) dims `old` as shape `new` without a copy, or None (numpy's rule)."""
+    od = [(n, s) for n, s in old if n != 1]
+    steps = [1] * len(new)
+    oi, oj, ni, nj = 0, 1, 0, 1
+    while ni < len(new) and oi < len(od):
+        np_, op = new[ni], od[oi][0]
+        while np_ != op:
+            if np_ < op:
+                if nj >= len(new):
+                    return None
+                np_ *= new[nj]
+                nj += 1
+            else:
+                if oj >= len(od):
+                    return None
+                op *= od[oj][0]
+                oj += 1
+        for ok in range(oi, oj - 1):
+            if od[ok][1] != od[ok + 1][0] * od[ok + 1][1]:
+                return None
+        steps[nj - 1] = od[oj - 1][1]
+        for nk in range(nj - 1, ni, -1):
+            steps[nk - 1] = steps[nk] * new[nk]
+        ni, nj, oi, oj = nj, nj + 1, oj, oj + 1
+    return steps
+
+
+class NkiTensor:
+    """A tensor view. Attributes: shape, dtype (str), buffer, ndim, size, offset, name; get_pattern()."""
+
+    __slots__ = ("st", "dtype", "pat", "off", "dyn", "_pf", "__weakref__")
+    __array_priority__ = 1000  # keep numpy from treating tiles as sequences
+
+    def __init__(self, st: Storage, dtype: str, pat: tuple, off: int, dyn=None):
+        self.st = st
+        self.dtype = dtype
+        self.pat = pat
+        self.off = off
+        self.dyn = dyn
+        self._pf = None
+
+    @classmethod
+    def _base(cls, st: Storage) -> NkiTensor:
+        steps = []
+        acc = 1
+        for n in reversed(st.shape):
+            steps.append(acc)
+            acc *= n
+        pat = tuple(zip(reversed(steps), st.shape))
+        return cls(st, st.dtype, tuple((s, n) for s, n in pat), 0)
+
+    # ---- attributes -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return tuple(n for _, n in self.pat)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.pat)
+
+    @property
+    def size(self) -> int:
+        p, f = self.pf()
+        return p * f
+
+    @property
+    def buffer(self) -> MemoryRegion:
+        return MemoryRegion(self.st.buffer)
+
+    @property
+    def offset(self) -> int:
+        return self.off
+
+    @property
+    def name(self) -> str:
+        return self.st.name
+
+    @property
+    def strides(self) -> tuple:
+        return tuple(s for s, _ in self.pat)
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+    def get_pattern(self) -> list:
+        return [[s, n] for s, n in self.pat]
+
+    def _label(self) -> str:
+        return f"{self.st.name or 'tensor'}{list(self.shape)}"
+
+    def __repr__(self) -> str:
+        return (
+            f"NkiTensor(shape={self.shape}, dtype={self.dtype}, buffer={self.st.buffer}, "
+            f"offset={self.off}, pattern={self.get_pattern()})"
+        )
+
+    def __len__(self) -> int:
+        return self.pat[0][1]
+
+    def __bool__(self):
+        raise TypeError("The truth value of an array with more than one element is ambiguous")
+
+    def __iter__(self):
+        raise TypeError("NKI tensors are not iterable; index them with slices")
+
+    def __setitem__(self, key, value):
+        raise NkiValidationError(
+            "Updating a tile with lvalue assignment is not allowed; write with nisa.tensor_copy/dma_copy",
+            instruction="__setitem__",
+            operand=self._label(),
+        )
+
+    # ---- layout helpers ------------------------------------------------------------------------------
+    @property
+    def on_chip(self) -> bool:
+        return self.st.buffer in ON_CHIP
+
+    def _units(self) -> int:
+        """Storage elements per view element ratio numerator/denominator in bytes."""
+        return ITEMSIZE[self.dtype]
+
+    def part_step(self) -> int:
+        """Partition step in view elements (the allocation's free size per partition)."""
+        return self.st.F * ITEMSIZE[self.st.dtype] // ITEMSIZE[self.dtype]
+
+    def pf(self) -> tuple[int, int]:
+        """(partitions, elements per partition); HBM views use dim 0 as P."""
+        pf = self._pf
+        if pf is None:
+            pat = self.pat
+            if not pat:
+                pf = (1, 1)
+            else:
+                f = 1
+                for _, n in pat[1:]:
+                    f *= n
+                pf = (pat[0][1], f)
+            self._pf = pf
+        return pf
+
+    def p_start(self) -> int:
+        return self.off // self.part_step()
+
+    def free_byte_range(self) -> tuple[int, int]:
+        isz = ITEMSIZE[self.dtype]
+        if self.on_chip:
+            base = self.off % self.part_step()
+            dims = self.pat[1:]
+        else:
+            base = self.off
+            dims = self.pat
+        lo = base + sum(min(0, s * (n - 1)) for s, n in dims)
+        hi = base + sum(max(0, s * (n - 1)) for s, n in dims) + 1
+        return lo * isz, hi * isz
+
+    def _same_units(self) -> bool:
+        return self.dtype == self.st.dtype or ITEMSIZE[self.dtype] == numerics.itemsize(self.st.dtype)
+
+    def _arr(self) -> np.ndarray:
+        """Flat storage data reinterpreted in this view's storage dtype."""
+        raw = self.st.raw
+        if self.dtype == self.st.dtype:
+            return raw
+        sdt = numerics.np_storage_dtype(self.dtype)
+        if raw.dtype == sdt:
+            return raw
+        if sdt.itemsize != ITEMSIZE[self.dtype] or raw.dtype.itemsize != numerics.itemsize(self.st.dtype):
+            raise NkiValidationError(
+                f"bit reinterpretation {self.st.dtype} -> {self.dtype} needs precise storage mode "
+                "(fp32 mode stores low-precision floats widened)",
+                instruction="view",
+                operand=self._label(),
+            )
+        return raw.view(sdt)
+
+    def _nd(self, arr: np.ndarray) -> np.ndarray:
+        """Strided ndarray over a flat array whose element units equal this view's element units."""
+        isz = arr.itemsize
+        return np.ndarray(
+            tuple(n for _, n in self.pat), arr.dtype, arr, self.off * isz, tuple(s * isz for s, _ in self.pat)
+        )
+
+    def _view_index(self) -> np.ndarray:
+        """Element index (view units) of every element, shaped like the view."""
+        idx = np.full((), self.off, np.int64)
+        for s, n in self.pat:
+            idx = idx[..., None] + np.arange(n, dtype=np.int64) * s
+        return idx
+
+    def _storage_index(self) -> np.ndarray:
+        """Storage element index of every view element (slow path for reinterpreting views)."""
+        return self._view_index() * ITEMSIZE[self.dtype] // ITEMSIZE[self.st.dtype]
+
+    def mask_get(self, arr: np.ndarray) -> np.ndarray:
+        """Per-storage-element metadata (taint, stamps, ...) gathered in view shape."""
+        if self._same_units():
+            return self._nd(arr)
+        return arr[self._storage_index()]
+
+    def mask_set(self, arr: np.ndarray, values) -> None:
+        if self._same_units():
+            self._nd(arr)[...] = values
+        else:
+            arr[self._storage_index()] = values
+
+    def check_bounds(self, what: str = "access pattern") -> None:
+        total = self.st.raw.nbytes // ITEMSIZE[self.dtype]
+        lo = self.off + sum(min(0, s * (n - 1)) for s, n in self.pat)
+        hi = self.off + sum(max(0, s * (n - 1)) for s, n in self.pat)
+        if lo < 0 or hi >= total:
+            raise NkiValidationError(
+                f"{what} outside its tensor",
+                instruction="ap",
+                operand=self._label(),
+                limit=f"elements [0, {total - 1}]",
+                value=f"[{lo}, {hi}]",
+            )
+
+    # ---- views -------------------------------------------------------------------------------------
+    def _new(self, pat, off, dtype=None) -> NkiTensor:
+        return NkiTensor(self.st, dtype or self.dtype, tuple(pat), off)
+
+    def __getitem__(self, key) -> NkiTensor:
+        if self.dyn is not None:
+            raise NkiValidationError(
+                "cannot index a dynamic (.ap with scalar/vector offset) view",
+                instruction="indexing",
+                operand=self._label(),
+            )
+        if not isinstance(key, tuple):
+            key = (key,)
+        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        if n_real > len(self.pat):
+            raise NkiValidationError(
+                "too many indices",
+                instruction="indexing",
+                operand=self._label(),
+                limit=len(self.pat),
+                value=n_real,
+            )
+        pat = []
+        off = self.off
+        dim = 0
+        on_chip = self.on_chip
+        for k in key:
+            if k is None:
+                pat.append((0, 1))
+                continue
+            if k is Ellipsis:
+                take = len(self.pat) - n_real
+                pat.extend(self.pat[dim : dim + take])
+                dim += take
+                n_real = len(self.pat)  # a second Ellipsis expands to nothing
+                continue
+            step, num = self.pat[dim]
+            if isinstance(k, slice):
+                start, sstep, cnt = _slice(k, num, dim, self)
+                if on_chip and dim == 0 and sstep != 1:
+                    raise NkiValidationError(
+                        "partition dimension cannot be strided",
+                        instruction="indexing",
+                        operand=self._label(),
+                        limit="step 1",
+                        value=sstep,
+                    )
+                off += start * step
+                pat.append((step * sstep, cnt))
+            elif isinstance(k, (int, np.integer)):
+                j = _norm_index(k, num, dim, self)
+                off += j * step
+                if on_chip and dim == 0:
+                    pat.append((step, 1))  # on-chip tensors keep their partition dim
+            else:
+                raise NkiValidationError(
+                    f"unsupported index {type(k).__name__}: NKI 2 takes ints, slices, nl.ds and '...'; use "
+                    ".ap(scalar_offset=/vector_offset=) for dynamic indices",
+                    instruction="indexing",
+                    operand=self._label(),
+                )
+            dim += 1
+        pat.extend(self.pat[dim:])
+        return self._new(pat, off)
+
+    def reshape(self, *shape) -> NkiTensor:
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = tuple(shape[0])
+        shape = [operator.index(s) for s in shape]
+        total = self.size
+        if shape.count(-1) == 1:
+            known = math.prod(s for s in shape if s != -1)
+            shape[shape.index(-1)] = total // known if known else 0
+        shape = tuple(shape)
+        if math.prod(shape) != total or any(s <= 0 for s in shape):
+            raise NkiValidationError(
+                "reshape changes the element count",
+                instruction="reshape",
+                operand=self._label(),
+                limit=total,
+                value=shape,
+            )
+        if self.on_chip:
+            if shape[0] != self.pat[0][1]:
+                raise NkiValidationError(
+                    "on-chip reshape must keep the partition dim",
+                    instruction="reshape",
+                    operand=self._label(),
+                    limit=self.pat[0][1],
+                    value=shape[0],
+                )
+            steps = _reshape_steps([(n, s) for s, n in self.pat[1:]], shape[1:])
+            if steps is None:
+                raise NkiValidationError(
+                    "reshape of a non-contiguous view",
+                    instruction="reshape",
+                    operand=self._label(),
+                    value=shape,
+                )
+            pat = [self.pat[0]] + list(zip(steps, shape[1:]))
+        else:
+            steps = _reshape_steps([(n, s) for s, n in self.pat], shape)
+            if steps is None:
+                raise NkiValidationError(
+                    "reshape of a non-contiguous view",
+                    instruction="reshape",
+                    operand=self._label(),
+                    value=shape,
+                )
+            pat = list(zip(steps, shape))
+        return self._new(pat, self.off)
+
+    def view(self, dtype) -> NkiTensor:
+        """Reinterpret the bytes as `dtype`; the last dim scales by the itemsize ratio."""
+        dtype = numerics.normalize_dtype(dtype)
+        a, b = ITEMSIZE[self.dtype], numerics.itemsize(dtype)
+        if a == b:
+            return self._new(self.pat, self.off, dtype)
+        last_step, last_num = self.pat[-1]
+        if last_step != 1 and last_num != 1:
+            raise NkiValidationError(
+                "view() with a different itemsize needs a contiguous last dim",
+                instruction="view",
+                operand=self._label(),
+            )
+        nbytes_last = last_num * a
+        if nbytes_last % b or (self.off * a) % b or any((s * a) % b for s, _ in self.pat[:-1]):
+            raise NkiValidationError(
+                f"view as {dtype} does not align with the {self.dtype} layout",
+                instruction="view",
+                operand=self._label(),
+                value=self.shape,
+            )
+        pat = [(s * a // b, n) for s, n in self.pat[:-1]] + [(1, nbytes_last // b)]
+        out = self._new(pat, self.off * a // b, dtype)
+        out._arr()  # fail early in fp32 storage mode
+        return out
+
+    def ap(self, pattern, offset=0, scalar_offset=None, vector_offset=None, indirect_dim=0, dtype=None):
+        """Access pattern over the flattened allocation: view[i...] = flat[offset + sum(i_k * step_k)]."""
+        dtype = self.dtype if dtype is None else numerics.normalize_dtype(dtype)
+        st = self.st
+        ratio_num, ratio_den = ITEMSIZE[st.dtype], numerics.itemsize(dtype)
+        if offset is None:
+            offset = self.off * ITEMSIZE[self.dtype] // ratio_den
+        try:
+            pat = tuple((operator.index(s), operator.index(n)) for s, n in pattern)
+            offset = operator.index(offset)
+        except (TypeError, ValueError):
+            raise NkiValidationError(
+                "pattern must be [[step, num], ...] of ints and offset an int",
+                instruction="ap",
+                operand=self._label(),
+                value=pattern,
+            ) from None
+        if not pat or any(n <= 0 for _, n in pat):
+            raise NkiValidationError(
+                "pattern needs positive counts", instruction="ap", operand=self._label(), value=pattern
+            )
+        out = NkiTensor(st, dtype, pat, offset)
+        if st.buffer in ON_CHIP:
+            fsz = st.F * ratio_num // ratio_den
+            if pat[0][0] != fsz and pat[0][1] != 1:
+                raise NkiValidationError(
+                    "the partition step of an on-chip .ap must equal the tensor's free size",
+                    instruction="ap",
+                    operand=self._label(),
+                    limit=fsz,
+                    value=pat[0][0],
+                )
+            if pat[0][0] != fsz:
+                out.pat = ((fsz, pat[0][1]),) + pat[1:]
+        if vector_offset is not None:
+            if indirect_dim != 0:
+                raise NkiValidationError(
+                    "vector_offset needs indirect_dim=0",
+                    instruction="ap",
+                    operand="indirect_dim",
+                    limit=0,
+                    value=indirect_dim,
+                )
+            if st.buffer in ON_CHIP:
+                raise NkiValidationError(
+                    "vector_offset indirection needs an HBM tensor",
+                    instruction="ap",
+                    operand=self._label(),
+                    value=st.buffer,
+                )
+            row = math.prod(st.shape[1:]) * ratio_num // ratio_den
+            out.dyn = ("vector", vector_offset, row, st.shape[0])
+        elif scalar_offset is not None:
+            if not 0 <= indirect_dim < len(st.shape):
+                raise NkiValidationError(
+                    "indirect_dim out of range",
+                    instruction="ap",
+                    operand="indirect_dim",
+                    limit=len(st.shape) - 1,
+                    value=indirect_dim,
+                )
+            mult = math.prod(st.shape[indirect_dim + 1 :]) * ratio_num // ratio_den
+            out.dyn = ("scalar", scalar_offset, mult, st.shape[indirect_dim])
+        else:
+            out.check_bounds()
+        return out
+
+    # ---- HEAD view helpers (cheap ones) ------------------------------------------------------------
+    def permute(self, dims) -> NkiTensor:
+        dims = tuple(dims)
+        if sorted(dims) != list(range(self.ndim)) or (self.on_chip and dims[0] != 0):
+            raise NkiValidationError(
+                "invalid permutation (on-chip dim 0 must stay first)",
+                instruction="permute",
+                operand=self._label(),
+                value=dims,
+            )
+        return self._new([self.pat[d] for d in dims], self.off)
+
+    def slice(self, dim: int, start: int, end: int, step: int = 1) -> NkiTensor:
+        key = [slice(None)] * self.ndim
+        key[dim] = slice(start, end, step)
+        return self[tuple(key)]
+
+    def select(self, dim: int, index: int) -> NkiTensor:
+        key = [slice(None)] * self.ndim
+        key[dim] = index
+        return self[tuple(key)]
+
+    def broadcast(self, dim: int, size: int) -> NkiTensor:
+        if self.pat[dim][1] != 1 or (self.on_chip and dim == 0):
+            raise NkiValidationError(
+                "broadcast needs a size-1, non-partition dim",
+                instruction="broadcast",
+                operand=self._label(),
+                value=self.shape,
+            )
+        pat = list(self.pat)
+        pat[dim] = (0, size)
+        return self._new(pat, self.off)
+
+    def expand_dim(self, dim: int) -> NkiTensor:
+        pat = list(self.pat)
+        pat.insert(dim, (0, 1))
+        return self._new(pat, self.off)
+
+    def squeeze_dim(self, dim: int) -> NkiTensor:
+        if self.pat[dim][1] != 1:
+            raise NkiValidationError(
+                "squeeze of a dim whose size is not 1",
+                instruction="squeeze_dim",
+                operand=self._label(),
+                value=self.shape,
+            )
+        pat = list(self.pat)
+        del pat[dim]
+        return self._new(pat, self.off)
+
+    def flatten_dims(self, start: int, end: int) -> NkiTensor:
+        shape = list(self.shape)
+        new = shape[:start] + [math.prod(shape[start : end + 1])] + shape[end + 1 :]
+        return self.reshape(tuple(new))
+
+    def is_contiguous(self) -> bool:
+        acc = 1
+        for s, n in reversed(self.pat):
+            if n != 1 and s != acc:
+                return False
+            acc *= n
+        return True
+
+    def is_indirect(self) -> bool:
+        return self.dyn is not None
+
+
+def ds(start, size) -> slice:
+    """nl.ds(start, size): the slice start:start+size."""
+    return slice(start, start + size)

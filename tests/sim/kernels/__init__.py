@@ -1,0 +1,1 @@
+"""End-to-end test kernels for the emulator (loaded by tests/sim/conftest.py after nki_moe.sim.install())."""
