@@ -132,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "neuron" and not neuron_available():
         parser.error("--backend neuron needs the Neuron SDK (neuronx-cc with nki), which is not installed "
                      "here; run on a Trainium host, or use --backend sim")
-    os.environ["NKI_MOE_BACKEND"] = args.backend
+    # The notebook kernels inherit these; they are restored afterwards so a caller (a test) keeps its own.
+    env = {"NKI_MOE_BACKEND": args.backend}
     wanted: dict = {"SMOKE": args.smoke}
     if args.target:
         wanted["TARGET"] = args.target
-        os.environ["NEURON_PLATFORM_TARGET_OVERRIDE"] = args.target
+        env["NEURON_PLATFORM_TARGET_OVERRIDE"] = args.target
 
     only = set(args.only.split(",")) if args.only else None
     notebooks = discover(args.notebooks, only)
@@ -144,13 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no notebooks found in {args.notebooks}", file=sys.stderr)
         return 2
     outcomes: list[Outcome] = []
-    for i, nb in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
-        outcome = execute(nb, args.build, wanted, args.kernel, args.timeout)
-        outcomes.append(outcome)
-        print(f"[{i}/{len(notebooks)}] {nb.stem} {outcome.status} in {outcome.seconds:.1f} s", flush=True)
-        if outcome.status != "ok" and not args.keep_going:
-            break
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for i, nb in enumerate(notebooks, 1):
+            print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
+            outcome = execute(nb, args.build, wanted, args.kernel, args.timeout)
+            outcomes.append(outcome)
+            print(f"[{i}/{len(notebooks)}] {nb.stem} {outcome.status} in {outcome.seconds:.1f} s", flush=True)
+            if outcome.status != "ok" and not args.keep_going:
+                break
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     skipped = [nb.stem for nb in notebooks[len(outcomes):]]
 
     print()

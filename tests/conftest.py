@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
+import nki_moe.sim
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run_all.py lives at the top level
+# Every test runs NKI code on the emulator, whatever is installed (kernels, notebooks, calibration).
+os.environ["NKI_MOE_BACKEND"] = "sim"
+nki_moe.sim.install("sim")
 
 
 @pytest.fixture(autouse=True, scope="session")

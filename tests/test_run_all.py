@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,12 @@ def test_backend_neuron_is_refused_without_the_sdk(books, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_all.main(["--notebooks", str(books), "--build", str(tmp_path), "--backend", "neuron"])
     assert "Neuron SDK" in capsys.readouterr().err
+
+
+def test_run_does_not_leak_its_environment(books, tmp_path, monkeypatch):
+    monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE", raising=False)
+    monkeypatch.setenv("NKI_MOE_BACKEND", "sim")
+    run_all.main(["--notebooks", str(books), "--build", str(tmp_path), "--only", "01", "--target", "trn3",
+                  "--no-report"])
+    assert "NEURON_PLATFORM_TARGET_OVERRIDE" not in os.environ
+    assert os.environ["NKI_MOE_BACKEND"] == "sim"
