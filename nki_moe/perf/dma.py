@@ -1,0 +1,145 @@
+"""DMA cost model: fixed issue latency, 16 engines per core, efficiency by contiguous bytes, HBM share.
+
+An estimate built from published figures (trainium.md §1.2, §3; source tags in §0):
+
+* descriptor generation: ~600 ns per hwdge DMA instruction on one of 2 DGE instances per core
+  ([DGE], [NKI-T2]); software DGE (``queue == 'pool'``) runs on GpSimd, charged the same time there
+  (derived: no separate figure is published);
+* semaphore-to-start latency ~1300 ns between the trigger and the first byte ([DMA-BW]); it is latency,
+  not occupancy, so DMAs in flight overlap it;
+* the transfer is split over the engines that serve its partitions (8 partitions per engine, 16 engines per
+  core, [DMA-INTRO], [DMA-BW]); an HBM↔HBM transfer uses all 16;
+* each engine moves ``dma_gbs_per_engine`` B/ns ([DMA-BW]: 23 on Trn2, 33 on Trn3, 17 on Trn1), capped by
+  the core's share of HBM bandwidth when the transfer touches HBM (chip HBM ÷ physical cores, derived);
+* efficiency by contiguous bytes per descriptor b: ``b / (b + DESC_OVERHEAD_BYTES)``. The constant 512 B is
+  derived from the published thresholds ([DMA-BW], [DMA-INTRO]): ≥4 KiB per partition "close to
+  saturation" (89 %), 2 KiB "recommended minimum" (80 %), <256 B "heavily overhead-bound" (≤33 %);
+* DMA transposes run at 90 % (HBM→SBUF) and 50 % (SBUF→SBUF) of DMA throughput ([NKI-T2]);
+* software DGE writes every descriptor on GpSimd: ``SWDGE_NS_PER_DESCRIPTOR`` per descriptor on top of the
+  600 ns. This is the one FITTED constant of the model: no source gives it; it is fitted over the three
+  published fused-MoE measurements that use software-DGE DMAs (K13, K13b, K13c) by
+  ``bench/fit_cost_model.py`` (the published trn3 profile shows GpSimd 45 % busy in that kernel, [MEGA]).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nki_moe.perf.hardware import HardwareSpec
+
+__all__ = [
+    "DESC_OVERHEAD_BYTES",
+    "PARTITIONS_PER_ENGINE",
+    "DmaCost",
+    "contiguous_bytes",
+    "dma_cost",
+    "dma_efficiency",
+    "transfer_ns",
+]
+
+DESC_OVERHEAD_BYTES = 512  # derived from the [DMA-BW] size thresholds (see module docstring)
+PARTITIONS_PER_ENGINE = 8  # [DMA-BW]: "each engine serves 8 partitions" (128 / 16)
+TRANSPOSE_HBM_FRACTION = 0.9  # [NKI-T2]: dma_transpose HBM→SBUF up to ~90 % of DMA throughput
+TRANSPOSE_SBUF_FRACTION = 0.5  # [NKI-T2]: SBUF→SBUF at most 50 %
+_HBM = ("private_hbm", "shared_hbm")
+SWDGE_NS_PER_DESCRIPTOR = 28.4  # FITTED over K13/K13b/K13c by bench/fit_cost_model.py (see docstring)
+
+
+@dataclass(frozen=True)
+class DmaCost:
+    """Static cost parts of one DMA instruction (the scheduler adds queueing and contention)."""
+
+    nbytes: int
+    engines: tuple[int, ...]  # DMA engine indices used (0..15)
+    ns_per_engine: float  # transfer time on each engine used
+    dge_ns: float  # descriptor generation (occupies a DGE instance, or GpSimd for swdge)
+    latency_ns: float  # semaphore-to-start latency (pure latency)
+    chunk_bytes: int  # contiguous bytes per descriptor
+    descriptors: int  # nbytes / chunk_bytes
+    efficiency: float
+    rate_bytes_per_ns: float  # per engine, after efficiency
+    touches_hbm: bool
+
+
+def contiguous_bytes(acc) -> int:
+    """Bytes of the longest contiguous run of an access (partition dim excluded on chip)."""
+    dims = list(acc.pat[1:] if acc.pstep else acc.pat)
+    run, expect = 1, 1
+    for step, num in reversed(dims):
+        if num == 1:
+            continue
+        if step != expect:
+            break
+        run *= num
+        expect = run
+    return max(1, run) * acc.itemsize
+
+
+def dma_efficiency(chunk_bytes: float) -> float:
+    """Fraction of engine bandwidth achieved with descriptors of ``chunk_bytes`` contiguous bytes."""
+    return chunk_bytes / (chunk_bytes + DESC_OVERHEAD_BYTES)
+
+
+def _engines(rec) -> tuple[int, ...]:
+    """DMA engines serving the transfer: by partition (8 per engine) for on-chip ends, all 16 otherwise."""
+    on_chip = [a for a in rec.accesses if a.pstep and a.operand in ("dst", "src")]
+    if not on_chip:
+        return tuple(range(16))
+    a = max(on_chip, key=lambda x: x.p_count)
+    p0, pc = a.p_start, a.p_count
+    first = p0 // PARTITIONS_PER_ENGINE
+    last = (p0 + pc - 1) // PARTITIONS_PER_ENGINE
+    return tuple(range(first, min(last, 15) + 1))
+
+
+def dma_cost(rec, hw: HardwareSpec) -> DmaCost:
+    """Static cost of a DMA record (``dma_copy``, ``dma_transpose``, ``sendrecv``).
+
+    Args:
+        rec: trace record with engine 'dma' and ``info['dma_bytes']``.
+        hw: hardware spec.
+    Returns:
+        :class:`DmaCost`.
+    """
+    nbytes = int(rec.info.get("dma_bytes", 0))
+    ends = [a for a in rec.accesses if a.operand in ("dst", "src")]
+    touches_hbm = any(a.buffer in _HBM for a in ends)
+    chunk = min((contiguous_bytes(a) for a in ends), default=nbytes) if ends else nbytes
+    chunk = max(1, min(chunk, nbytes or 1))
+    engines = _engines(rec)
+    rate = hw.dma_gbs_per_engine  # B/ns
+    if touches_hbm:
+        # derived: a physical core's share of chip HBM bandwidth, spread over its 16 engines
+        hbm_share = hw.hbm_tbs * 1e3 / hw.physical_cores_per_chip / hw.dma_engines_per_core
+        rate = min(rate, hbm_share)
+    eff = dma_efficiency(chunk)
+    if rec.opcode == "dma_transpose":
+        eff *= TRANSPOSE_HBM_FRACTION if touches_hbm else TRANSPOSE_SBUF_FRACTION
+    rate_eff = rate * eff
+    ns = nbytes / len(engines) / rate_eff if nbytes else 0.0
+    dge = (hw.dma_hwdge_us if hw.dma_hwdge_us is not None else 0.0) * 1e3
+    descriptors = max(1, math.ceil(nbytes / chunk)) if nbytes else 0
+    if rec.info.get("queue") == "pool":
+        dge += descriptors * SWDGE_NS_PER_DESCRIPTOR
+    return DmaCost(
+        nbytes,
+        engines,
+        ns,
+        dge,
+        hw.dma_semaphore_us * 1e3,
+        int(chunk),
+        descriptors,
+        eff,
+        rate_eff,
+        touches_hbm,
+    )
+
+
+def transfer_ns(nbytes: int, partitions: int, chunk_bytes: int, hw: HardwareSpec, hbm: bool = True) -> float:
+    """Transfer time of an isolated DMA (no issue latency), ns: a hand-check helper for tests and notes."""
+    n_eng = max(1, min(16, math.ceil(partitions / PARTITIONS_PER_ENGINE)))
+    rate = hw.dma_gbs_per_engine
+    if hbm:
+        rate = min(rate, hw.hbm_tbs * 1e3 / hw.physical_cores_per_chip / hw.dma_engines_per_core)
+    return nbytes / n_eng / (rate * dma_efficiency(chunk_bytes))

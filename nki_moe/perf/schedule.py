@@ -1,0 +1,409 @@
+"""Dependency-aware list scheduler over an emulator trace: an estimated timeline of every engine.
+
+Rules (trainium.md §4.5): each compute engine (PE, ACT, DVE, POOL, SP) of each physical core runs its
+instructions in program order; engines run concurrently; an instruction waits for every earlier instruction
+whose memory region overlaps its own (read-after-write, write-after-read, write-after-write on the same
+allocation, partitions × byte ranges in SBUF/PSUM, byte ranges in HBM). DMAs go through a queue (in order),
+a descriptor generator (2 per core) and the 16 DMA engines (FIFO each), see :mod:`nki_moe.perf.dma`.
+LNC=2 programs run on two cores with their own engines; ``core_barrier`` joins them. All times are
+estimates in nanoseconds.
+
+The dependency index keeps, per allocation, the live read and write rectangles; a write that covers an
+earlier rectangle retires it (the new writer already waits for it), so tile-reuse traces stay small. Large
+lists switch to vectorised NumPy overlap tests.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nki_moe.perf.costs import DEP_LATENCY_CYCLES, compute_cost, engine_clock_ghz
+from nki_moe.perf.dma import dma_cost
+from nki_moe.perf.hardware import HardwareSpec, get_hardware
+
+__all__ = ["Schedule", "schedule_trace", "COMPUTE_ENGINES"]
+
+COMPUTE_ENGINES = ("pe", "act", "dve", "pool", "sp")
+_BARRIER_SEM_NS_ATTR = "dma_semaphore_us"  # cross-core barrier = one semaphore hop ([DMA-BW], derived)
+_NUMPY_THRESHOLD = 48
+
+
+class _Regions:
+    """Rectangles (p0, p1, lo, hi) with the finish time and index of the instruction that touched them.
+
+    Small sets are plain Python lists; past ``_NUMPY_THRESHOLD`` entries they move (for good) into
+    preallocated NumPy columns so overlap queries and retirement are vectorised.
+    """
+
+    __slots__ = ("rows", "arr", "n")
+
+    def __init__(self):
+        self.rows: list[tuple] = []  # (p0, p1, lo, hi, fin, idx) while small
+        self.arr: np.ndarray | None = None  # columns p0, p1, lo, hi, fin, idx once large (float64)
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n if self.arr is not None else len(self.rows)
+
+    def latest_overlap(self, p0: int, p1: int, lo: int, hi: int) -> tuple[float, int]:
+        """(max finish, its index) over rectangles overlapping the query; (-1, -1) when none."""
+        if self.arr is None:
+            best, bi = -1.0, -1
+            for q0, q1, l0, h0, f, j in self.rows:
+                if q0 < p1 and p0 < q1 and l0 < hi and lo < h0 and f > best:
+                    best, bi = f, j
+            return best, bi
+        a = self.arr[:, : self.n]
+        m = (a[0] < p1) & (p0 < a[1]) & (a[2] < hi) & (lo < a[3])
+        if not m.any():
+            return -1.0, -1
+        fin = np.where(m, a[4], -1.0)
+        k = int(fin.argmax())
+        return float(fin[k]), int(a[5, k])
+
+    def add(self, p0: int, p1: int, lo: int, hi: int, fin: float, idx: int) -> None:
+        if self.arr is None:
+            self.rows.append((p0, p1, lo, hi, fin, idx))
+            if len(self.rows) > _NUMPY_THRESHOLD:
+                self.arr = np.zeros((6, 4 * _NUMPY_THRESHOLD))
+                self.n = len(self.rows)
+                self.arr[:, : self.n] = np.array(self.rows, dtype=np.float64).T
+                self.rows = []
+            return
+        if self.n == self.arr.shape[1]:
+            self.arr = np.concatenate([self.arr, np.zeros_like(self.arr)], axis=1)
+        self.arr[:, self.n] = (p0, p1, lo, hi, fin, idx)
+        self.n += 1
+
+    def retire_covered(self, p0: int, p1: int, lo: int, hi: int) -> None:
+        """Drop rectangles fully inside the query (a later writer of that region already waited for them)."""
+        if self.arr is None:
+            self.rows = [
+                r for r in self.rows if not (p0 <= r[0] and r[1] <= p1 and lo <= r[2] and r[3] <= hi)
+            ]
+            return
+        a = self.arr[:, : self.n]
+        covered = (p0 <= a[0]) & (a[1] <= p1) & (lo <= a[2]) & (a[3] <= hi)
+        if covered.any():
+            keep = a[:, ~covered]
+            self.n = keep.shape[1]
+            self.arr[:, : self.n] = keep
+
+
+class _Timeline:
+    """Busy intervals of one DMA engine; a transfer fills the free gaps from its ready time onwards.
+
+    DMA engines serve their 16 queues round-robin ([DMA-INTRO]), so a transfer that is ready early is not
+    held behind one issued earlier in program order but ready later: work is placed in the earliest free
+    time, split over gaps (descriptor-level interleaving).
+    """
+
+    __slots__ = ("s", "e")
+
+    def __init__(self):
+        self.s: list[float] = []
+        self.e: list[float] = []
+
+    def clone(self) -> _Timeline:
+        t = _Timeline()
+        t.s, t.e = list(self.s), list(self.e)
+        return t
+
+    def fill(self, ready: float, work: float) -> tuple[float, float]:
+        """Place ``work`` ns from ``ready`` on; returns (first start, finish)."""
+        S, E = self.s, self.e
+        k = bisect_right(E, ready)
+        t, left = ready, work
+        first = None
+        segs = []
+        while left > 1e-12:
+            if k < len(S) and S[k] <= t:
+                t = max(t, E[k])
+                k += 1
+                continue
+            gap_end = S[k] if k < len(S) else float("inf")
+            take = min(left, gap_end - t)
+            if take > 0:
+                segs.append((t, t + take))
+                first = t if first is None else first
+                left -= take
+                t += take
+        for a, b in segs:
+            j = bisect_right(S, a)
+            S.insert(j, a)
+            E.insert(j, b)
+            # merge with neighbours that touch
+            if j + 1 < len(S) and S[j + 1] <= E[j] + 1e-9:
+                E[j] = max(E[j], E[j + 1])
+                del S[j + 1], E[j + 1]
+            if j > 0 and S[j] <= E[j - 1] + 1e-9:
+                E[j - 1] = max(E[j - 1], E[j])
+                del S[j], E[j]
+        return (first if first is not None else ready), t
+
+
+@dataclass
+class Schedule:
+    """Estimated timeline of one trace (nanoseconds; index i = trace record i)."""
+
+    hw: HardwareSpec
+    start: np.ndarray  # issue start (DMA: descriptor generation start)
+    end: np.ndarray  # completion
+    busy_start: np.ndarray  # start of the engine-occupying part (DMA: first byte moved)
+    engine: list[str]  # 'pe' | 'act' | 'dve' | 'pool' | 'sp' | 'dma'
+    track: list[str]  # Perfetto track: the engine, or 'dma:<queue>' for DMAs
+    pid: np.ndarray
+    pred: np.ndarray  # record that bound the start (dependency or resource), -1 at the start
+    pred_kind: list[str]  # 'dep' | 'engine' | 'dma_engine' | 'dge' | 'queue' | 'barrier' | ''
+    rules: list[str]  # cost rule applied
+    dma_bytes: np.ndarray
+    hbm_bytes: np.ndarray  # bytes read or written in HBM by each DMA
+    dma_engines_busy_ns: dict = field(default_factory=dict)  # (pid, engine index) -> busy ns
+
+    @property
+    def latency_ns(self) -> float:
+        """Estimated kernel latency: last completion (the launch starts at 0)."""
+        return float(self.end.max()) if len(self.end) else 0.0
+
+    def busy_ns(self, engine: str, pid: int | None = None) -> float:
+        """Busy time of an engine: summed durations (compute) or the union of DMA transfer intervals."""
+        sel = [i for i, e in enumerate(self.engine) if e == engine and (pid is None or self.pid[i] == pid)]
+        if not sel:
+            return 0.0
+        if engine != "dma":
+            return float(sum(self.end[i] - self.busy_start[i] for i in sel))
+        total = 0.0
+        for p in sorted({int(self.pid[i]) for i in sel}):
+            iv = sorted((self.busy_start[i], self.end[i]) for i in sel if self.pid[i] == p)
+            cur_s, cur_e = iv[0]
+            for s, e in iv[1:]:
+                if s > cur_e:
+                    total += cur_e - cur_s
+                    cur_s, cur_e = s, e
+                else:
+                    cur_e = max(cur_e, e)
+            total += cur_e - cur_s
+        return float(total)
+
+    def critical_path(self) -> list[int]:
+        """Record indices on the critical path, first to last (following the binding predecessors)."""
+        if not len(self.end):
+            return []
+        i = int(self.end.argmax())
+        path = []
+        seen = set()
+        while i >= 0 and i not in seen:
+            seen.add(i)
+            path.append(i)
+            i = int(self.pred[i])
+        return path[::-1]
+
+    def critical_share(self) -> dict[str, float]:
+        """Share of the latency spent in each engine's instructions along the critical path (rest: 'wait')."""
+        lat = self.latency_ns
+        share: dict[str, float] = defaultdict(float)
+        if lat <= 0:
+            return {}
+        cursor = 0.0
+        for i in self.critical_path():
+            # only the part not overlapped by the previous node counts (DMA transfers overlap their issuer)
+            seg = self.end[i] - max(cursor, self.busy_start[i])
+            if seg > 0:
+                share[self.engine[i]] += seg / lat
+            cursor = max(cursor, self.end[i])
+        share["wait"] = max(0.0, 1.0 - sum(share.values()))
+        return dict(share)
+
+
+def _rect(acc) -> tuple[tuple, int, int, int, int]:
+    """(key, p0, p1, lo, hi) of an access; HBM accesses use one pseudo-partition."""
+    lo, hi = acc._range()
+    if acc.pstep:
+        p0 = acc.off // acc.pstep
+        return (acc.buffer, acc.alloc), p0, p0 + acc.pat[0][1], lo, hi
+    return (acc.buffer, acc.alloc), 0, 1, lo, hi
+
+
+def _epoch_order(records) -> list[int]:
+    """Processing order: stable by (barriers the program has passed, trace index).
+
+    The emulator appends a blocked program's ``core_barrier`` record only when it resumes, so another
+    program's post-barrier records can precede it in the trace; ordering by barrier epoch fixes that while
+    keeping every program's own order.
+    """
+    passed: dict = defaultdict(int)
+    epoch = []
+    for r in records:
+        epoch.append(passed[r.pid])
+        if r.opcode == "core_barrier":
+            passed[r.pid] += 1
+    return sorted(range(len(records)), key=lambda i: (epoch[i], i))
+
+
+def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
+    """Estimate the start and end time of every record of an emulator trace.
+
+    Args:
+        trace: :class:`nki_moe.sim.trace.Trace` (or any sequence of records with engine/opcode/accesses/info).
+        hw: hardware spec or its name ('trn1', 'trn2', 'trn3').
+    Returns:
+        :class:`Schedule`.
+    """
+    hw = get_hardware(hw) if isinstance(hw, str) else hw
+    records = list(trace)
+    n = len(records)
+    start = np.zeros(n)
+    end = np.zeros(n)
+    busy_start = np.zeros(n)
+    pid = np.zeros(n, np.int64)
+    pred = np.full(n, -1, np.int64)
+    pred_kind = [""] * n
+    engine = [""] * n
+    track = [""] * n
+    rules = [""] * n
+    dma_bytes = np.zeros(n, np.int64)
+    hbm_bytes = np.zeros(n, np.int64)
+
+    writes: dict = defaultdict(_Regions)
+    reads: dict = defaultdict(_Regions)
+    eng_free: dict = defaultdict(float)  # (pid, resource) -> free time
+    eng_last: dict = defaultdict(lambda: -1)  # (pid, resource) -> last record
+    floor: dict = defaultdict(float)  # pid -> barrier floor
+    pid_last_end: dict = defaultdict(float)
+    barriers: dict = defaultdict(list)  # barrier ordinal -> record indices
+    barrier_count: dict = defaultdict(int)
+    n_programs = len({r.pid for r in records}) or 1
+    dma_busy: dict = defaultdict(float)
+    # per core: the 16 DMA engines' busy intervals; engines with identical histories share one object
+    lanes: dict = defaultdict(lambda: [_Timeline()] * 16)
+    dep_lat_ns = {e: DEP_LATENCY_CYCLES[e] / engine_clock_ghz(e, hw) for e in COMPUTE_ENGINES}
+    sem_ns = getattr(hw, _BARRIER_SEM_NS_ATTR) * 1e3
+
+    for i in _epoch_order(records):
+        rec = records[i]
+        p = rec.pid
+        pid[i] = p
+        rects = [(a.mode, *_rect(a)) for a in rec.accesses]
+        # ---- dependencies -------------------------------------------------------------------------
+        dep_t, dep_i = -1.0, -1
+        for mode, key, p0, p1, lo, hi in rects:
+            t, j = writes[key].latest_overlap(p0, p1, lo, hi) if key in writes else (-1.0, -1)
+            if t > dep_t:
+                dep_t, dep_i = t, j
+            if mode == "w" and key in reads:
+                t, j = reads[key].latest_overlap(p0, p1, lo, hi)
+                if t > dep_t:
+                    dep_t, dep_i = t, j
+        base = floor[p]
+        eng = rec.engine
+        if eng == "dma":
+            c = dma_cost(rec, hw)
+            ready, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
+            if dep_t > ready:
+                ready, r_pred, r_kind = dep_t, dep_i, "dep"
+            queue = str(rec.info.get("queue", "q0"))
+            qkey = (p, "queue:" + queue)
+            if eng_free[qkey] > ready:
+                ready, r_pred, r_kind = eng_free[qkey], eng_last[qkey], "queue"
+            if queue == "pool":
+                dge_key = (p, "pool")  # software DGE: descriptors written by GpSimd
+            elif queue == "act":
+                dge_key = (p, "dge1")
+            elif queue == "sp":
+                dge_key = (p, "dge0")
+            else:
+                dge_key = min(((p, "dge0"), (p, "dge1")), key=lambda k: eng_free[k])
+            s = ready
+            if eng_free[dge_key] > s:
+                s, r_pred, r_kind = eng_free[dge_key], eng_last[dge_key], "dge"
+            dge_end = s + c.dge_ns
+            eng_free[dge_key] = dge_end
+            eng_last[dge_key] = i
+            eng_free[qkey] = dge_end
+            eng_last[qkey] = i
+            xfer_ready = dge_end + c.latency_ns
+            first, last = float("inf"), xfer_ready
+            core_lanes = lanes[p]
+            groups: dict = {}
+            for e in c.engines:  # engines sharing one timeline object are filled once
+                groups.setdefault(id(core_lanes[e]), []).append(e)
+            for members in groups.values():
+                tl = core_lanes[members[0]]
+                if sum(1 for x in core_lanes if x is tl) != len(members):
+                    tl = tl.clone()  # copy-on-write: this subset of engines diverges from the others
+                    for e in members:
+                        core_lanes[e] = tl
+                s_e, e_end = tl.fill(xfer_ready, c.ns_per_engine)
+                for e in members:
+                    ekey = (p, e)
+                    if e_end - xfer_ready > c.ns_per_engine + 1e-6 and e_end > last:
+                        r_pred, r_kind = eng_last[ekey], "dma_engine"
+                    eng_last[ekey] = i
+                    dma_busy[ekey] += c.ns_per_engine
+                first = min(first, s_e)
+                last = max(last, e_end)
+            start[i], busy_start[i], end[i] = s, (first if c.engines else xfer_ready), last
+            engine[i], track[i] = "dma", "dma:" + queue
+            rules[i] = f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
+            dma_bytes[i] = c.nbytes
+            hbm_bytes[i] = c.nbytes if c.touches_hbm else 0
+        else:
+            cost = compute_cost(rec, hw)
+            ekey = (p, eng)
+            s, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
+            # PE accumulation chains into one PSUM bank stream back to back ([NKI-T1]: peak needs
+            # back-to-back matmuls), so a PE→PE dependency pays no extra latency.
+            lat = 0.0 if eng == "pe" and dep_i >= 0 and records[dep_i].engine == "pe" else dep_lat_ns[eng]
+            if dep_t >= 0 and dep_t + lat > s:
+                s, r_pred, r_kind = dep_t + lat, dep_i, "dep"
+            if eng_free[ekey] > s:
+                s, r_pred, r_kind = eng_free[ekey], eng_last[ekey], "engine"
+            start[i] = busy_start[i] = s
+            end[i] = s + cost.ns
+            eng_free[ekey] = end[i]
+            eng_last[ekey] = i
+            engine[i], track[i], rules[i] = eng, eng, cost.rule
+            if rec.opcode == "core_barrier" and n_programs > 1:
+                k = barrier_count[p]
+                barrier_count[p] += 1
+                barriers[k].append(i)
+                if len(barriers[k]) == n_programs:
+                    # Every program has arrived: release all after one cross-core semaphore hop.
+                    members = barriers[k]
+                    release = max(max(pid_last_end[int(pid[j])] for j in members), end[i]) + sem_ns
+                    for j in members:
+                        end[j] = max(end[j], release)
+                        floor[int(pid[j])] = release
+        pred[i], pred_kind[i] = r_pred, r_kind
+        pid_last_end[p] = max(pid_last_end[p], end[i])
+        # ---- record the regions ------------------------------------------------------------------
+        fin = end[i]
+        for mode, key, p0, p1, lo, hi in rects:
+            if mode == "w":
+                if key in writes:
+                    writes[key].retire_covered(p0, p1, lo, hi)
+                if key in reads:
+                    reads[key].retire_covered(p0, p1, lo, hi)
+                writes[key].add(p0, p1, lo, hi, fin, i)
+            else:
+                reads[key].add(p0, p1, lo, hi, fin, i)
+
+    return Schedule(
+        hw,
+        start,
+        end,
+        busy_start,
+        engine,
+        track,
+        pid,
+        pred,
+        pred_kind,
+        rules,
+        dma_bytes,
+        hbm_bytes,
+        dict(dma_busy),
+    )
