@@ -1,0 +1,33 @@
+"""nki_moe.bench: sweep rows, the sweep figure and roofline points, on a tiny kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import nki_moe.sim as sim
+from nki_moe.bench import Version, best_time, bf16, plot_sweep, roofline_points, sweep, sweep_table
+
+sim.install("sim")
+
+from nki_moe.kernels import matmul  # noqa: E402
+
+
+def _args(T):
+    rng = np.random.default_rng(T)
+    return bf16(rng.standard_normal((T, 128))), bf16(rng.standard_normal((128, 256)))
+
+
+def _cost(T):
+    return 2.0 * T * 128 * 256, 2.0 * (128 * 256 + T * (128 + 256))
+
+
+def test_sweep_rows_plot_and_points():
+    rows = sweep([Version("v4", matmul.matmul_v4, 2)], (1, 3), _args, _cost)
+    assert len(rows) == 4 and {r["target"] for r in rows} == {"trn2", "trn3"}
+    assert all(0 < r["pct_roofline"] <= 100 and r["latency_us"] > 0 for r in rows)
+    assert [t[1] for t in sweep_table(rows, "trn2")] == [1, 3]
+    fig, data = plot_sweep(rows, "tiny")
+    assert len(data["latency_us"]) == 4
+    pts = roofline_points(rows, 3, "trn2")
+    assert len(pts) == 1 and pts[0].flops > 0
+    assert best_time(lambda: None, 2) >= 0
