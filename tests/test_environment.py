@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pins_from_pyproject() -> dict[str, str]:

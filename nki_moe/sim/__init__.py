@@ -12,6 +12,7 @@ from .errors import (
     NkiBackendError,
     NkiCapacityError,
     NkiDependencyError,
+    NkiKwargError,
     NkiUninitializedError,
     NkiValidationError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "NkiBackendError",
     "NkiCapacityError",
     "NkiDependencyError",
+    "NkiKwargError",
     "NkiUninitializedError",
     "NkiValidationError",
     "RunResult",

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .numerics import quiet
+
 __all__ = ["Op", "OPS", "HIGHLEVEL", "lookup", "apply", "apply_bitvec", "erf64"]
 
 _F32 = np.float32
@@ -111,7 +113,7 @@ def _via64(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.
     """Evaluate a transcendental in float64, round once to fp32 (a faithful fp32 reference value)."""
 
     def g(x: Any) -> np.ndarray:
-        with np.errstate(all="ignore"):
+        with quiet():
             return fn(np.asarray(x, dtype=np.float64)).astype(_F32)
 
     return g
@@ -121,7 +123,7 @@ def _ew(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """Wrap an fp32 elementwise NumPy expression: fp32 operands, no FP warnings, fp32 result."""
 
     def g(*xs: Any) -> np.ndarray:
-        with np.errstate(all="ignore"):
+        with quiet():
             return np.asarray(fn(*(_f(x) for x in xs)), dtype=_F32)
 
     return g
@@ -145,7 +147,7 @@ def erf64(x: np.ndarray) -> np.ndarray:
         total += term
         if n >= 8 and not np.any(term > 1e-17 * total):
             break
-    with np.errstate(all="ignore"):
+    with quiet():
         r = np.minimum(2.0 / math.sqrt(math.pi) * np.exp(-a * a) * total, 1.0)
     r = np.where(np.abs(x) >= 6.0, 1.0, r)
     return np.where(np.isnan(x), np.nan, np.copysign(r, x))
@@ -344,7 +346,7 @@ log2 = _act("log2", np.log2)
 
 def _prelu(x: Any, alpha: float | np.ndarray = 0.0) -> np.ndarray:
     """Leaky ReLU with slope `alpha` (activate2's relu_param); alpha may be a (P, 1) vector."""
-    with np.errstate(all="ignore"):
+    with quiet():
         x = _f(x)
         return np.where(x >= 0, x, x * _f(alpha)).astype(_F32)
 

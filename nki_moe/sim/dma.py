@@ -9,7 +9,7 @@ from .enums import dge_mode as _dge_mode
 from .enums import engine as _engine
 from .enums import oob_mode as _oob_mode
 from .errors import NkiUninitializedError
-from .instr import Instr
+from .instr import Instr, reject_kwargs
 from .tensor import ITEMSIZE, NkiTensor
 from .trace import Access
 
@@ -23,13 +23,6 @@ def enum_arg(ins: Instr, value, enum_cls, operand: str):
     if isinstance(value, int) and not isinstance(value, bool) and ins.prog.compat == "0.2":
         return enum_cls(value)
     ins.fail(f"expected nisa.{enum_cls.__name__}.<member>", operand, value=value)
-
-
-def reject_kwargs(ins: Instr, kw: dict, compat_ok: tuple = ()) -> None:
-    for k in kw:
-        if k in compat_ok and ins.prog.compat == "0.2":
-            continue
-        ins.fail(f"unexpected keyword argument '{k}'", k)
 
 
 def _queue(ins: Instr, dge, eng) -> str:

@@ -16,6 +16,16 @@ def user_frame(depth: int = 1):
     return f
 
 
+def user_callers(f) -> tuple:
+    """(file, line) of the user frames above frame ``f`` up to the kernel entry (a call path)."""
+    out = []
+    f = f.f_back if f is not None else None
+    while f is not None and not f.f_code.co_filename.startswith(SIM_DIR):
+        out.append((f.f_code.co_filename, f.f_lineno))
+        f = f.f_back
+    return tuple(out)
+
+
 def user_location(depth: int = 2) -> str:
     f = user_frame(depth)
     return f"{f.f_code.co_filename}:{f.f_lineno}" if f is not None else "<unknown>"
@@ -65,6 +75,13 @@ class NkiUninitializedError(NkiValidationError):
 
 class NkiDependencyError(NkiValidationError):
     """An affine_range iteration reads data written by an earlier iteration of the same loop."""
+
+
+class NkiKwargError(NkiValidationError, TypeError):
+    """An unexpected keyword argument to an ISA instruction (NKI 2.28+ rejects them).
+
+    Also a TypeError, so code written for Python's own "got an unexpected keyword argument" still catches it.
+    """
 
 
 class NkiBackendError(ImportError):

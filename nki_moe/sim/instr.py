@@ -12,7 +12,13 @@ import numpy as np
 
 from . import numerics, runtime
 from .enums import ENGINE_NAMES, engine
-from .errors import SIM_DIR, NkiDependencyError, NkiUninitializedError, NkiValidationError
+from .errors import (
+    SIM_DIR,
+    NkiDependencyError,
+    NkiKwargError,
+    NkiUninitializedError,
+    NkiValidationError,
+)
 from .tensor import ITEMSIZE, ON_CHIP, NkiTensor
 from .trace import Access, Record
 
@@ -21,6 +27,9 @@ _HBM = ("private_hbm", "shared_hbm")
 
 
 _BUF_CACHE: dict = {}
+_ON_CHIP_ARG = ("sbuf", "psum")  # Instr.tensor's default buffers (identity-checked: no lookup needed)
+_F32 = np.dtype(np.float32)
+_WLOG_MAX = 64  # bound on deferred affine write stamps per storage (then they are applied)
 
 
 def _expand_buffers(buffers) -> tuple:
@@ -33,6 +42,15 @@ def _expand_buffers(buffers) -> tuple:
         out.extend(_HBM if b == "hbm" else (b,))
     _BUF_CACHE[buffers] = tuple(out)
     return tuple(out)
+
+
+def reject_kwargs(ins: Instr, kw: dict, compat_ok: tuple = ()) -> None:
+    """Unknown keyword arguments are errors (NKI 2.28+); `compat_ok` names 0.2 spellings still accepted in
+    0.2-compat mode. Every instruction rejects them through here, so the error type is the same everywhere."""
+    for k in kw:
+        if k in compat_ok and ins.prog.compat == "0.2":
+            continue
+        ins.fail(f"{ins.opcode}() got an unexpected keyword argument '{k}'", k, cls=NkiKwargError)
 
 
 class Instr:
@@ -127,12 +145,12 @@ class Instr:
         return name
 
     # ---- operands ------------------------------------------------------------------------------------
-    def tensor(self, operand: str, value, buffers=("sbuf", "psum"), check_start: bool = True) -> NkiTensor:
+    def tensor(self, operand: str, value, buffers=_ON_CHIP_ARG, check_start: bool = True) -> NkiTensor:
         """Validate a tensor operand: type, buffer, partitions <= 128, start-partition rule."""
         if not isinstance(value, NkiTensor):
             self.fail(f"expected an NKI tensor, got {type(value).__name__}", operand)
         buf = value.st.buffer
-        allowed = _expand_buffers(buffers)
+        allowed = ON_CHIP if buffers is _ON_CHIP_ARG else _expand_buffers(buffers)
         if buf not in allowed:
             self.fail(f"tensor in {buf} is not allowed here", operand, limit="/".join(allowed), value=buf)
         if value.dyn is not None and value.dyn[0] == "vector" and self.engine != "dma":
@@ -236,6 +254,8 @@ class Instr:
 
     def _read_checks(self, operand: str, t: NkiTensor, P: int, F: int) -> None:
         st = t.st
+        if st.fresh or st.unfilled:
+            st.materialize()
         self.last_taint = None
         if st.taint is not None:
             m = t.mask_get(st.taint)
@@ -244,12 +264,16 @@ class Instr:
                 self._taints.append(m)
                 self.last_taint = m
         prog = self.prog
-        if prog.affine and st.stamp is not None:
+        if prog.affine and (st.stamp is not None or st.wlog):
             stamps = None
             for loop in prog.affine:
-                if loop.iter <= 0 or st.serial >= loop.iter_serial:
+                # iter_serial is the serial of the last allocation before the iteration began, so a
+                # storage allocated before it has serial <= iter_serial (inside it: >).
+                if loop.iter <= 0 or st.serial > loop.iter_serial:
                     continue
                 if stamps is None:
+                    if st.wlog:
+                        st.flush_stamps()
                     stamps = np.asarray(t.mask_get(st.stamp))
                 bad = (stamps >= loop.loop_seq) & (stamps < loop.iter_seq)
                 if bad.any():
@@ -262,19 +286,27 @@ class Instr:
                         cls=NkiDependencyError,
                     )
 
+    def _values(self, t: NkiTensor, P: int, F: int) -> np.ndarray:
+        # A read-only (P, F) view of the storage when the layout allows (no copy), else a copy. Read-only
+        # so an instruction's math can never modify its source operand in place.
+        a = t._data().reshape(P, F)
+        a.flags.writeable = False
+        return a
+
     def read_raw(self, operand: str, t: NkiTensor) -> np.ndarray:
-        """(P, F) copy of the view in its storage dtype (bit-exact)."""
+        """(P, F) read-only values of the view in its storage dtype (bit-exact; may alias the storage)."""
         t = self._access(operand, t, "r")
         P, F = t.pf()
         self._read_checks(operand, t, P, F)
-        return np.array(t._nd(t._arr())).reshape(P, F)
+        return self._values(t, P, F)
 
     def read(self, operand: str, t: NkiTensor) -> np.ndarray:
-        """(P, F) float32 values of the view."""
+        """(P, F) float32 values of the view (read-only; float32 storage is not copied)."""
         t = self._access(operand, t, "r")
         P, F = t.pf()
         self._read_checks(operand, t, P, F)
-        return numerics.to_f32(t._nd(t._arr()).reshape(P, F))
+        a = self._values(t, P, F)
+        return a if a.dtype == _F32 else numerics.to_f32(a)
 
     def _out_taint(self, taint, P: int, F: int):
         if taint is None:
@@ -301,25 +333,47 @@ class Instr:
                 rows |= m.any()
         return np.broadcast_to(rows, (P, F)) if rows.any() else None
 
-    def write(self, operand: str, t: NkiTensor, values, taint="partition", raw: bool = False) -> None:
-        """Store (P, F) (or broadcastable) values into the view, casting to its dtype unless raw."""
+    def write(
+        self, operand: str, t: NkiTensor, values, taint="partition", raw: bool = False, owned: bool = False
+    ) -> None:
+        """Store (P, F) (or broadcastable) values into the view, casting to its dtype unless raw.
+
+        owned=True: the caller hands `values` over (a fresh result it will not touch again); a full-tile
+        write may then keep that array as the tile's buffer instead of copying it.
+        """
         t = self._access(operand, t, "w")
         st = t.st
         P, F = t.pf()
-        arr = t._arr()
+        covers = None  # t.covers_storage(), computed when first needed
+        if st.fresh:
+            covers = t.covers_storage()
+            if covers:
+                st.fresh = False  # every element is overwritten: the poison could never be observed
+            elif not st.defer_fill():
+                st.materialize()
+        nd = t._data(write=True)
+        vals = values if isinstance(values, np.ndarray) else np.asarray(values)
+        sdt = nd.dtype
         if raw:
-            vals = np.asarray(values)
-            if vals.dtype != arr.dtype:
-                vals = vals.view(arr.dtype) if vals.dtype.itemsize == arr.itemsize else vals.astype(arr.dtype)
-        else:
-            vals = numerics.cast(values, t.dtype)
-            if vals.dtype != arr.dtype:
-                vals = vals.astype(arr.dtype)
-        nd = t._nd(arr)
-        if vals.size == nd.size:
-            nd[...] = vals.reshape(nd.shape)
-        else:
-            nd[...] = np.broadcast_to(vals.reshape(P, -1) if vals.ndim else vals, (P, F)).reshape(nd.shape)
+            if vals.dtype != sdt:
+                if vals.dtype.itemsize == sdt.itemsize:
+                    vals = vals.view(sdt)
+                else:
+                    vals, owned = vals.astype(sdt), True
+        elif vals.dtype != _F32 or t.dtype != "float32" or sdt != _F32:
+            # float32 -> float32 stores need no rounding; everything else goes through the hardware cast,
+            # whose result is a new array.
+            vals, owned = numerics.cast(vals, t.dtype), True
+            if vals.dtype != sdt:
+                vals = vals.astype(sdt)
+        if owned and covers is None:
+            covers = t.covers_storage()
+        if not (owned and covers and t.dtype == st.dtype and st.adopt(vals)):
+            if vals.size == nd.size:
+                nd[...] = vals.reshape(nd.shape)
+            else:
+                full = np.broadcast_to(vals.reshape(P, -1) if vals.ndim else vals, (P, F))
+                nd[...] = full.reshape(nd.shape)
         st.written = True
         prog = self.prog
         if prog.strict:
@@ -339,7 +393,7 @@ class Instr:
                 if st.taint is None:
                     st.taint = np.zeros(st.nelem, np.bool_)
                 t.mask_set(st.taint, out.reshape(nd.shape))
-            if prog.affine and st.serial < prog.affine[-1].iter_serial:
-                if st.stamp is None:
-                    st.stamp = np.full(st.nelem, -1, np.int32)
-                t.mask_set(st.stamp, self.seq)
+            if prog.affine and st.serial <= prog.affine[-1].iter_serial:
+                st.wlog.append((self.seq, t.dtype, t.pat, t.off))
+                if len(st.wlog) >= _WLOG_MAX:
+                    st.flush_stamps()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import runtime
-from .dma import dma_copy, dma_transpose, enum_arg, reject_kwargs
+from .dma import dma_copy, dma_transpose, enum_arg
 from .enums import dge_mode, dma_engine, engine, matmul_perf_mode, nc_version, oob_mode, reduce_cmd
 from .errors import NkiValidationError
-from .instr import Instr
+from .instr import Instr, reject_kwargs
 from .matmul import nc_matmul, nc_transpose
 from .tensor import NkiTensor
 
@@ -123,7 +123,7 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
             )
         pid = ins.prog.pid
         sched = launch.sched
-        vals = ins.read_raw("src", src)
+        vals = np.array(ins.read_raw("src", src))  # a copy: src may be rewritten before it is received
         sched.mail[(pid, int(send_to_rank), pipe_id)] = (vals, ins.last_taint)
         key = (int(recv_from_rank), pid, pipe_id)
         sched.block_until(pid, lambda: key in sched.mail)

@@ -17,8 +17,7 @@ from .alu import Op
 from .dma import enum_arg
 from .enums import engine as _engine
 from .enums import reduce_cmd as _reduce_cmd
-from .errors import NkiValidationError
-from .instr import Instr
+from .instr import Instr, reject_kwargs
 from .tensor import NkiTensor
 
 __all__ = [
@@ -65,22 +64,7 @@ _PSUM_OK = ("sbuf", "psum")
 _ENGINE_LABEL = {"dve": "vector", "act": "scalar", "pool": "gpsimd", "pe": "tensor"}
 
 
-class NkiKwargError(NkiValidationError, TypeError):
-    """An unexpected keyword argument (NKI 2.28+ rejects them); also a TypeError like Python's own."""
-
-
 # ---- shared checks -----------------------------------------------------------------------------------------
-
-
-def _kwargs(ins: Instr, kw: dict) -> None:
-    """Reject unknown keyword arguments, naming the first one."""
-    for k in kw:
-        raise NkiKwargError(
-            f"{ins.opcode}() got an unexpected keyword argument '{k}'",
-            instruction=ins.opcode,
-            operand=k,
-            location=ins.location,
-        )
 
 
 def _op(ins: Instr, operand: str, op: Any, arity: int | None = None) -> Op:
@@ -222,7 +206,7 @@ def _float_scalar(ins: Instr, name: str, v: Any) -> float:
 def tensor_tensor(dst, data1, data2, op, engine=_engine.unknown, name=None, **kw) -> None:
     """dst = data1 op data2 elementwise (fp32 math; bitvec on raw ints; exact int32 on GpSimd)."""
     with Instr("tensor_tensor", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o = _alu_op(ins, "op", op, arity=2)
         for n, t in (("dst", dst), ("data1", data1), ("data2", data2)):
             ins.tensor(n, t)
@@ -245,7 +229,7 @@ def tensor_tensor(dst, data1, data2, op, engine=_engine.unknown, name=None, **kw
             out = S.tensor_tensor_int(ins.read_raw("data1", data1), ins.read_raw("data2", data2), o)
         else:
             out = S.tensor_tensor(ins.read("data1", data1), ins.read("data2", data2), o)
-        ins.write("dst", dst, out, taint="elementwise")
+        ins.write("dst", dst, out, taint="elementwise", owned=True)
 
 
 def _bitvec_operand(ins: Instr, name: str, v: Any, p: int) -> Any:
@@ -279,7 +263,7 @@ def tensor_scalar(
 ) -> None:
     """dst = (data op0 operand0) op1 operand1 with scalar or (P, 1) operands."""
     with Instr("tensor_scalar", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
         o1 = None if op1 is None else _alu_op(ins, "op1", op1)
         if o1 is not None and o1.is_bitvec != o0.is_bitvec:
@@ -323,7 +307,7 @@ def tensor_scalar(
             v0 = _vec(ins, "operand0", operand0, p)
             v1 = None if o1 is None or operand1 is None else _vec(ins, "operand1", operand1, p)
             out = S.tensor_scalar(ins.read("data", data), o0, v0, reverse0, o1, v1, reverse1)
-        ins.write("dst", dst, out, taint="elementwise")
+        ins.write("dst", dst, out, taint="elementwise", owned=True)
 
 
 def scalar_tensor_tensor(
@@ -331,7 +315,7 @@ def scalar_tensor_tensor(
 ) -> None:
     """dst = (data op0 operand0) op1 operand1; operand0 scalar/(P, 1), operand1 a full tile."""
     with Instr("scalar_tensor_tensor", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
         o1 = _alu_op(ins, "op1", op1, arity=2)
         for n, o in (("op0", o0), ("op1", o1)):
@@ -348,13 +332,13 @@ def scalar_tensor_tensor(
             ins.read("data", data), o0, v0, o1, ins.read("operand1", operand1), reverse0, reverse1
         )
         ins.note(op0=o0.name, op1=o1.name)
-        ins.write("dst", dst, out, taint="elementwise")
+        ins.write("dst", dst, out, taint="elementwise", owned=True)
 
 
 def tensor_reduce(dst, op, data, axis, negate=False, keepdims=False, name=None, **kw) -> None:
     """Reduce data along trailing free axes (never the partition axis)."""
     with Instr("tensor_reduce", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o = _alu_op(ins, "op", op, arity=2)
         if not o.reducible:
             ins.fail(
@@ -404,7 +388,7 @@ def tensor_scalar_reduce(
 ) -> None:
     """dst = data op0 operand0 and reduce_res[p] = reduce_op over dst's free elements (fp32)."""
     with Instr("tensor_scalar_reduce", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
         if o0.is_bitvec:
             ins.fail("bitvec ops are not supported", "op0", value=f"nl.{o0.name}")
@@ -433,7 +417,7 @@ def tensor_scalar_cumulative(
 ) -> None:
     """Inclusive scan reg = op1(op0(src[i], imm0), reg); dst[i] = reg (Vector accumulator registers)."""
     with Instr("tensor_scalar_cumulative", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
         if o0.is_bitvec:
             ins.fail("op0 must be an arithmetic op", "op0", value=f"nl.{o0.name}")
@@ -470,7 +454,7 @@ def tensor_tensor_scan(
 ) -> None:
     """res[i] = op1(op0(data0[i], res[i-1]), data1[i]) along the free dim; res[-1] = initial."""
     with Instr("tensor_tensor_scan", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0, arity=2)
         o1 = _alu_op(ins, "op1", op1, arity=2)
         for n, o in (("op0", o0), ("op1", o1)):
@@ -493,17 +477,17 @@ def tensor_tensor_scan(
 def reciprocal(dst, data, name=None, **kw) -> None:
     """dst = 1 / data in fp32 on the Vector Engine."""
     with Instr("reciprocal", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("data", data)
         _same_shape(ins, "data", data, "dst", dst)
-        ins.write("dst", dst, S.reciprocal(ins.read("data", data)), taint="elementwise")
+        ins.write("dst", dst, S.reciprocal(ins.read("data", data)), taint="elementwise", owned=True)
 
 
 def tensor_copy(dst, src, engine=_engine.unknown, name=None, **kw) -> None:
     """dst = src (bit-exact when dtypes match, else through fp32); free shapes may differ."""
     with Instr("tensor_copy", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         eng = _engine_arg(ins, engine, "dve", ("dve", "act", "pool"))
         if eng == "act" and ins.state.nc_version <= 2:
             ins.fail(
@@ -528,7 +512,7 @@ _PRED_DTYPES = ("uint8", "uint16", "uint32", "bool_")
 def tensor_copy_predicated(dst, src, predicate, reverse_pred=False, name=None, **kw) -> None:
     """dst = src where predicate is nonzero (zero if reverse_pred); other elements keep their value."""
     with Instr("tensor_copy_predicated", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("predicate", predicate)
         _same_shape(ins, "dst", dst, "predicate", predicate)
@@ -583,7 +567,7 @@ def select_reduce(
 ) -> None:
     """dst = predicate ? on_true : on_false, with an optional max-reduction into the Vector accumulator."""
     with Instr("select_reduce", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         cmd = _cmd(ins, reduce_cmd)
         r = _reduce_op(ins, "reduce_op", reduce_op, ("maximum", "max"))
         for n, t in (("dst", dst), ("predicate", predicate), ("on_true", on_true)):
@@ -632,7 +616,7 @@ def range_select(
 ) -> None:
     """Keep elements whose free index lies in the per-partition range, else FP32_MIN; max-reduce them."""
     with Instr("range_select", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         if ins.state.nc_version < 3:
             ins.fail(
                 f"range_select needs NeuronCore-v3+, the target is {ins.state.target}",
@@ -676,7 +660,7 @@ def range_select(
 def memset(dst, value, engine=_engine.unknown, name=None, **kw) -> None:
     """Fill dst with a compile-time constant whose kind matches dst's dtype."""
     with Instr("memset", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
         ins.tensor("dst", dst, buffers=_buffers(eng))
         err = S.memset_value_error(value, dst.dtype)
@@ -736,7 +720,7 @@ def activation(
 ) -> None:
     """dst = op(data * scale + bias) on the Scalar Engine, optionally summed into the ACT accumulators."""
     with Instr("activation", "act") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         cmd = _cmd(ins, reduce_cmd)
         r = alu.add if reduce_op is None else _reduce_op(ins, "reduce_op", reduce_op, ("add",))
         if cmd == S.LOAD_REDUCE:
@@ -754,14 +738,14 @@ def activation(
         acc = ins.state.act_acc
         acc[lanes] = S.accumulate(acc[lanes], out, r, cmd)
         ins.note(op=o.name, reduce_cmd=cmd)
-        ins.write("dst", dst, out, taint="elementwise")
+        ins.write("dst", dst, out, taint="elementwise", owned=True)
         _write_acc(ins, "reduce_res", reduce_res, acc, lanes, data.pf()[0])
 
 
 def activation_reduce(dst, op, data, reduce_op, reduce_res, bias=None, scale=1.0, name=None, **kw) -> None:
     """activation() plus a sum over all free elements of the result into reduce_res (P, 1)."""
     with Instr("activation_reduce", "act") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         r = _reduce_op(ins, "reduce_op", reduce_op, ("add",))
         o, b, s = _act_operands(ins, op, data, dst, bias, scale)
         if reduce_res is None:
@@ -780,7 +764,7 @@ def exponential(
 ) -> None:
     """dst = exp(src - max_value) with an optional sum into the Vector accumulators (trn3 only)."""
     with Instr("exponential", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         if ins.state.nc_version < 4:
             ins.fail(
                 f"exponential is a NeuronCore-v4 (trn3) instruction; the target is {ins.state.target}",
@@ -823,7 +807,7 @@ def _pattern(ins: Instr, pattern: Any) -> list[list[int]]:
 def iota(dst, pattern, offset=0, channel_multiplier=0, name=None, **kw) -> None:
     """dst[p, i...] = offset + p*channel_multiplier + sum(i_k * step_k), computed in int32 on GpSimd."""
     with Instr("iota", "pool") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst, buffers=_SBUF)
         pat = _pattern(ins, pattern)
         p, f = dst.pf()
@@ -852,7 +836,7 @@ def affine_select(
 ) -> None:
     """dst = on_true_tile where cmp_op(affine value, 0) else on_false_value (GpSimd)."""
     with Instr("affine_select", "pool") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         if not isinstance(on_true_tile, NkiTensor) and isinstance(on_false_value, NkiTensor):
             # NKI 0.2 positional order: (dst, pattern, offset, channel_multiplier, on_true_tile, ...)
             offset, channel_multiplier, on_true_tile, on_false_value, cmp_op = (
@@ -898,7 +882,7 @@ _LG_ELEMS = (1, 2, 4, 8, 16, 32)
 def local_gather(dst, src_buffer, index, num_elem_per_idx=1, num_valid_indices=None, name=None, **kw) -> None:
     """Each 16-partition GpSimd core gathers num_elem_per_idx-element runs of its rows at shared indices."""
     with Instr("local_gather", "pool") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         for n, t in (("dst", dst), ("src_buffer", src_buffer), ("index", index)):
             ins.tensor(n, t, buffers=_SBUF)
         if index.dtype != "uint16":
@@ -957,7 +941,7 @@ def local_gather(dst, src_buffer, index, num_elem_per_idx=1, num_valid_indices=N
 def nc_n_gather(dst, data, indices, name=None, **kw) -> None:
     """dst[p, k] = data[p, indices[p, k]] (flattened free dims), all in SBUF."""
     with Instr("nc_n_gather", "pool") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         for n, t in (("dst", dst), ("data", data), ("indices", indices)):
             ins.tensor(n, t, buffers=_SBUF)
         if not numerics.is_int(indices.dtype) or indices.dtype == "bool_":
@@ -990,7 +974,7 @@ _PART_RED = ("add", "maximum", "max", "bitwise_or", "bitwise_and")
 def tensor_partition_reduce(dst, op, data, name=None, **kw) -> None:
     """Reduce across partitions: data (P, F) -> dst (1, F) on GpSimd."""
     with Instr("tensor_partition_reduce", "pool") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         o = _reduce_op(ins, "op", op, _PART_RED)
         ins.tensor("dst", dst, buffers=_SBUF)
         ins.tensor("data", data, buffers=_SBUF)
@@ -1009,7 +993,7 @@ def tensor_partition_reduce(dst, op, data, name=None, **kw) -> None:
 def sequence_bounds(dst, segment_ids, name=None, **kw) -> None:
     """Per element: start and (exclusive) end of its segment run; padding id 0 gives (n, -1)."""
     with Instr("sequence_bounds", "pool") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst, buffers=_SBUF)
         ins.tensor("segment_ids", segment_ids, buffers=_SBUF)
         if segment_ids.dtype not in ("float32", "int32"):
@@ -1037,7 +1021,7 @@ def _top8_src(ins: Instr, name: str, t: NkiTensor) -> None:
 def max8(dst, src, name=None, **kw) -> None:
     """The 8 largest values of each partition, in descending order."""
     with Instr("max8", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("src", src)
         _top8_src(ins, "src", src)
@@ -1055,7 +1039,7 @@ def _vals8(ins: Instr, vals: NkiTensor, data: NkiTensor) -> None:
 def nc_find_index8(dst, data, vals, name=None, **kw) -> None:
     """Index of each of the 8 vals in data per partition (ties: successive occurrences, ascending)."""
     with Instr("nc_find_index8", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("data", data)
         _top8_src(ins, "data", data)
@@ -1071,7 +1055,7 @@ def nc_find_index8(dst, data, vals, name=None, **kw) -> None:
 def nc_match_replace8(dst, data, vals, imm, dst_idx=None, name=None, **kw) -> None:
     """Replace the first occurrence of each of the 8 vals with imm (vals visited 7..0); optional indices."""
     with Instr("nc_match_replace8", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("data", data)
         _vals8(ins, vals, data)
@@ -1112,7 +1096,7 @@ def _shuffle_mask(ins: Instr, shuffle_mask: Any) -> list[int]:
 def nc_stream_shuffle(dst, src, shuffle_mask, name=None, **kw) -> None:
     """dst[q*32+i] = src[q*32+mask[i]] within each 32-partition quadrant; mask 255 keeps dst."""
     with Instr("nc_stream_shuffle", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         mask = _shuffle_mask(ins, shuffle_mask)
         ins.tensor("dst", dst, check_start=False)
         ins.tensor("src", src, check_start=False)
@@ -1157,7 +1141,7 @@ def nc_stream_shuffle(dst, src, shuffle_mask, name=None, **kw) -> None:
 def bn_stats(dst, data, name=None, **kw) -> None:
     """Per partition [count, mean, var*count] of the even- then odd-indexed elements (6 values)."""
     with Instr("bn_stats", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("data", data)
         f = data.pf()[1]
@@ -1171,7 +1155,7 @@ def bn_stats(dst, data, name=None, **kw) -> None:
 def bn_aggr(dst, data, name=None, **kw) -> None:
     """Aggregate concatenated bn_stats tuples into [mean, variance] per partition."""
     with Instr("bn_aggr", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("data", data)
         f = data.pf()[1]
@@ -1197,7 +1181,7 @@ def _rng(ins: Instr) -> np.random.Generator:
 def dropout(dst, data, prob, name=None, **kw) -> None:
     """Zero each element with probability prob (kept values are not rescaled)."""
     with Instr("dropout", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("dst", dst)
         ins.tensor("data", data)
         _same_shape(ins, "data", data, "dst", dst)
@@ -1212,7 +1196,7 @@ def dropout(dst, data, prob, name=None, **kw) -> None:
 def rng(dst, engine=_engine.unknown, name=None, **kw) -> None:
     """Random bits truncated to an integer dst."""
     with Instr("rng", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
         if eng == "pool" and ins.state.nc_version < 3:
             ins.fail(
@@ -1233,7 +1217,7 @@ def rng(dst, engine=_engine.unknown, name=None, **kw) -> None:
 def rand2(dst, min, max, name=None, **kw) -> None:
     """Uniform fp32 values in [min, max] (trn3 only)."""
     with Instr("rand2", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         if ins.state.nc_version < 4:
             ins.fail(
                 f"rand2 is a NeuronCore-v4 (trn3) instruction; the target is {ins.state.target}",
@@ -1255,7 +1239,7 @@ _STATE_WORDS = {"pool": 6, "dve": 24}
 def rand_get_state(dst, engine=_engine.unknown, name=None, **kw) -> None:
     """Save the PRNG state as uint32 words per lane (6 on GpSimd, 24 on Vector); restorable by set_state."""
     with Instr("rand_get_state", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
         ins.tensor("dst", dst, buffers=_buffers(eng))
         p, f = dst.pf()
@@ -1271,7 +1255,7 @@ def rand_get_state(dst, engine=_engine.unknown, name=None, **kw) -> None:
 def rand_set_state(src_seeds, engine=_engine.unknown, name=None, **kw) -> None:
     """Restore the PRNG state from words saved by rand_get_state (or any seed words)."""
     with Instr("rand_set_state", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
         ins.tensor("src_seeds", src_seeds, buffers=_buffers(eng))
         words = ins.read_raw("src_seeds", src_seeds).astype(np.uint64).astype(np.uint32)
@@ -1281,7 +1265,7 @@ def rand_set_state(src_seeds, engine=_engine.unknown, name=None, **kw) -> None:
 def set_rng_seed(src_seeds, name=None, **kw) -> None:
     """Seed the Vector PRNG from a [1, 1] 32-bit tensor."""
     with Instr("set_rng_seed", "dve") as ins:
-        _kwargs(ins, kw)
+        reject_kwargs(ins, kw)
         ins.tensor("src_seeds", src_seeds)
         if src_seeds.size != 1 or numerics.itemsize(src_seeds.dtype) != 4:
             ins.fail(

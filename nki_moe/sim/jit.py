@@ -238,6 +238,8 @@ def _collect_outputs(v, prog: Program, fn, torch_out: bool):
                 value=st.buffer,
                 location=loc,
             )
+    if st.fresh or st.unfilled:
+        st.materialize()  # pending poison of never-written elements becomes observable now
     if prog.strict and st.taint is not None:
         m = np.asarray(v.mask_get(st.taint))
         if m.any():
@@ -249,6 +251,11 @@ def _collect_outputs(v, prog: Program, fn, torch_out: bool):
                 operand=name,
                 location=loc,
             )
+    if st.pooled and not torch_out and st.raw.dtype == numerics.np_dtype(v.dtype) and v.covers_storage():
+        # Hand the storage itself out instead of copying it (the run is over; nothing else uses it). A
+        # second return of the same tensor gets a copy, as `pooled` is now off.
+        st.pooled = False
+        return st.raw.reshape(v.shape)
     out = _to_numpy_out(v).reshape(v.shape)
     return _numpy_to_torch(out) if torch_out else out
 
@@ -256,12 +263,32 @@ def _collect_outputs(v, prog: Program, fn, torch_out: bool):
 # ---- running -------------------------------------------------------------------------------------
 
 
+_allocator_primed = False
+
+
+def _prime_allocator() -> None:
+    """Once per process: free one 30 MiB block so glibc malloc raises its dynamic mmap/trim thresholds.
+
+    Kernels churn through many 1 MiB-class temporaries (tiles, fp32 widenings). Below glibc's initial
+    128 KiB mmap threshold policy those are mmapped or trimmed back to the OS on free, so every one is
+    page-faulted afresh, which costs more than the arithmetic. Freeing an mmapped block is glibc's own
+    signal to keep blocks up to that size on the heap (threshold := block size, trim := 2x); any NumPy
+    program that frees a large array ends up in the same state. No effect on other allocators.
+    """
+    global _allocator_primed
+    if not _allocator_primed:
+        _allocator_primed = True
+        np.empty(30 << 20, np.uint8)  # allocated by mmap and released immediately
+
+
 def _run_program(launch: Launch, pid: int, fn, args, kwargs):
     prog = Program(launch, pid)
     launch.programs.append(prog)
     _tls.prog = prog
     try:
-        return prog, fn(*args, **kwargs)
+        # One errstate for the whole program instead of one per emulated operation.
+        with numerics.fp_errors_ignored():
+            return prog, fn(*args, **kwargs)
     finally:
         _tls.prog = None
 
@@ -307,6 +334,7 @@ def run(
             "LNC=2 needs trn2 or trn3", instruction="launch", limit="trn2/trn3", value=tgt.name
         )
     launch = Launch(opts, tgt, n, ndim, Trace())
+    _prime_allocator()
     old_precise = numerics.precise()
     numerics.set_precise(opts.precise)
     try:

@@ -368,6 +368,190 @@ def mean(x, axis, dtype=None, keepdims=False):
     return t
 
 
+def _whole_free_axes(x: NkiTensor, axis, what: str) -> tuple:
+    """Normalise `axis` and require it to cover every free axis (the helpers reduce into (P, 1) tiles)."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    norm = tuple(sorted({a % x.ndim for a in axes}))
+    if norm != tuple(range(1, x.ndim)):
+        raise NkiValidationError(
+            f"nl.{what} works along the free axes of an on-chip tile (partition dim 0 first)",
+            instruction=what,
+            operand="axis",
+            limit=tuple(range(1, x.ndim)),
+            value=axis,
+        )
+    return norm
+
+
+def _on_chip(x, what: str, operand: str = "x") -> None:
+    if not isinstance(x, NkiTensor) or not x.on_chip:
+        raise NkiValidationError(
+            f"nl.{what} takes an SBUF/PSUM tile (load HBM data with nl.load first)",
+            instruction=what,
+            operand=operand,
+            value=type(x).__name__ if not isinstance(x, NkiTensor) else x.buffer,
+        )
+
+
+def softmax(x: NkiTensor, axis=-1, dtype=None) -> NkiTensor:
+    """exp(x - max) / sum(exp(x - max)) along the free axes, in fp32, into a new SBUF tile.
+
+    Instructions: tensor_reduce (negated row max), activation(exp, bias=-max) accumulating the row sums,
+    reciprocal, tensor_scalar multiply.
+    """
+    _on_chip(x, "softmax")
+    axes = _whole_free_axes(x, axis, "softmax")
+    P = x.shape[0]
+    neg_max = _new_like((P, 1), "float32")
+    isa.tensor_reduce(dst=neg_max, op=_OPS["maximum"], data=x, axis=axes, negate=True)
+    exps = _new_like(x.shape, "float32")
+    total = _new_like((P, 1), "float32")
+    isa.activation(
+        dst=exps,
+        op=_OPS["exp"],
+        data=x,
+        bias=neg_max,
+        reduce_op=_OPS["add"],
+        reduce_res=total,
+        reduce_cmd=isa.reduce_cmd.reset_reduce,
+    )
+    inv = _new_like((P, 1), "float32")
+    isa.reciprocal(dst=inv, data=total)
+    out = _new_like(x.shape, dtype or x.dtype)
+    isa.tensor_scalar(dst=out, data=exps, op0=_OPS["multiply"], operand0=inv)
+    return out
+
+
+def rms_norm(x: NkiTensor, w=None, axis=-1, n=None, epsilon: float = 1e-6, dtype=None) -> NkiTensor:
+    """x / sqrt(sum(x^2) / n + epsilon) * w along the free axes (statistics in fp32), new SBUF tile.
+
+    Args: x an on-chip tile [P, ...]; w None or a tile of x's shape (already broadcast to every partition);
+    n the element count of the mean (default: the free size). Instructions: activation(square) with the
+    row sums accumulated, tensor_scalar (1/n, +epsilon), activation(rsqrt), scalar_tensor_tensor (or
+    tensor_scalar without w).
+    """
+    _on_chip(x, "rms_norm")
+    _whole_free_axes(x, axis, "rms_norm")
+    P, F = x.pf()
+    if w is not None:
+        _on_chip(w, "rms_norm", "w")
+        if w.pf() != (P, F):
+            raise NkiValidationError(
+                "w must be a tile of x's shape (broadcast it to every partition first)",
+                instruction="rms_norm",
+                operand="w",
+                limit=x.shape,
+                value=w.shape,
+            )
+    count = F if n is None else int(n)
+    squares = _new_like(x.shape, "float32")
+    total = _new_like((P, 1), "float32")
+    isa.activation(
+        dst=squares,
+        op=_OPS["square"],
+        data=x,
+        reduce_op=_OPS["add"],
+        reduce_res=total,
+        reduce_cmd=isa.reduce_cmd.reset_reduce,
+    )
+    rstd = _new_like((P, 1), "float32")
+    isa.tensor_scalar(
+        dst=rstd, data=total, op0=_OPS["multiply"], operand0=1.0 / count, op1=_OPS["add"], operand1=epsilon
+    )
+    isa.activation(dst=rstd, op=_OPS["rsqrt"], data=rstd)
+    out = _new_like(x.shape, dtype or x.dtype)
+    if w is None:
+        isa.tensor_scalar(dst=out, data=x, op0=_OPS["multiply"], operand0=rstd)
+    else:
+        isa.scalar_tensor_tensor(
+            dst=out, data=x, op0=_OPS["multiply"], operand0=rstd, op1=_OPS["multiply"], operand1=w
+        )
+    return out
+
+
+def where(condition: NkiTensor, x, y, dtype=None) -> NkiTensor:
+    """Elementwise condition ? x : y into a new SBUF tile; x and y are tiles of condition's shape or scalars.
+
+    Instructions: y is placed first (tensor_copy, or memset for a scalar), then tensor_copy_predicated
+    overwrites it with x where the condition is nonzero (a non-unsigned condition is converted to a uint8
+    predicate with one tensor_copy).
+    """
+    _on_chip(condition, "where", "condition")
+    for name, v in (("x", x), ("y", y)):
+        if isinstance(v, NkiTensor):
+            _on_chip(v, "where", name)
+        elif not isinstance(v, (int, float, np.integer, np.floating)):
+            raise NkiValidationError(
+                "x and y must be tiles or scalars", instruction="where", operand=name, value=type(v).__name__
+            )
+    kinds = [v.dtype if isinstance(v, NkiTensor) else numerics.scalar_dtype(v) for v in (x, y)]
+    out_dt = numerics.normalize_dtype(dtype) if dtype is not None else numerics.promote(*kinds)
+    shape = condition.shape
+    pred = condition
+    if condition.dtype not in ("uint8", "uint16", "uint32", "bool_"):
+        pred = _new_like(shape, "uint8")
+        isa.tensor_copy(dst=pred, src=condition)
+    out = _new_like(shape, out_dt)
+    if isinstance(y, NkiTensor):
+        isa.tensor_copy(dst=out, src=y)
+    else:
+        isa.memset(dst=out, value=int(y) if numerics.is_int(out_dt) else float(y))
+    src = x
+    if isinstance(x, NkiTensor) and x.dtype != out_dt:
+        src = _new_like(x.shape, out_dt)  # tensor_copy_predicated does not convert
+        isa.tensor_copy(dst=src, src=x)
+    isa.tensor_copy_predicated(dst=out, src=src, predicate=pred)
+    return out
+
+
+def expand_dims(x: NkiTensor, axis: int) -> NkiTensor:
+    """A view with a size-1 dim inserted at `axis` (no data moves, so no instruction)."""
+    nd = x.ndim + 1
+    a = axis % nd if axis < 0 else axis
+    if not 0 <= a < nd or (x.on_chip and a == 0):
+        raise NkiValidationError(
+            "expand_dims axis out of range (on-chip tiles keep the partition dim first)",
+            instruction="expand_dims",
+            operand="axis",
+            limit=f"[1, {nd - 1}]" if x.on_chip else f"[0, {nd - 1}]",
+            value=axis,
+        )
+    return x.expand_dim(a)
+
+
+def broadcast_to(x: NkiTensor, shape) -> NkiTensor:
+    """Copy x broadcast along its size-1 free dims into a new SBUF tile of `shape` (one tensor_copy).
+
+    The partition dim cannot be broadcast this way (engines map partition i to partition i): use
+    nisa.nc_stream_shuffle (within 32-partition quadrants), a DMA, or a matmul with a ones vector.
+    """
+    _on_chip(x, "broadcast_to")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != x.ndim or shape[0] != x.shape[0]:
+        raise NkiValidationError(
+            "broadcast_to keeps the rank and the partition count",
+            instruction="broadcast_to",
+            operand="shape",
+            limit=(x.shape[0],) + tuple(x.shape[1:]),
+            value=shape,
+        )
+    view = x
+    for d in range(1, x.ndim):
+        if shape[d] != x.shape[d]:
+            if x.shape[d] != 1:
+                raise NkiValidationError(
+                    "only size-1 dims can be broadcast",
+                    instruction="broadcast_to",
+                    operand="shape",
+                    limit=x.shape,
+                    value=shape,
+                )
+            view = view.broadcast(d, shape[d])
+    out = _new_like(shape, x.dtype)
+    isa.tensor_copy(dst=out, src=view)
+    return out
+
+
 def _highlevel(op, *args, **kw):
     """nl.<op>(...) on tensors: the 0.3 experimental wrappers."""
     dtype = kw.pop("dtype", None)

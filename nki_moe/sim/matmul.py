@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 
 from . import numerics
-from .dma import enum_arg, reject_kwargs
+from .dma import enum_arg
 from .enums import engine as _engine
 from .enums import matmul_perf_mode as _perf
-from .instr import Instr
+from .instr import Instr, reject_kwargs
 
 _MM_IN = ("float8_e4m3", "float8_e4m3fn", "float8_e5m2", "bfloat16", "float16", "tfloat32", "float32")
 _FP32ISH = ("float32", "tfloat32")
@@ -157,35 +157,43 @@ def nc_matmul(
             out = s.T @ m
 
         st = dst.st
-        init = np.asarray(dst.mask_get(st.mminit)).reshape(M, N)
+        # init: which dst elements a matmul has written (None = all of them). A PSUM tile that matmuls have
+        # fully written (the K loop after its first step) needs no per-element mask work.
+        init = None if st.mm_full else np.asarray(dst.mask_get(st.mminit)).reshape(M, N)
         if accumulate is None:
             acc = init
         elif accumulate:
-            if not init.all():
+            if init is not None and not init.all():
                 warnings.warn(
                     f"{ins.location}: nc_matmul accumulate=True onto PSUM never written by a matmul "
                     "(undefined on hardware)",
                     stacklevel=3,
                 )
-            acc = np.ones((M, N), np.bool_)
+            acc = None
         else:
             acc = np.zeros((M, N), np.bool_)
-        if acc.any() and not is_transpose:
-            old = numerics.to_f32(dst._nd(dst._arr()).reshape(M, N))
-            out = np.where(acc, old + out, out)
+        acc_any = acc is None or bool(acc.any())
+        acc_all = acc is None or (acc_any and bool(acc.all()))
+        if acc_any and not is_transpose:
+            old = dst._data().reshape(M, N)
+            old = old if old.dtype == np.float32 else numerics.to_f32(old)
+            out = np.add(old, out, out=out) if acc_all else np.where(acc, old + out, out)
         taint = None
         if is_transpose:
             taint = tr_taint
-        elif prog.strict:
+        elif prog.strict and (s_t is not None or m_t is not None or (st.taint is not None and acc_any)):
             taint = np.zeros((M, N), np.bool_)
             if s_t is not None:
                 taint |= s_t.any(axis=0)[:, None]
             if m_t is not None:
                 taint |= m_t.any(axis=0)[None, :]
-            if st.taint is not None and acc.any():
-                taint |= np.asarray(dst.mask_get(st.taint)).reshape(M, N) & acc
+            if st.taint is not None and acc_any:
+                old_t = np.asarray(dst.mask_get(st.taint)).reshape(M, N)
+                taint |= old_t if acc_all else old_t & acc
         ins.write("dst", dst, out, taint=taint, raw=is_transpose)
-        dst.mask_set(st.mminit, True)
+        if not st.mm_full:
+            dst.mask_set(st.mminit, True)
+            st.mm_full = dst.covers_storage()
         ins.note(
             K=K,
             M=M,

@@ -12,7 +12,9 @@ them, like the 0.3 simulator.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import ml_dtypes
 import numpy as np
@@ -40,6 +42,8 @@ __all__ = [
     "scalar_dtype",
     "set_precise",
     "precise",
+    "quiet",
+    "fp_errors_ignored",
 ]
 
 FP32_MAX = float(np.finfo(np.float32).max)
@@ -103,6 +107,28 @@ _ALIASES = {
 _BY_NP = {dt: name for name, dt in DTYPES.items() if name not in PACKED_NAMES and name != "tfloat32"}
 
 _precise = os.environ.get("NKI_PRECISE_FP", "1").strip() not in ("0", "false", "False", "")
+
+
+_fp_state = threading.local()
+_NO_OP = contextlib.nullcontext()  # stateless, so one instance can be entered any number of times
+
+
+def quiet():
+    """Context that silences NumPy floating-point warnings (emulated hardware math overflows and makes NaNs
+    by design). Costs nothing inside a kernel run, which silences them once for the whole run."""
+    return _NO_OP if getattr(_fp_state, "ignored", False) else np.errstate(all="ignore")
+
+
+@contextlib.contextmanager
+def fp_errors_ignored():
+    """Silence NumPy floating-point warnings for a whole block on this thread (one emulated program)."""
+    prev = getattr(_fp_state, "ignored", False)
+    with np.errstate(all="ignore"):
+        _fp_state.ignored = True
+        try:
+            yield
+        finally:
+            _fp_state.ignored = prev
 
 
 def set_precise(flag: bool) -> None:
@@ -199,7 +225,7 @@ def round_tf32(values: np.ndarray) -> np.ndarray:
 def _float_to_int(f: np.ndarray, name: str) -> np.ndarray:
     """fp -> integer: round half to even, saturate, NaN -> 0 (hardware behaviour, 0.6 simulator)."""
     lo, hi = int_range(name)
-    with np.errstate(invalid="ignore"):
+    with quiet():
         r = np.rint(f.astype(np.float64))
         r = np.where(np.isnan(r), 0.0, np.clip(r, lo, hi))
     if name == "bool_":
@@ -231,13 +257,13 @@ def cast(values: np.ndarray | float | int, name: str) -> np.ndarray:
         return round_tf32(f)
     if not _precise:
         return f
-    with np.errstate(over="ignore", invalid="ignore"):
+    with quiet():
         return f.astype(DTYPES[name])
 
 
 def to_f32(raw: np.ndarray) -> np.ndarray:
     """Widen stored values to fp32 (exact except |int32| > 2^24, rounded to nearest even as on hardware)."""
-    with np.errstate(invalid="ignore"):  # ml_dtypes flags NaN payloads (e.g. the uninitialised sentinel)
+    with quiet():  # ml_dtypes flags NaN payloads (e.g. the uninitialised sentinel)
         return np.asarray(raw).astype(np.float32)
 
 

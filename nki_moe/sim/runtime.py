@@ -7,7 +7,6 @@ import linecache
 import os
 import re
 import threading
-import weakref
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -177,7 +176,8 @@ class MemTracker:
         self.psum = 0
         self.peak_sbuf = 0
         self.peak_psum = 0
-        self.live: weakref.WeakSet = weakref.WeakSet()
+        # Accounting records only (they hold no data), so a plain set is fine; release() removes them.
+        self.live: set = set()
 
     def add(self, rec: AllocRecord, instruction: str = "allocation") -> None:
         if rec.buffer == "sbuf":

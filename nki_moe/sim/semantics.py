@@ -20,6 +20,7 @@ import numpy as np
 
 from . import alu
 from .alu import Op
+from .numerics import quiet
 
 _F32 = np.float32
 
@@ -61,6 +62,41 @@ def _sv(v: Any) -> Any:
 # ---- generic folds -----------------------------------------------------------------------------------------
 
 
+_LANE_MIN_ROWS = 8  # below this a row-by-row accumulate is as fast, and the inner-loop order argument is moot
+_CHUNK = 32  # floats moved as one opaque item in the first transpose stage (see _transpose_into)
+_CHUNK_ITEM = np.dtype((np.void, 4 * _CHUNK))
+
+
+def _transpose_into(dst: np.ndarray, v: np.ndarray) -> None:
+    """dst[...] = v.T for float32 v (R, N). An element-wise transpose of a wide tile misses the TLB on
+    every element; instead move 32-float chunks as single items first (few, cache-friendly copies), then
+    transpose each (R, 32) slab, where the strided reads stay within a few pages."""
+    rows, n = v.shape
+    if n % _CHUNK == 0 and v.strides[1] == 4 and (v.strides[0] % 4 == 0):
+        chunks = np.ascontiguousarray(v.view(_CHUNK_ITEM).T)  # (n / 32, R) items of 32 floats
+        slabs = chunks.view(_F32).reshape(n // _CHUNK, rows, _CHUNK)
+        dst.reshape(n // _CHUNK, _CHUNK, rows)[...] = slabs.transpose(0, 2, 1)
+    else:
+        dst[...] = v.T
+
+
+def _lane_fold(ufunc: np.ufunc, start: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Strictly sequential per-row fold start op v[:, 0] op v[:, 1] ... in fp32 (one engine lane per row).
+
+    `ufunc.reduce` along a row would sum pairwise, and `accumulate` along a row is one long dependency
+    chain (slow). Reducing a C-contiguous (N + 1, R) array over axis 0 keeps the rows' lanes in NumPy's
+    inner loop and visits the N + 1 terms one after another, so every lane rounds in sequence, at
+    vectorised speed.
+    """
+    rows, n = v.shape
+    if rows < _LANE_MIN_ROWS:
+        return ufunc.accumulate(np.concatenate([start[:, None], v], axis=1), axis=1)[:, -1]
+    t = np.empty((n + 1, rows), _F32)
+    t[0] = start
+    _transpose_into(t[1:], v)
+    return ufunc.reduce(t, axis=0)
+
+
 def fold(values: np.ndarray, op: Op, init: Any = None) -> np.ndarray:
     """Row-wise sequential fold acc = op(x, acc) of (R, N) values from `init` (default identity) -> (R,)."""
     rows = values.shape[0]
@@ -71,10 +107,9 @@ def fold(values: np.ndarray, op: Op, init: Any = None) -> np.ndarray:
         return _BIT_UFUNC[op.name].reduce(np.concatenate([ident[:, None], values], axis=1), axis=1)
     v = values.astype(_F32, copy=False)
     start = np.broadcast_to(np.asarray(init, dtype=_F32).reshape(-1), (rows,)).reshape(rows, 1)
-    with np.errstate(all="ignore"):
+    with quiet():
         if op.name in ("add", "multiply"):
-            # accumulate (unlike reduce) is strictly sequential: the fp32 rounding of one engine lane.
-            return _UFUNC[op.name].accumulate(np.concatenate([start, v], axis=1), axis=1)[:, -1]
+            return _lane_fold(_UFUNC[op.name], start[:, 0], v)
         if op.name in _UFUNC:
             return _UFUNC[op.name].reduce(np.concatenate([start, v], axis=1), axis=1)
         if op.name in ("abs_max", "abs_min"):
@@ -83,10 +118,10 @@ def fold(values: np.ndarray, op: Op, init: Any = None) -> np.ndarray:
         if op.name in ("logical_and", "logical_or", "logical_xor"):
             nz = np.concatenate([start, v], axis=1) != 0
             if op.name == "logical_and":
-                return nz.all(axis=1).astype(_F32)
+                return nz.all(axis=1).astype(_F32, copy=False)
             if op.name == "logical_or":
-                return nz.any(axis=1).astype(_F32)
-            return (nz.sum(axis=1) % 2).astype(_F32)
+                return nz.any(axis=1).astype(_F32, copy=False)
+            return (nz.sum(axis=1) % 2).astype(_F32, copy=False)
         acc = start[:, 0].copy()
         for i in range(v.shape[1]):
             acc = alu.apply(op, v[:, i], acc)
@@ -98,7 +133,7 @@ def scan(values: np.ndarray, op: Op, init: Any) -> np.ndarray:
     rows = values.shape[0]
     v = values.astype(_F32, copy=False)
     start = np.broadcast_to(np.asarray(init, dtype=_F32).reshape(-1), (rows,)).reshape(rows, 1)
-    with np.errstate(all="ignore"):
+    with quiet():
         if op.name in _UFUNC:
             return _UFUNC[op.name].accumulate(np.concatenate([start, v], axis=1), axis=1)[:, 1:]
         out = np.empty_like(v)
@@ -165,7 +200,7 @@ def tensor_tensor_int(a: np.ndarray, b: np.ndarray, op: Op) -> np.ndarray:
         return _UFUNC[op.name](x, y)
     if op.name in COMPARE_OPS:
         return COMPARE_OPS[op.name](x, y).astype(np.int64)
-    return binary(op, a.astype(_F32), b.astype(_F32))
+    return binary(op, a.astype(_F32, copy=False), b.astype(_F32, copy=False))
 
 
 def tensor_scalar(
@@ -203,23 +238,25 @@ def scalar_tensor_tensor(
 
 def reciprocal(data: np.ndarray) -> np.ndarray:
     """1/x in fp32 (Vector Engine reciprocal; IEEE division)."""
-    with np.errstate(all="ignore"):
-        return (_F32(1.0) / data.astype(_F32)).astype(_F32)
+    with quiet():
+        return (_F32(1.0) / data.astype(_F32, copy=False)).astype(_F32, copy=False)
 
 
 def exponential(data: np.ndarray, max_value: Any = 0.0) -> np.ndarray:
     """exp(data - max_value) in fp32, max_value scalar or (P, 1)."""
-    with np.errstate(all="ignore"):
-        shifted = (data.astype(_F32) - _sv(max_value)).astype(_F32)
+    with quiet():
+        shifted = (data.astype(_F32, copy=False) - _sv(max_value)).astype(_F32, copy=False)
     return alu.exp.fn(shifted)
 
 
 def activation(data: np.ndarray, op: Op, scale: Any = 1.0, bias: Any = None, alpha: Any = 0.0) -> np.ndarray:
     """Scalar Engine out = op(data * scale + bias) in fp32 (bias None = 0; alpha is prelu's slope)."""
-    with np.errstate(all="ignore"):
-        x = (data.astype(_F32) * _sv(scale)).astype(_F32)
+    with quiet():
+        x = data.astype(_F32, copy=False)
+        if not (isinstance(scale, float) and scale == 1.0):  # x * 1.0 == x bit for bit: skip the pass
+            x = (x * _sv(scale)).astype(_F32, copy=False)
         if bias is not None:
-            x = (x + _sv(bias)).astype(_F32)
+            x = (x + _sv(bias)).astype(_F32, copy=False)
     if op.name == "prelu":
         return op.fn(x, _sv(alpha))
     return alu.apply(op, x)
@@ -310,7 +347,8 @@ def tensor_copy_predicated(old: np.ndarray, src: Any, pred: np.ndarray, reverse:
 
 def select_reduce(pred: np.ndarray, on_true: np.ndarray, on_false: Any, reverse: bool = False) -> np.ndarray:
     """dst = on_true where predicate nonzero else on_false (scalar or (P, 1)), fp32."""
-    return np.where(_pred(pred, reverse), on_true.astype(_F32), _sv(on_false)).astype(_F32)
+    out = np.where(_pred(pred, reverse), on_true.astype(_F32, copy=False), _sv(on_false))
+    return out.astype(_F32, copy=False)
 
 
 def range_select(
@@ -326,7 +364,7 @@ def range_select(
     f = on_true.shape[1]
     idx = (_F32(range_start) + np.arange(f, dtype=_F32))[None, :]
     keep = (binary(comp_op0, idx, _sv(bound0)) != 0) & (binary(comp_op1, idx, _sv(bound1)) != 0)
-    return np.where(keep, on_true.astype(_F32), _F32(on_false_value)).astype(_F32)
+    return np.where(keep, on_true.astype(_F32, copy=False), _F32(on_false_value)).astype(_F32, copy=False)
 
 
 def affine_values(
@@ -362,7 +400,7 @@ def affine_select(
     p = on_true.shape[0]
     val = wrap_int32(affine_values(pattern, offset, channel_multiplier, p))
     keep = COMPARE_OPS[cmp_op.name](val, 0)
-    return np.where(keep, on_true.astype(_F32), _F32(on_false_value)).astype(_F32)
+    return np.where(keep, on_true.astype(_F32, copy=False), _F32(on_false_value)).astype(_F32, copy=False)
 
 
 # ---- memset ------------------------------------------------------------------------------------------------
@@ -390,10 +428,11 @@ def memset_value_error(value: Any, dtype_name: str) -> str | None:
 
 def max8(data: np.ndarray) -> np.ndarray:
     """The 8 largest values per partition, descending (NaN sorts above everything)."""
-    return np.sort(data.astype(_F32), axis=1)[:, ::-1][:, :8].copy()
+    return np.sort(data.astype(_F32, copy=False), axis=1)[:, ::-1][:, :8].copy()
 
 
 MISSING_INDEX = 0xFFFFFFFF
+_EYE8 = np.eye(8, dtype=bool)
 
 
 def nc_find_index8(data: np.ndarray, vals: np.ndarray) -> np.ndarray:
@@ -402,6 +441,19 @@ def nc_find_index8(data: np.ndarray, vals: np.ndarray) -> np.ndarray:
     Repeated vals take successive occurrences in ascending order (vals[0] the first match, the next equal
     val the next match), as the NKI 0.6 docs specify for hardware.
     """
+    eq = data[:, None, :] == vals[:, :, None]  # (P, 8, F)
+    out = np.where(eq.any(axis=2), eq.argmax(axis=2), MISSING_INDEX).astype(np.uint32)
+    # With 8 distinct vals in a row the first occurrence of each is the answer; rows with repeated vals
+    # need the claiming walk (the slots compete for the same positions).
+    repeated = ((vals[:, :, None] == vals[:, None, :]) & ~_EYE8).any(axis=(1, 2))
+    if repeated.any():
+        rows = np.flatnonzero(repeated)
+        out[rows] = _find_index8_claiming(data[rows], vals[rows])
+    return out
+
+
+def _find_index8_claiming(data: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """nc_find_index8 slot by slot: each val claims its first not-yet-claimed occurrence."""
     p, f = data.shape
     claimed = np.zeros((p, f), dtype=bool)
     out = np.full((p, 8), MISSING_INDEX, dtype=np.uint32)
@@ -505,7 +557,7 @@ def _count_mean_m2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(count, mean, sum of squared deviations) per row, computed in float64."""
     n = x.shape[1]
     x64 = x.astype(np.float64)
-    with np.errstate(all="ignore"):
+    with quiet():
         mean = x64.mean(axis=1) if n else np.zeros(x.shape[0])
         m2 = ((x64 - mean[:, None]) ** 2).sum(axis=1)
     return np.full(x.shape[0], float(n)), mean, m2
@@ -515,20 +567,20 @@ def bn_stats(data: np.ndarray) -> np.ndarray:
     """(P, F) -> (P, 6): [count, mean, var*count] of the even-indexed then of the odd-indexed elements."""
     even = _count_mean_m2(data[:, 0::2])
     odd = _count_mean_m2(data[:, 1::2])
-    return np.stack([*even, *odd], axis=1).astype(_F32)
+    return np.stack([*even, *odd], axis=1).astype(_F32, copy=False)
 
 
 def bn_aggr(data: np.ndarray) -> np.ndarray:
     """(P, 3k) concatenated bn_stats tuples -> (P, 2) [mean, population variance]."""
     t = data.astype(np.float64).reshape(data.shape[0], -1, 3)
     count, mean, m2 = t[..., 0], t[..., 1], t[..., 2]
-    with np.errstate(all="ignore"):
+    with quiet():
         n = count.sum(axis=1)
         # empty groups (count 0) carry no weight, whatever their mean field holds.
         total_mean = np.where(count > 0, count * mean, 0.0).sum(axis=1) / n
         dev = np.where(count > 0, count * (mean - total_mean[:, None]) ** 2, 0.0)
         var = (np.where(count > 0, m2, 0.0).sum(axis=1) + dev.sum(axis=1)) / n
-    return np.stack([total_mean, var], axis=1).astype(_F32)
+    return np.stack([total_mean, var], axis=1).astype(_F32, copy=False)
 
 
 def sequence_bounds(segment_ids: np.ndarray) -> np.ndarray:
@@ -558,9 +610,9 @@ def sequence_bounds(segment_ids: np.ndarray) -> np.ndarray:
 
 def dropout(data: np.ndarray, prob: Any, uniform: np.ndarray) -> np.ndarray:
     """Zero elements whose uniform draw in [0, 1) is below the drop probability; kept values are unscaled."""
-    return np.where(uniform < _sv(prob), _F32(0.0), data.astype(_F32)).astype(_F32)
+    return np.where(uniform < _sv(prob), _F32(0.0), data.astype(_F32, copy=False)).astype(_F32, copy=False)
 
 
 def rand_uniform(uniform: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [0, 1) draws to [low, high] in fp32."""
-    return (_F32(low) + uniform.astype(_F32) * (_F32(high) - _F32(low))).astype(_F32)
+    return (_F32(low) + uniform.astype(_F32, copy=False) * (_F32(high) - _F32(low))).astype(_F32, copy=False)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import enum
 import math
 import operator
+import sys
 
 import numpy as np
 
 from . import numerics, runtime
-from .errors import NkiValidationError, user_frame
+from .errors import NkiValidationError, user_callers, user_frame
 
 
 class MemoryRegion(str, enum.Enum):  # noqa: UP042 (StrEnum needs py3.11; project targets 3.10)
@@ -69,8 +70,44 @@ def _poison(dtype: np.dtype):
     return np.iinfo(dtype).max  # sentinel for never-written integers
 
 
+# Recycled data buffers of dead on-chip/HBM allocations, keyed by (numpy dtype, element count). Fresh
+# NumPy memory is page-faulted on first touch, which costs more than the kernel's own work on big tiles;
+# a kernel re-allocates the same tile shapes every loop iteration, so reuse keeps the pages warm.
+_POOL: dict = {}
+_POOL_MAX_PER_KEY = 4
+_POOL_MAX_BYTES = 64 << 20
+_pool_bytes = [0]
+
+
+def _take_buffer(n: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised flat buffer (contents undefined: callers poison or overwrite it)."""
+    free = _POOL.get((dtype, n))
+    if free:
+        buf = free.pop()
+        _pool_bytes[0] -= buf.nbytes
+        return buf
+    return np.empty(n, dtype)
+
+
+def _give_buffer(buf: np.ndarray, getrefcount=sys.getrefcount) -> None:
+    # Only a buffer nothing else references may be reused (a NumPy view would keep it as its base);
+    # 3 = the caller's attribute, the argument, getrefcount's own argument.
+    if getrefcount(buf) > 3 or _pool_bytes[0] + buf.nbytes > _POOL_MAX_BYTES:
+        return
+    free = _POOL.setdefault((buf.dtype, buf.size), [])
+    if len(free) < _POOL_MAX_PER_KEY:
+        free.append(buf)
+        _pool_bytes[0] += buf.nbytes
+
+
 class Storage:
-    """One allocation: flat data, uninitialised-taint mask, matmul-written mask (PSUM), write stamps."""
+    """One allocation: flat data, uninitialised-taint mask, matmul-written mask (PSUM), write stamps.
+
+    A new allocation starts `fresh`: conceptually poisoned (NaN / integer max) and, in strict mode, tainted
+    everywhere. The poison fill and the taint mask are only materialised when something could observe them
+    (a read, a partial write, returning the tensor); a first write that covers the whole allocation skips
+    both, which is the common case for tiles and is indistinguishable from filling first.
+    """
 
     __slots__ = (
         "raw",
@@ -81,7 +118,9 @@ class Storage:
         "nelem",
         "taint",
         "mminit",
+        "mm_full",
         "stamp",
+        "wlog",
         "serial",
         "name",
         "loc",
@@ -89,11 +128,25 @@ class Storage:
         "is_input",
         "written",
         "mem",
+        "fresh",
+        "unfilled",
+        "gen",
+        "tainted_fill",
+        "pooled",
         "__weakref__",
     )
 
     def __init__(
-        self, shape, dtype: str, buffer: str, raw: np.ndarray, serial: int, name: str, loc, tainted: bool
+        self,
+        shape,
+        dtype: str,
+        buffer: str,
+        raw: np.ndarray,
+        serial: int,
+        name: str,
+        loc,
+        tainted: bool,
+        fresh: bool = False,
     ):
         self.shape = shape
         self.dtype = dtype
@@ -101,9 +154,17 @@ class Storage:
         self.raw = raw
         self.nelem = raw.size
         self.F = math.prod(shape[1:]) if buffer in ON_CHIP else 0
-        self.taint = np.ones(raw.size, np.bool_) if tainted else None
+        self.fresh = fresh
+        self.unfilled = False  # see defer_fill
+        self.gen = 0  # bumped when the storage adopts a new data buffer
+        self.tainted_fill = tainted
+        self.taint = np.ones(raw.size, np.bool_) if tainted and not fresh else None
         self.mminit = None
+        self.mm_full = False  # every element written by a matmul (mminit all True)
         self.stamp = None
+        # affine_range write stamps not yet applied to `stamp`: (trace index, dtype, pattern, offset) per
+        # write. Applied only when a later iteration reads the storage (most written tiles never are).
+        self.wlog: list = []
         self.serial = serial
         self.name = name
         self.loc = loc
@@ -111,12 +172,71 @@ class Storage:
         self.is_input = False
         self.written = False
         self.mem = None
+        self.pooled = fresh  # buffers from _take_buffer go back to the pool
+
+    def materialize(self) -> None:
+        """Apply the deferred poison fill (and all-tainted mask) of a fresh allocation."""
+        if self.fresh:
+            self.fresh = False
+            self.raw.fill(_poison(self.raw.dtype))
+            if self.tainted_fill:
+                self.taint = np.ones(self.nelem, np.bool_)
+        elif self.unfilled:
+            self.unfilled = False
+            if self.taint.any():
+                np.copyto(self.raw, np.array(_poison(self.raw.dtype), self.raw.dtype), where=self.taint)
+
+    def defer_fill(self) -> bool:
+        """A partial first write to a fresh HBM output in strict mode: keep the poison fill pending.
+
+        Tainted values can never be stored to an HBM output (that write fails), so there the taint mask is
+        exactly the never-written mask, and the poison can be put into those elements when something first
+        reads the tensor (usually: nothing but the final copy-out, after every element was written).
+        """
+        if not (self.fresh and self.tainted_fill and self.buffer == "shared_hbm"):
+            return False
+        self.fresh = False
+        self.unfilled = True
+        self.taint = np.ones(self.nelem, np.bool_)
+        return True
+
+    def adopt(self, values: np.ndarray) -> bool:
+        """Take a freshly computed full-size array as the new data buffer instead of copying it in.
+
+        Only for emulator-owned buffers (never a kernel input's memory), and only for an array nothing
+        else can see: it must own its C-contiguous data in the storage dtype. The caller guarantees that
+        it keeps no other reference.
+        """
+        if not (
+            self.pooled
+            and values.dtype == self.raw.dtype
+            and values.size == self.nelem
+            and values.flags.owndata
+            and values.flags.c_contiguous
+            and values.flags.writeable
+        ):
+            return False
+        old = self.raw
+        self.raw = values.reshape(-1)
+        self.gen += 1
+        _give_buffer(old)
+        return True
+
+    def flush_stamps(self) -> None:
+        """Apply logged affine_range write stamps in program order (later writes win)."""
+        if self.stamp is None:
+            self.stamp = np.full(self.nelem, -1, np.int32)
+        for seq, dtype, pat, off in self.wlog:
+            NkiTensor(self, dtype, pat, off).mask_set(self.stamp, seq)
+        self.wlog.clear()
 
     def __del__(self):
         # Garbage-collected tiles (e.g. rebound in a Python loop) stop counting against capacity.
         rec = self.rec
         if rec is not None and rec.live:
             self.mem.release(rec)
+        if self.pooled:
+            _give_buffer(self.raw)
 
     @property
     def on_chip(self) -> bool:
@@ -124,6 +244,8 @@ class Storage:
 
 
 def _check_shape(shape) -> tuple:
+    if type(shape) is tuple and all(type(s) is int and s > 0 for s in shape):
+        return shape  # the common case, already canonical
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     try:
@@ -143,10 +265,11 @@ def allocate(
     shape, dtype, buffer=MemoryRegion.sbuf, name: str = "", address=None, instruction="ndarray", fill=None
 ) -> NkiTensor:
     """Create a new tensor (the body of nl.ndarray): poisoned unless `fill` is given."""
-    prog = runtime.require(f"nl.{instruction}")
+    prog = runtime.current() or runtime.require(f"nl.{instruction}")
     shape = _check_shape(shape)
     dtype = numerics.normalize_dtype(dtype)
-    buf = normalize_buffer(buffer, prog.compat).value
+    # A MemoryRegion member passes as is (plain strings are 0.2 syntax, checked by normalize_buffer).
+    buf = buffer._value_ if type(buffer) is MemoryRegion else normalize_buffer(buffer, prog.compat).value
     f = user_frame(2)
     loc = (f.f_code.co_filename, f.f_lineno) if f is not None else ("<unknown>", 0)
     launch = prog.launch
@@ -185,14 +308,15 @@ def allocate(
     sdt = numerics.np_storage_dtype(dtype)
     n = math.prod(shape)
     if fill is None:
-        raw = np.full(n, _poison(sdt), sdt)
+        raw = _take_buffer(n, sdt)  # poisoned lazily (Storage.materialize)
     else:
         raw = np.full(n, fill, sdt)
     launch.serial += 1
     tainted = prog.strict and fill is None
-    st = Storage(shape, dtype, buf, raw, launch.serial, name, loc, tainted)
+    st = Storage(shape, dtype, buf, raw, launch.serial, name, loc, tainted, fresh=fill is None)
+    launch.trace.allocs[st.serial] = (buf, loc[0], loc[1], (st.F or n) * ITEMSIZE[dtype], user_callers(f))
     if buf in ON_CHIP:
-        isz = numerics.itemsize(dtype)
+        isz = ITEMSIZE[dtype]
         per_part = st.F * isz
         if buf == "psum":
             if per_part > prog.tgt.psum_bytes:
@@ -247,6 +371,9 @@ def _norm_index(i, n: int, dim: int, t) -> int:
 
 
 def _slice(s: slice, n: int, dim: int, t) -> tuple[int, int]:
+    start, stop = s.start, s.stop
+    if s.step is None and type(start) is int and type(stop) is int and 0 <= start < stop <= n:
+        return start, 1, stop - start  # the common a:b slice, already canonical
     step = 1 if s.step is None else operator.index(s.step)
     if step == 0:
         raise NkiValidationError("slice step cannot be 0", instruction="indexing", operand=t._label())
@@ -289,6 +416,11 @@ def _slice(s: slice, n: int, dim: int, t) -> tuple[int, int]:
     return start, step, num
 
 
+_CACHE_MAX = 4096  # geometry caches are cleared beyond this many entries (patterns repeat in practice)
+_BASE_PATTERNS: dict = {}  # shape -> row-major ((step, num), ...) of a whole allocation
+_ND_GEOMETRY: dict = {}  # (pattern, itemsize) -> (shape, byte strides) of the strided ndarray view
+
+
 def _reshape_steps(old: list, new: tuple):
     """New steps for viewing (num, step) dims `old` as shape `new` without a copy, or None (numpy's rule)."""
     od = [(n, s) for n, s in old if n != 1]
@@ -320,7 +452,7 @@ def _reshape_steps(old: list, new: tuple):
 class NkiTensor:
     """A tensor view. Attributes: shape, dtype (str), buffer, ndim, size, offset, name; get_pattern()."""
 
-    __slots__ = ("st", "dtype", "pat", "off", "dyn", "_pf", "__weakref__")
+    __slots__ = ("st", "dtype", "pat", "off", "dyn", "_pf", "_v", "_vgen", "__weakref__")
     __array_priority__ = 1000  # keep numpy from treating tiles as sequences
 
     def __init__(self, st: Storage, dtype: str, pat: tuple, off: int, dyn=None):
@@ -330,16 +462,22 @@ class NkiTensor:
         self.off = off
         self.dyn = dyn
         self._pf = None
+        self._v = None  # cached strided ndarray over the storage data (see _data)
+        self._vgen = -1  # Storage.gen the cached view was made for
 
     @classmethod
     def _base(cls, st: Storage) -> NkiTensor:
-        steps = []
-        acc = 1
-        for n in reversed(st.shape):
-            steps.append(acc)
-            acc *= n
-        pat = tuple(zip(reversed(steps), st.shape))
-        return cls(st, st.dtype, tuple((s, n) for s, n in pat), 0)
+        pat = _BASE_PATTERNS.get(st.shape)
+        if pat is None:
+            if len(_BASE_PATTERNS) > _CACHE_MAX:
+                _BASE_PATTERNS.clear()
+            steps = []
+            acc = 1
+            for n in reversed(st.shape):
+                steps.append(acc)
+                acc *= n
+            pat = _BASE_PATTERNS[st.shape] = tuple(zip(reversed(steps), st.shape))
+        return cls(st, st.dtype, pat, 0)
 
     # ---- attributes -------------------------------------------------------------------------------
     @property
@@ -414,7 +552,8 @@ class NkiTensor:
 
     def part_step(self) -> int:
         """Partition step in view elements (the allocation's free size per partition)."""
-        return self.st.F * ITEMSIZE[self.st.dtype] // ITEMSIZE[self.dtype]
+        st = self.st
+        return st.F if self.dtype == st.dtype else st.F * ITEMSIZE[st.dtype] // ITEMSIZE[self.dtype]
 
     def pf(self) -> tuple[int, int]:
         """(partitions, elements per partition); HBM views use dim 0 as P."""
@@ -449,9 +588,12 @@ class NkiTensor:
     def _same_units(self) -> bool:
         return self.dtype == self.st.dtype or ITEMSIZE[self.dtype] == numerics.itemsize(self.st.dtype)
 
-    def _arr(self) -> np.ndarray:
-        """Flat storage data reinterpreted in this view's storage dtype."""
-        raw = self.st.raw
+    def _arr(self, write: bool = False) -> np.ndarray:
+        """Flat storage data in this view's storage dtype (write=True: skip the pending-fill check)."""
+        st = self.st
+        if (st.fresh or st.unfilled) and not write:
+            st.materialize()
+        raw = st.raw
         if self.dtype == self.st.dtype:
             return raw
         sdt = numerics.np_storage_dtype(self.dtype)
@@ -469,9 +611,29 @@ class NkiTensor:
     def _nd(self, arr: np.ndarray) -> np.ndarray:
         """Strided ndarray over a flat array whose element units equal this view's element units."""
         isz = arr.itemsize
-        return np.ndarray(
-            tuple(n for _, n in self.pat), arr.dtype, arr, self.off * isz, tuple(s * isz for s, _ in self.pat)
-        )
+        key = (self.pat, isz)
+        geom = _ND_GEOMETRY.get(key)
+        if geom is None:
+            if len(_ND_GEOMETRY) > _CACHE_MAX:
+                _ND_GEOMETRY.clear()
+            shape, strides = tuple([n for _, n in self.pat]), tuple([s * isz for s, _ in self.pat])
+            geom = _ND_GEOMETRY[key] = (shape, strides)
+        return np.ndarray(geom[0], arr.dtype, arr, self.off * isz, geom[1])
+
+    def _data(self, write: bool = False) -> np.ndarray:
+        """The view as a strided ndarray over the storage data; write=True skips the pending-fill check.
+
+        Cached (instructions reuse the same tile objects over and over) until the storage adopts a new
+        buffer (Storage.adopt).
+        """
+        st = self.st
+        if (st.fresh or st.unfilled) and not write:
+            st.materialize()
+        v = self._v
+        if v is None or self._vgen != st.gen:
+            v = self._v = self._nd(self._arr(write=True))
+            self._vgen = st.gen
+        return v
 
     def _view_index(self) -> np.ndarray:
         """Element index (view units) of every element, shaped like the view."""
@@ -522,7 +684,11 @@ class NkiTensor:
             )
         if not isinstance(key, tuple):
             key = (key,)
-        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        n_real = len(key)
+        for k in key:  # identity tests only: `None in key` would compare arrays elementwise
+            if k is None or k is Ellipsis:
+                n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+                break
         if n_real > len(self.pat):
             raise NkiValidationError(
                 "too many indices",
@@ -777,6 +943,15 @@ class NkiTensor:
                 return False
             acc *= n
         return True
+
+    def covers_storage(self) -> bool:
+        """Whether the view touches every byte of its allocation exactly once (a full overwrite)."""
+        if self.off or self.dyn is not None:
+            return False
+        p, f = self.pf()
+        st = self.st
+        total = st.nelem if self._same_units() else st.raw.nbytes // ITEMSIZE[self.dtype]
+        return p * f == total and self.is_contiguous()
 
     def is_indirect(self) -> bool:
         return self.dyn is not None

@@ -107,6 +107,10 @@ class Trace:
 
     def __init__(self):
         self.records: list[Record] = []
+        # Allocation sites, for the cost model's buffer rotation: serial -> (buffer, file, line, bytes per
+        # partition (HBM: total bytes), callers: (file, line) of the enclosing user frames up to the kernel,
+        # so one helper line called from two places is two sites). Kernel inputs are not listed.
+        self.allocs: dict[int, tuple[str, str, int, int, tuple]] = {}
 
     def __len__(self) -> int:
         return len(self.records)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import load_kernels, sim
+from sim_kernels import load_kernels
+
+import nki_moe.sim as sim
 
 BF16 = ml_dtypes.bfloat16
 add_k = load_kernels("tensor_add")

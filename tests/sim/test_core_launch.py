@@ -10,7 +10,7 @@ import nki.isa as nisa
 import nki.language as nl
 import numpy as np
 import pytest
-from conftest import load_kernels
+from sim_kernels import load_kernels
 
 import nki_moe.sim as sim
 from nki_moe.sim import NkiBackendError, NkiValidationError, run
