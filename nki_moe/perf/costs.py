@@ -22,6 +22,7 @@ __all__ = [
     "ENGINE_OF",
     "InstrCost",
     "matmul_cycles",
+    "pe_active_cycles",
     "compute_cost",
     "engine_clock_ghz",
     "main_elements",
@@ -34,6 +35,12 @@ MIN_II_DYNAMIC = 600  # [ISA-OLD]: tensor_copy_dynamic_src/dst (runtime address)
 REDUCE_TAIL = 64  # [ISA-OLD]: activation_reduce / tensor_scalar_reduce add MIN_II; ActReadAccumulator ≈ 64
 FP32_MATMUL_FACTOR = 4  # [ISA-OLD], [NKI-T1]: fp32 matmul inputs run 4× slower
 STATIONARY_CAP = 64  # [ISA-OLD]: max(min(64, N_stationary), N_moving) (fast LoadStationary, [PERF] Opt #7)
+# Profiler-style PE activity (see pe_active_cycles): every nc_matmul is shown as a LoadStationary plus a
+# MultiplyMoving instruction (nki-api.md §3.2). MultiplyMoving issues every ≈ max(N_moving, 64) cycles
+# ([NKI-T1], [PERF]; trainium.md §3 "TensorE pipeline"); fast LoadStationary is "up to 4× faster than an MM of
+# equal free size: a 128-column LS takes ~32 cycles" ([PERF] Opt #7).
+MM_ISSUE_MIN = 64  # [NKI-T1], [PERF]: MultiplyMoving issue interval floor, cycles
+LS_SPEEDUP = 4  # [PERF] Opt #7: LoadStationary vs an MM of the same free size
 STRIDE_BYTES = 16  # [NKI-T1]: an innermost free-dim stride above 16 bytes halves SBUF/PSUM port bandwidth
 BCN_AGGR_NUM, BCN_AGGR_DEN = 13, 3  # [ISA-OLD]: bn_aggr costs 13·N/3
 RECIPROCAL_FACTOR = 8  # [ISA-OLD]: DVE reciprocal costs 8N
@@ -71,6 +78,14 @@ class InstrCost:
     cycles: float
     ns: float
     rule: str  # which published formula applied (shown in the Perfetto args)
+    active_cycles: float | None = None  # profiler-style activity when it differs from ``cycles`` (PE matmuls)
+
+    @property
+    def active_ns(self) -> float:
+        """Time the profiler shows the engine active for this instruction (ns); = ``ns`` unless documented."""
+        if self.active_cycles is None or not self.cycles:
+            return self.ns
+        return self.ns * self.active_cycles / self.cycles
 
 
 def engine_clock_ghz(engine: str, hw: HardwareSpec) -> float:
@@ -98,6 +113,32 @@ def matmul_cycles(
         return base, "max(P,min(64,F)) transpose"
     rule = "max(min(64,M),N) double_row" if perf_mode == "double_row" else "max(min(64,M),N)"
     return base, rule
+
+
+def pe_active_cycles(
+    K: int, M: int, N: int, dtype: str, is_transpose: bool = False, perf_mode: str = "none"
+) -> float:
+    """PE cycles the profiler shows as *active* for one nc_matmul: LoadStationary + MultiplyMoving.
+
+    The profiler shows each nc_matmul as two PE instructions, LoadStationary (LS) and MultiplyMoving (MM)
+    (nki-api.md §3.2), and counts both durations as PE activity, although the throughput formula
+    ``max(min(64, M), N)`` of :func:`matmul_cycles` (used by the latency schedule) hides LS behind the
+    previous MM. Published durations (trainium.md §3, "TensorE pipeline"):
+
+    * MM: issues every ≈ ``max(N_moving, 64)`` cycles ([NKI-T1], [PERF]);
+    * LS: fast LoadStationary is up to 4× faster than an MM of equal free size, a 128-column LS ~32 cycles
+      ([PERF] Opt #7), i.e. ``max(M_stationary, 64) / 4`` cycles (derived: the MM of free size M costs
+      ``max(M, 64)``; 128 columns → 32 cycles as published);
+
+    so ``active = max(M, 64)/4 + max(N, 64)``, ×4 for fp32 inputs (both instructions, derived from the 4×
+    fp32 matmul rate). A PE transpose is a matmul of the data (stationary) with an identity (moving):
+    the same expression with M = F and N = P. Nothing here is fitted.
+    """
+    del K, perf_mode  # the published LS/MM durations depend on the free sizes only
+    ls = max(M, MM_ISSUE_MIN) / LS_SPEEDUP
+    mm = max(N, MM_ISSUE_MIN)
+    factor = FP32_MATMUL_FACTOR if dtype in ("float32", "tfloat32") and not is_transpose else 1
+    return factor * (ls + mm)
 
 
 def strided(acc) -> bool:
@@ -220,7 +261,7 @@ def compute_cost(rec, hw: HardwareSpec, nc_version: int | None = None) -> InstrC
     if engine == "pe":
         info = rec.info
         if "K" in info:
-            cycles, rule = matmul_cycles(
+            shape = (
                 info["K"],
                 info["M"],
                 info["N"],
@@ -228,9 +269,9 @@ def compute_cost(rec, hw: HardwareSpec, nc_version: int | None = None) -> InstrC
                 bool(info.get("is_transpose")),
                 info.get("perf_mode", "none"),
             )
-        else:
-            cycles, rule = float(MIN_II), "MIN_II"
-        return InstrCost(engine, cycles, cycles / clock, rule)
+            cycles, rule = matmul_cycles(*shape)
+            return InstrCost(engine, cycles, cycles / clock, rule, pe_active_cycles(*shape))
+        return InstrCost(engine, float(MIN_II), MIN_II / clock, "MIN_II")
     N = main_elements(rec)
     cycles, rule = _vector_cycles(rec, engine, N)
     div = _perf_mode_divisor(rec, engine, ncv)

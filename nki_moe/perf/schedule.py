@@ -8,6 +8,14 @@ a descriptor generator (2 per core) and the 16 DMA engines (FIFO each), see :mod
 LNC=2 programs run on two cores with their own engines; ``core_barrier`` joins them. All times are
 estimates in nanoseconds.
 
+Buffer rotation: the emulator gives every ``nl.ndarray`` call a new allocation, so a tile allocated inside a
+loop would look infinitely buffered. The Neuron compiler instead gives an allocation site a fixed set of
+physical buffers and rotates the iterations over them (its allocator pass ``AddressRotation``, [AUTOTUNE]
+learnings). :func:`physical_buffers` maps the on-chip allocations of one site (``Trace.allocs``: file, line
+and the call path above it, so that a helper called from two places is two sites) to
+``max(rotation, peak simultaneously live allocations of the site)`` physical buffers, least recently used
+first, so iterations that share a physical buffer get WAR/WAW dependencies.
+
 The dependency index keeps, per allocation, the live read and write rectangles; a write that covers an
 earlier rectangle retires it (the new writer already waits for it), so tile-reuse traces stay small. Large
 lists switch to vectorised NumPy overlap tests.
@@ -25,11 +33,17 @@ from nki_moe.perf.costs import DEP_LATENCY_CYCLES, compute_cost, engine_clock_gh
 from nki_moe.perf.dma import dma_cost
 from nki_moe.perf.hardware import HardwareSpec, get_hardware
 
-__all__ = ["Schedule", "schedule_trace", "COMPUTE_ENGINES"]
+__all__ = ["Schedule", "schedule_trace", "physical_buffers", "COMPUTE_ENGINES", "DEFAULT_ROTATION"]
 
 COMPUTE_ENGINES = ("pe", "act", "dve", "pool", "sp")
 _BARRIER_SEM_NS_ATTR = "dma_semaphore_us"  # cross-core barrier = one semaphore hop ([DMA-BW], derived)
 _NUMPY_THRESHOLD = 48
+# Physical buffers per in-loop allocation site. ASSUMPTION (no public source gives the count): the compiler
+# rotates in-loop tiles over several addresses ([AUTOTUNE]: disabling AddressRotation costs ~48 pp MFU on the
+# 2048³ matmul); 2 is the fewest that lets iteration i+1 load while iteration i computes. Not fitted: the
+# sensitivity of the calibration table to 1–4 is listed in notes/perf-readme.md.
+DEFAULT_ROTATION = 2
+_ON_CHIP = ("sbuf", "psum")
 
 
 class _Regions:
@@ -163,6 +177,10 @@ class Schedule:
     dma_bytes: np.ndarray
     hbm_bytes: np.ndarray  # bytes read or written in HBM by each DMA
     dma_engines_busy_ns: dict = field(default_factory=dict)  # (pid, engine index) -> busy ns
+    # Profiler-style activity (see active_ns): compute records, the instruction's active duration (PE
+    # matmuls: LoadStationary + MultiplyMoving); DMA records, when the descriptors reach the DMA queue.
+    active_dur: np.ndarray | None = None
+    dma_queue_start: np.ndarray | None = None
 
     @property
     def latency_ns(self) -> float:
@@ -176,18 +194,30 @@ class Schedule:
             return 0.0
         if engine != "dma":
             return float(sum(self.end[i] - self.busy_start[i] for i in sel))
-        total = 0.0
-        for p in sorted({int(self.pid[i]) for i in sel}):
-            iv = sorted((self.busy_start[i], self.end[i]) for i in sel if self.pid[i] == p)
-            cur_s, cur_e = iv[0]
-            for s, e in iv[1:]:
-                if s > cur_e:
-                    total += cur_e - cur_s
-                    cur_s, cur_e = s, e
-                else:
-                    cur_e = max(cur_e, e)
-            total += cur_e - cur_s
-        return float(total)
+        return _union_per_pid(self.pid, sel, self.busy_start, self.end)
+
+    def active_ns(self, engine: str, pid: int | None = None) -> float:
+        """Activity of an engine as the neuron profiler counts it (its "X active" figures), ns.
+
+        Unlike :meth:`busy_ns` (throughput occupancy, what the latency schedule uses):
+
+        * PE: Σ over instructions of the profiler's instruction durations; every nc_matmul counts its
+          LoadStationary *and* its MultiplyMoving (nki-api.md §3.2, durations from trainium.md §3,
+          :func:`nki_moe.perf.costs.pe_active_cycles`), although the schedule hides LS behind the previous MM;
+        * DMA: per core, the union over DMAs of [descriptors handed to the DMA queue, last byte]: the DMA
+          side's per-transfer work ("descriptor setup, synchronisation and semaphore-to-start latency",
+          [DMA-BW]) and the transfer, but not descriptor *generation* (hwdge: the DGE block; swdge: GpSimd
+          instructions), which happens before the queue has anything to process;
+        * ACT/DVE/POOL/SP: no documented difference, = :meth:`busy_ns`.
+        """
+        if self.active_dur is None or self.dma_queue_start is None:
+            return self.busy_ns(engine, pid)
+        sel = [i for i, e in enumerate(self.engine) if e == engine and (pid is None or self.pid[i] == pid)]
+        if not sel:
+            return 0.0
+        if engine != "dma":
+            return float(sum(self.active_dur[i] for i in sel))
+        return _union_per_pid(self.pid, sel, self.dma_queue_start, self.end)
 
     def critical_path(self) -> list[int]:
         """Record indices on the critical path, first to last (following the binding predecessors)."""
@@ -219,13 +249,74 @@ class Schedule:
         return dict(share)
 
 
-def _rect(acc) -> tuple[tuple, int, int, int, int]:
+def _union_per_pid(pid: np.ndarray, sel: list[int], lo: np.ndarray, hi: np.ndarray) -> float:
+    """Σ over programs of the length of the union of the intervals [lo[i], hi[i]] of the selected records."""
+    total = 0.0
+    for p in sorted({int(pid[i]) for i in sel}):
+        iv = sorted((lo[i], hi[i]) for i in sel if pid[i] == p)
+        cur_s, cur_e = iv[0]
+        for s, e in iv[1:]:
+            if s > cur_e:
+                total += cur_e - cur_s
+                cur_s, cur_e = s, e
+            else:
+                cur_e = max(cur_e, e)
+        total += cur_e - cur_s
+    return float(total)
+
+
+def physical_buffers(records, allocs: dict, rotation: int = DEFAULT_ROTATION) -> dict[int, tuple]:
+    """Physical buffer of every on-chip allocation: serial -> (pid, buffer, file, line, callers, slot).
+
+    Args:
+        records: trace records in program order.
+        allocs: ``Trace.allocs`` (serial -> (buffer, file, line, bytes per partition[, callers])).
+        rotation: physical buffers per site when fewer of its allocations are live at once.
+    Returns:
+        Mapping for the allocations that appear in ``allocs`` and are accessed on chip; allocations of one
+        site whose live ranges (first to last access) overlap never share a slot.
+    """
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    owner: dict[int, int] = {}
+    for i, r in enumerate(records):
+        for a in r.accesses:
+            s = a.alloc
+            if a.pstep and s in allocs:
+                first.setdefault(s, i)
+                last[s] = i
+                owner[s] = r.pid
+    sites: dict = defaultdict(list)
+    for s in sorted(first, key=first.__getitem__):
+        buf, f, line = allocs[s][:3]
+        callers = allocs[s][4] if len(allocs[s]) > 4 else ()  # a helper's line, per call path
+        if buf in _ON_CHIP:
+            sites[(owner[s], buf, f, line, callers)].append(s)
+    out: dict[int, tuple] = {}
+    for site, serials in sites.items():
+        ends = sorted(last[s] for s in serials)
+        # peak overlap of the [first, last] live ranges (serials are sorted by first access)
+        peak = max(i + 1 - bisect_right(ends, first[s] - 1) for i, s in enumerate(serials))
+        n = max(rotation, peak)
+        lru = list(range(n))  # least recently used slot first
+        free_at = [-1] * n  # last access of the slot's current occupant
+        for s in serials:
+            k = next(k for k in lru if free_at[k] < first[s])
+            lru.remove(k)
+            lru.append(k)
+            free_at[k] = last[s]
+            out[s] = (*site, k)
+    return out
+
+
+def _rect(acc, phys: dict) -> tuple[tuple, int, int, int, int]:
     """(key, p0, p1, lo, hi) of an access; HBM accesses use one pseudo-partition."""
     lo, hi = acc._range()
+    key = (acc.buffer, phys.get(acc.alloc, acc.alloc))
     if acc.pstep:
         p0 = acc.off // acc.pstep
-        return (acc.buffer, acc.alloc), p0, p0 + acc.pat[0][1], lo, hi
-    return (acc.buffer, acc.alloc), 0, 1, lo, hi
+        return key, p0, p0 + acc.pat[0][1], lo, hi
+    return key, 0, 1, lo, hi
 
 
 def _epoch_order(records) -> list[int]:
@@ -244,17 +335,24 @@ def _epoch_order(records) -> list[int]:
     return sorted(range(len(records)), key=lambda i: (epoch[i], i))
 
 
-def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
+def schedule_trace(
+    trace, hw: HardwareSpec | str = "trn2", rotation: int | None = DEFAULT_ROTATION
+) -> Schedule:
     """Estimate the start and end time of every record of an emulator trace.
 
     Args:
         trace: :class:`nki_moe.sim.trace.Trace` (or any sequence of records with engine/opcode/accesses/info).
         hw: hardware spec or its name ('trn1', 'trn2', 'trn3').
+        rotation: physical buffers per allocation site (see :func:`physical_buffers`); None keeps every
+            allocation separate (unlimited buffering). Needs ``trace.allocs``; plain record lists are
+            scheduled by allocation.
     Returns:
         :class:`Schedule`.
     """
     hw = get_hardware(hw) if isinstance(hw, str) else hw
     records = list(trace)
+    allocs = getattr(trace, "allocs", None)
+    phys = physical_buffers(records, allocs, rotation) if allocs and rotation else {}
     n = len(records)
     start = np.zeros(n)
     end = np.zeros(n)
@@ -267,6 +365,8 @@ def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
     rules = [""] * n
     dma_bytes = np.zeros(n, np.int64)
     hbm_bytes = np.zeros(n, np.int64)
+    active_dur = np.zeros(n)
+    dma_queue_start = np.zeros(n)
 
     writes: dict = defaultdict(_Regions)
     reads: dict = defaultdict(_Regions)
@@ -287,7 +387,7 @@ def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
         rec = records[i]
         p = rec.pid
         pid[i] = p
-        rects = [(a.mode, *_rect(a)) for a in rec.accesses]
+        rects = [(a.mode, *_rect(a, phys)) for a in rec.accesses]
         # ---- dependencies -------------------------------------------------------------------------
         dep_t, dep_i = -1.0, -1
         for mode, key, p0, p1, lo, hi in rects:
@@ -321,6 +421,7 @@ def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
             if eng_free[dge_key] > s:
                 s, r_pred, r_kind = eng_free[dge_key], eng_last[dge_key], "dge"
             dge_end = s + c.dge_ns
+            dma_queue_start[i] = dge_end
             eng_free[dge_key] = dge_end
             eng_last[dge_key] = i
             eng_free[qkey] = dge_end
@@ -347,6 +448,7 @@ def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
                 first = min(first, s_e)
                 last = max(last, e_end)
             start[i], busy_start[i], end[i] = s, (first if c.engines else xfer_ready), last
+            active_dur[i] = last - dge_end
             engine[i], track[i] = "dma", "dma:" + queue
             rules[i] = f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
             dma_bytes[i] = c.nbytes
@@ -362,8 +464,9 @@ def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
                 s, r_pred, r_kind = dep_t + lat, dep_i, "dep"
             if eng_free[ekey] > s:
                 s, r_pred, r_kind = eng_free[ekey], eng_last[ekey], "engine"
-            start[i] = busy_start[i] = s
+            start[i] = busy_start[i] = dma_queue_start[i] = s
             end[i] = s + cost.ns
+            active_dur[i] = cost.active_ns
             eng_free[ekey] = end[i]
             eng_last[ekey] = i
             engine[i], track[i], rules[i] = eng, eng, cost.rule
@@ -406,4 +509,6 @@ def schedule_trace(trace, hw: HardwareSpec | str = "trn2") -> Schedule:
         dma_bytes,
         hbm_bytes,
         dict(dma_busy),
+        active_dur,
+        dma_queue_start,
     )

@@ -6,9 +6,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from nki_moe.perf.calibration import (  # noqa: E402
+    FITTED_KEYS,
     KNOWN_MISSES,
     MEASUREMENTS,
     analytic_counts,
@@ -30,15 +32,28 @@ def test_goal_median_and_max(rows):
     stats = error_stats(rows)
     assert stats["median_abs_error"] <= 0.25, stats
     for r in rows:
-        bound = 0.60 if r.measurement.key in KNOWN_MISSES else 0.50  # known misses: reported, kept in check
+        bound = 0.70 if r.measurement.key in KNOWN_MISSES else 0.50  # known misses: reported, kept in check
         assert abs(r.error) <= bound, (r.measurement.key, r.predicted, r.measurement.measured)
 
 
-def test_known_misses_are_real(rows):
-    """A point listed as a miss must still miss (so the list cannot hide a silent change)."""
-    errs = {r.measurement.key: r.error for r in rows}
-    for key in KNOWN_MISSES:
-        assert abs(errs[key]) > 0.5, (key, errs[key])
+def test_known_misses_are_exactly_the_misses(rows):
+    """KNOWN_MISSES lists exactly the points beyond ±50 % (so the list cannot hide a silent change)."""
+    misses = {r.measurement.key for r in rows if abs(r.error) > 0.5}
+    assert misses == set(KNOWN_MISSES), (misses, sorted(KNOWN_MISSES))
+
+
+def test_activity_points_use_profiler_definitions(rows):
+    """PE/DMA 'active' points are the profiler-style activity, above the throughput busy time."""
+    from nki_moe.perf.calibration import run_calibration_kernel
+    from nki_moe.perf.profile import profile_trace
+
+    for r in rows:
+        m = r.measurement
+        if m.metric in ("pe_active", "dma_active"):
+            prof = profile_trace(run_calibration_kernel(m.kernel, m.hardware), m.hardware)
+            eng = "pe" if m.metric == "pe_active" else "dma"
+            assert r.predicted == pytest.approx(prof.engine_active_us[eng] / prof.programs)
+            assert r.predicted > prof.busy_us[eng] / prof.programs
 
 
 @pytest.mark.parametrize("kernel", sorted({m.kernel for m in MEASUREMENTS}))
@@ -54,3 +69,48 @@ def test_plot_calibration(rows):
     cols = plot_calibration(ax, rows)
     assert len(cols["key"]) == len(rows) and len(ax.collections) >= 1
     plt.close(fig)
+
+
+def test_latencies_and_mfus_within_bound(rows):
+    """Every latency / MFU / transfer point (not the profiler activity figures) is within ±25 %."""
+    for r in rows:
+        if r.measurement.metric in ("latency", "mfu", "dma_transfer"):
+            assert abs(r.error) <= 0.25, (r.measurement.key, r.error)
+
+
+def test_fitted_keys_and_sources():
+    keys = {m.key for m in MEASUREMENTS}
+    assert set(FITTED_KEYS) <= keys and set(KNOWN_MISSES) <= keys
+    assert not set(FITTED_KEYS) & set(KNOWN_MISSES)
+    assert all(m.source and m.measured > 0 for m in MEASUREMENTS)
+
+
+def _untile(w):
+    """[n, 128, H] tiled weight layout of the attention kernel → [H, n·128]."""
+    n, p, H = w.shape
+    return w.reshape(n, p, H // p, p).transpose(2, 1, 0, 3).reshape(H, n * p)
+
+
+def test_attention_kernel_matches_numpy():
+    """The attention calibration kernel computes decode attention (not just the right instruction mix)."""
+    from nki_moe.perf.calibration import _inputs, _kernel
+    from nki_moe.sim import run
+
+    args, _ = _inputs("attn")
+    x, wq, wk, wv, wo, qn, kn, cos, sin, kc, vc, pos = (np.asarray(a, np.float32) for a in args)
+    out, k_new, v_new = run(_kernel("attn"), *args, target="trn2").outputs
+    d, n = 128, int(pos[0, 0])
+
+    def rms_rope(v, w):
+        v = v / np.sqrt((v**2).mean(-1, keepdims=True) + 1e-6) * w[0]
+        rot = np.concatenate([-v[..., d // 2 :], v[..., : d // 2]], -1)
+        return v * cos[0] + rot * sin[0]
+
+    q = rms_rope((x[0] @ _untile(wq)).reshape(-1, d), qn) / np.sqrt(d)
+    k, v = rms_rope(x[0] @ _untile(wk[None]), kn), x[0] @ _untile(wv[None])
+    s = q @ np.vstack([kc[:n], k]).T
+    p = np.exp(s - s.max(1, keepdims=True))
+    ref = ((p / p.sum(1, keepdims=True)) @ np.vstack([vc[:n], v])).reshape(-1) @ wo
+    np.testing.assert_allclose(np.asarray(out, np.float32)[0], ref, atol=0.02 * np.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(k_new, np.float32)[0], k, atol=0.02 * np.abs(k).max())
+    np.testing.assert_allclose(np.asarray(v_new, np.float32)[0], v, atol=0.02 * np.abs(v).max())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _records import dma, hbm, rec, sb
 
-from nki_moe.perf.costs import compute_cost, matmul_cycles
+from nki_moe.perf.costs import compute_cost, matmul_cycles, pe_active_cycles
 from nki_moe.perf.dma import contiguous_bytes, dma_cost, dma_efficiency, transfer_ns
 from nki_moe.perf.hardware import get_hardware
 
@@ -21,6 +21,19 @@ def test_matmul_formula():
     assert matmul_cycles(128, 128, 128, "bfloat16", is_transpose=True)[0] == 128  # max(P, min(64, F))
     r = rec("nc_matmul", "pe", [], K=128, M=128, N=512, dtype="bfloat16")
     assert compute_cost(r, TRN2).ns == pytest.approx(512 / 2.4)
+
+
+def test_pe_activity_counts_load_stationary():
+    """Profiler PE activity = LS (max(M,64)/4; 128 columns: ~32 cycles, [PERF]) + MM (max(N,64))."""
+    assert pe_active_cycles(128, 128, 1, "bfloat16") == 32 + 64  # GEMV: 1.5× its throughput cost
+    assert pe_active_cycles(128, 64, 1, "bfloat16") == 16 + 64
+    assert pe_active_cycles(128, 128, 512, "bfloat16") == 32 + 512
+    assert pe_active_cycles(128, 128, 1, "float32") == 4 * (32 + 64)
+    r = rec("nc_matmul", "pe", [], K=128, M=128, N=1, dtype="bfloat16")
+    c = compute_cost(r, TRN2)
+    assert c.ns == pytest.approx(64 / 2.4) and c.active_ns == pytest.approx(96 / 2.4)
+    v = rec("tensor_copy", "dve", [sb("src", "r", 1), sb("dst", "w", 2)])
+    assert compute_cost(v, TRN2).active_ns == compute_cost(v, TRN2).ns  # no documented difference
 
 
 def test_vector_engine_formulas_and_perf_modes():

@@ -31,7 +31,39 @@ def test_profile_dma_kernel(kernels, tmp_path):
     assert res.mfu == 0.0 and 0 < res.mbu < 1
     assert 0 < res.pct_of_roofline <= 1
     text = res.summary()
-    assert "ESTIMATED" in text and "dma" in text
+    assert "ESTIMATED" in text and "dma" in text and "active" in text
+    assert res.engine_busy_us is res.busy_us
+    assert res.engine_active_us["dma"] > res.busy_us["dma"]  # + semaphore-to-start latency
+    assert 0 < res.active_share["dma"] <= 1
     validate_trace_events(json.loads(res.trace_path.read_text()))
     faster = profile(kernels.dma_single_engine, src, target="trn3", trace_path=None)
     assert faster.latency_us < res.latency_us and faster.trace_path is None
+
+
+def test_allocation_sites_follow_the_call_path(kernels):
+    """Trace.allocs: a helper's allocation line called from two places is two rotation sites; a loop, one."""
+    import nki
+    import nki.isa as nisa
+    import nki.language as nl
+
+    from nki_moe.perf.schedule import physical_buffers
+
+    def tile(x):
+        t = nl.ndarray(x.shape, dtype=x.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=t, src=x)
+        return t
+
+    @nki.jit
+    def kern(x):
+        out = nl.ndarray(x.shape, dtype=x.dtype, buffer=nl.shared_hbm)
+        a = tile(x)
+        b = tile(x)
+        for _ in nl.sequential_range(3):
+            nisa.dma_copy(dst=out, src=tile(x))
+        nisa.dma_copy(dst=out, src=a)
+        nisa.dma_copy(dst=out, src=b)
+        return out
+
+    trace = sim.run(kern, np.ones((128, 64), np.float32), target="trn2").trace
+    sites = {v[:5] for v in physical_buffers(list(trace), trace.allocs, rotation=2).values()}
+    assert len(trace.allocs) == 6 and len(sites) == 3  # (a, b) → 2 sites; the loop's 3 tiles → 1 site

@@ -4,7 +4,7 @@ result[M, N] = lhsT[K, M]^T @ rhs[K, N]; every version issues the same 1,024 nc_
 (stationary [128, 128] × moving [128, 512]); they differ only in where loads happen and how many buffers
 each operand has (the published ladder: ~16 % → 59 % → 83.7 % → 89.5 % MFU).
 
-  v1  loads inside the K loop, one SBUF buffer per operand and one PSUM tile
+  v1  loads inside the K loop, tiles declared in the loop body (compiler rotation, no explicit buffers)
   v2  whole operands hoisted into SBUF (one DMA per 512-column block), one PSUM tile
   v3  v2 + double-buffered PSUM accumulator (and output tile)
   v4  streaming: 512-column operand blocks loaded ahead into double buffers, double-buffered PSUM
@@ -35,20 +35,24 @@ def _drain(res, psum, out_sb, m0, n0):
 
 @nki.jit
 def matmul_v1(lhsT, rhs):
-    """v1: per-tile loads inside the K loop into single buffers. lhsT [K, M], rhs [K, N] bf16 → [M, N]."""
+    """v1: per-tile loads inside the K loop. lhsT [K, M], rhs [K, N] bf16 → [M, N].
+
+    Each tile is declared once in the body of its loop, with no explicit extra buffers: the compiler
+    rotates such in-loop tiles over a few physical buffers (cost model: ``DEFAULT_ROTATION``).
+    """
     K, M, N = _check(lhsT, rhs)
     res = nl.ndarray((M, N), dtype=lhsT.dtype, buffer=nl.shared_hbm)
-    a_sb = nl.ndarray((TILE_K, TILE_M), dtype=lhsT.dtype, buffer=nl.sbuf)
-    b_sb = nl.ndarray((TILE_K, TILE_N), dtype=rhs.dtype, buffer=nl.sbuf)
-    psum = nl.ndarray((TILE_M, TILE_N), dtype=nl.float32, buffer=nl.psum)
-    out_sb = nl.ndarray((TILE_M, TILE_N), dtype=lhsT.dtype, buffer=nl.sbuf)
     for m in nl.sequential_range(M // TILE_M):
         for n in nl.sequential_range(N // TILE_N):
+            psum = nl.ndarray((TILE_M, TILE_N), dtype=nl.float32, buffer=nl.psum)
             for k in nl.sequential_range(K // TILE_K):
                 k0 = k * TILE_K
+                a_sb = nl.ndarray((TILE_K, TILE_M), dtype=lhsT.dtype, buffer=nl.sbuf)
+                b_sb = nl.ndarray((TILE_K, TILE_N), dtype=rhs.dtype, buffer=nl.sbuf)
                 nisa.dma_copy(dst=a_sb, src=lhsT[k0 : k0 + TILE_K, m * TILE_M : (m + 1) * TILE_M])
                 nisa.dma_copy(dst=b_sb, src=rhs[k0 : k0 + TILE_K, n * TILE_N : (n + 1) * TILE_N])
                 nisa.nc_matmul(dst=psum, stationary=a_sb, moving=b_sb, accumulate=k > 0)
+            out_sb = nl.ndarray((TILE_M, TILE_N), dtype=lhsT.dtype, buffer=nl.sbuf)
             _drain(res, psum, out_sb, m * TILE_M, n * TILE_N)
     return res
 
