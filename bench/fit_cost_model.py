@@ -5,7 +5,7 @@ three published fused-MoE TKG latencies whose expert weights move by software-DG
 (``calibration.FITTED_KEYS``: trainium.md §5 K13 BF16/trn2, K13b FP8/trn2, K13c FP8/trn3) by minimising
 the summed squared log error; every other constant of the model comes from a cited source. Because those
 three points are in-sample for the full fit, the script also fits leave-one-out (on two, predict the
-third), which gives their out-of-sample errors (reported in notes/perf-readme.md).
+third), which gives their out-of-sample errors (reported in docs/cost-model.md).
 
 Run: .venv/bin/python bench/fit_cost_model.py   (prints the grid, the fits and the per-point errors)
 """

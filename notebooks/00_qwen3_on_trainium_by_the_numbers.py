@@ -288,7 +288,7 @@ assert misses == sorted(k for k in KNOWN_MISSES if k in {r.measurement.key for r
 # the way the profiler counts activity, not as throughput: each matmul is a LoadStationary plus a
 # MultiplyMoving instruction (the latency schedule hides the former), and a DMA is active from the moment
 # its descriptors reach the queue (semaphore-to-start latency included) to its last byte. They are the
-# least accurate points (PE active −22 … −42 %, attention DMA active +47 %; notes/perf-readme.md).
+# least accurate points (PE active −22 … −42 %, attention DMA active +47 %; docs/cost-model.md).
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 0.32 * len(cal) + 1.6))

@@ -225,7 +225,7 @@ FITTED_KEYS = ("moe_bf16_trn2", "moe_fp8_trn2", "moe_fp8_trn3")
 
 # Points the model misses by more than the 50 % bound, with the reason (reported, not tuned away). Empty
 # since the profiler activity figures are modelled with the profiler's definitions (Schedule.active_ns):
-# PE active −41.5 / −22.1 / −41.1 %, DMA active +18.7 / +7.5 / +47.4 % (notes/perf-readme.md).
+# PE active −41.5 / −22.1 / −41.1 %, DMA active +18.7 / +7.5 / +47.4 % (docs/cost-model.md).
 KNOWN_MISSES: dict[str, str] = {}
 
 

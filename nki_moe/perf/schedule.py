@@ -41,7 +41,7 @@ _NUMPY_THRESHOLD = 48
 # Physical buffers per in-loop allocation site. ASSUMPTION (no public source gives the count): the compiler
 # rotates in-loop tiles over several addresses ([AUTOTUNE]: disabling AddressRotation costs ~48 pp MFU on the
 # 2048³ matmul); 2 is the fewest that lets iteration i+1 load while iteration i computes. Not fitted: the
-# sensitivity of the calibration table to 1–4 is listed in notes/perf-readme.md.
+# sensitivity of the calibration table to 1–4 is listed in docs/cost-model.md.
 DEFAULT_ROTATION = 2
 _ON_CHIP = ("sbuf", "psum")
 

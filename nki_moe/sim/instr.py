@@ -54,7 +54,7 @@ def reject_kwargs(ins: Instr, kw: dict, compat_ok: tuple = ()) -> None:
 
 
 class Instr:
-    """Context of one executing instruction (see notes/sim-contract.md)."""
+    """Context of one executing instruction (see docs/emulator-internals.md)."""
 
     __slots__ = (
         "opcode",
