@@ -14,7 +14,7 @@ import nki_moe.sim as sim
 
 sim.install("sim")
 
-from nki_moe.bench import best_time, bf16, run_kernel  # noqa: E402
+from nki_moe.bench import best_time, bf16, run_kernel, tile_weight  # noqa: E402
 from nki_moe.kernels import matmul, rmsnorm, router  # noqa: E402
 from nki_moe.reference import add_rms_norm, linear, rms_norm  # noqa: E402
 from nki_moe.reference import router as router_ref  # noqa: E402
@@ -35,9 +35,9 @@ def cases(lm_head: bool):
     widths = [(640, 4096), (1, 4096)] + ([(1, 151936)] if lm_head else [])
     for T, N in widths:
         wq = bf16(rng.standard_normal((H, N)) / 45)
-        xq, wqf = x[:T], wq.astype(np.float32)
-        yield (f"matmul_v4 [{T}, 2048] x [2048, {N}] LNC=2", lambda xq=xq, wq=wq: run_kernel(
-            matmul.matmul_v4, xq, wq, lnc=2),
+        xq, wqf, wt = x[:T], wq.astype(np.float32), tile_weight(wq)  # v6 takes the pre-tiled weight
+        yield (f"matmul_v6 [{T}, 2048] x [2048, {N}] LNC=2", lambda xq=xq, wt=wt, N=N: run_kernel(
+            matmul.matmul_v6, xq, wt, N, lnc=2),
             lambda xq=xq, wqf=wqf: linear(xq.astype(np.float32), wqf.T, "bf16"))
     wg = bf16(rng.standard_normal((H, 128)) / 20)
     wgf = wg.astype(np.float32)

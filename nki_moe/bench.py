@@ -15,7 +15,8 @@ import ml_dtypes
 import numpy as np
 
 __all__ = ["Version", "bf16", "run_kernel", "best_time", "sweep", "plot_sweep", "roofline_points",
-           "sweep_table", "TARGETS"]
+           "sweep_table", "TARGETS", "tile_weight",
+           "busiest_engine", "final_summary", "summary_lines"]
 
 TARGETS = ("trn2", "trn3")
 
@@ -23,6 +24,19 @@ TARGETS = ("trn2", "trn3")
 def bf16(a) -> np.ndarray:
     """``a`` rounded to a bfloat16 array."""
     return np.asarray(a, dtype=np.float32).astype(ml_dtypes.bfloat16)
+
+
+def tile_weight(w, n_prog: int = 2, n_block: int = 2048) -> np.ndarray:
+    """Host-side layout of ``matmul_v5``: w [K, N] → [nb, 128, K/128, NB] column blocks, zero padded.
+
+    NB = min(n_block, N / n_prog rounded up to 128) so every core gets a block; done once per weight.
+    """
+    K, N = w.shape
+    nb_w = min(n_block, 128 * -(-N // (128 * n_prog)))
+    nb = -(-N // nb_w)
+    padded = np.zeros((K, nb * nb_w), dtype=w.dtype)
+    padded[:, :N] = w
+    return np.ascontiguousarray(padded.reshape(K // 128, 128, nb, nb_w).transpose(2, 1, 0, 3))
 
 
 def run_kernel(kernel, *args, target: str = "trn2", lnc: int = 1, strict: bool = True):
@@ -123,9 +137,34 @@ def roofline_points(rows: Sequence[dict], T: int, target: str) -> list:
     """``RooflinePoint`` of every version at T on ``target`` (achieved FLOP/s = analytic FLOPs / latency)."""
     from nki_moe.perf.roofline import RooflinePoint
 
+    # one colour per version (the same in every call), one marker per T, so overlapping points stay legible
+    versions = list(dict.fromkeys(r["version"] for r in rows))
+    marker = "o" if T == min(r["T"] for r in rows) else "s"
     pts = []
     for r in rows:
         if r["T"] == T and r["target"] == target and r["flops"] > 0:
             achieved = r["flops"] / (r["latency_us"] * 1e-6)
-            pts.append(RooflinePoint(f"{r['version']} T={T}", r["flops"] / r["bytes"], achieved))
+            color = f"C{versions.index(r['version']) % 10}"
+            label = f"{r['version']} T={T}"
+            pts.append(RooflinePoint(label, r["flops"] / r["bytes"], achieved, marker, color))
     return pts
+
+
+def busiest_engine(p, compute_only: bool = False) -> str:
+    """Engine with the largest busy time of a ``ProfileResult`` (what a "bound by <engine>" claim names)."""
+    busy = {e: b for e, b in p.busy_us.items() if not (compute_only and e == "dma")}
+    return max(busy, key=busy.get)
+
+
+def final_summary(rows: Sequence[dict], version: str, tokens: Sequence[int]) -> dict:
+    """{"<target>_T<T>": {latency_us, pct_roofline, roofline_us}} of one version, for results JSON."""
+    keys = ("latency_us", "pct_roofline", "roofline_us")
+    return {f"{r['target']}_T{r['T']}": {k: r[k] for k in keys}
+            for r in rows if r["version"] == version and r["T"] in tokens}
+
+
+def summary_lines(summary: dict, label: str) -> list[str]:
+    """One takeaway sentence per entry of :func:`final_summary` (numbers printed, never hand-written)."""
+    return [f"{label} {key.replace('_T', ' T=')}: {v['latency_us']:.2f} µs (estimated), "
+            f"{v['pct_roofline']:.1f} % of its {v['roofline_us']:.2f} µs roofline floor"
+            for key, v in summary.items()]

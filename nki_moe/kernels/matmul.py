@@ -13,6 +13,9 @@ Versions (each adds one idea):
     v3  double-buffered PSUM and w blocks, PSUM evictions alternating between ACT and DVE
     v4  operand placement for GEMV (T < 128): w stationary (fast weight load), tokens moving, y transposed
         back on the PE; T >= 128 keeps v3's placement
+    v5  pre-tiled weights: w stored once (host side, ``nki_moe.bench.tile_weight``) as column blocks
+        [nb, 128, KT, NB], so each partition's slice of a block is one contiguous run and a DMA of kg k tiles
+        reads kg·NB·2 B per partition (≥ 8 KiB) instead of N/2·2 B rows; blocks split between the cores
 
 Run: ``nki_moe.sim.run(matmul_v4, x, w, lnc=2)``; checked in tests/kernels/test_matmul.py.
 """
@@ -25,6 +28,7 @@ from nki_moe.kernels.tiles import lnc_share, load_transposed, load_transposed_na
 
 N_TILE = 512  # one fp32 PSUM bank per partition; the moving free-size limit on trn2
 N_BLOCK = 2048  # columns per w block: 4 KiB contiguous per partition per DMA
+CHUNK_BYTES = 8192  # v5: contiguous bytes per partition per weight DMA (94 % DMA efficiency)
 
 
 def _check(x, w, n_multiple=1):
@@ -205,3 +209,71 @@ def matmul_v4(x, w):
         _load_w_block(w, w_bufs[b % 2], n0, nsz)
         _w_stationary_block(xT, w_bufs[b % 2], y, T, n0, nsz)
     return y
+
+
+# ---- v5: pre-tiled weights (one contiguous run per partition per block) ---------------------------------
+def _load_tiled_block(w_t, b, w_blk, nsz):
+    """Block b of a pre-tiled weight into w_blk [128, KT, ≥nsz]: kg k tiles per DMA (kg·NB·2 B per partition),
+    the last k tile alone so the PE work left after the last byte lands is one k tile's."""
+    KT, NB = w_t.shape[2], w_t.shape[3]
+    kg = max(1, min(KT - 1, CHUNK_BYTES // (NB * 2)))
+    for k0, k1 in [(k0, min(k0 + kg, KT - 1)) for k0 in range(0, KT - 1, kg)] + [(KT - 1, KT)]:
+        nisa.dma_copy(dst=w_blk[:, k0:k1, 0:nsz], src=w_t[b, :, k0:k1, 0:nsz])
+
+
+def _tiled(x, w_t, n_cols, direct):
+    """y = x @ w from a pre-tiled weight (see matmul_v5); ``direct``: T = 1 via _w_stationary_direct."""
+    T, K = x.shape
+    nb, P, KT, NB = w_t.shape
+    assert K == KT * P, f"contraction mismatch: x has K={K}, w_t has {KT}x{P}"
+    assert n_cols % P == 0 and (nb - 1) * NB < n_cols <= nb * NB, f"n_cols={n_cols} vs {nb} blocks of {NB}"
+    y = nl.ndarray((T, n_cols), dtype=x.dtype, buffer=nl.shared_hbm)
+    tiles = _token_tiles(T)
+    xTs = [load_transposed(x, t0, tsz) for t0, tsz in tiles]
+    w_bufs = [nl.ndarray((P, KT, NB), dtype=w_t.dtype, buffer=nl.sbuf) for _ in range(2)]
+    psum_sets = [[nl.ndarray((P, N_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(-(-NB // N_TILE))]
+                 for _ in range(2 if T >= P else 0)]
+    first, count = lnc_share(nb)
+    for i, b in enumerate(range(first, first + count)):
+        n0, nsz = b * NB, min(NB, n_cols - b * NB)
+        _load_tiled_block(w_t, b, w_bufs[i % 2], nsz)
+        if T < P:
+            block = _w_stationary_direct if direct and T == 1 else _w_stationary_block
+            block(xTs[0], w_bufs[i % 2], y, T, n0, nsz)
+        for j, ((t0, tsz), xT) in enumerate(zip(tiles, xTs) if T >= P else ()):
+            step = i * len(tiles) + j
+            _x_stationary_block(xT, w_bufs[i % 2], y, t0, tsz, n0, nsz, psum_sets[step % 2], True)
+    return y
+
+
+@nki.jit
+def matmul_v5(x, w_t, n_cols):
+    """As matmul_v4 on a pre-tiled weight.
+
+    Args: x [T, K] bf16; w_t [nb, 128, KT, NB] bf16 with w_t[b, p, kt, j] = w[kt·128 + p, b·NB + j] (zero
+    padded past n_cols; ``nki_moe.bench.tile_weight``); n_cols = N, a multiple of 128. Returns: y [T, N].
+    """
+    return _tiled(x, w_t, n_cols, direct=False)
+
+
+# ---- v6: decode results stored straight from the stationary-weight layout ----------------------------------
+def _w_stationary_direct(xT, w_blk, y, T, n0, nsz):
+    """y[0, n0:n0+nsz] for T = 1: the stationary of group g is columns g, g+G, … so partition p accumulates
+    columns p·G … p·G+G−1 and yᵀ [128, G] is stored as is (G·2 B per partition): no PE transposes, no
+    single-partition PSUM copy."""
+    P = 128
+    KT, G = xT.shape[1], nsz // P
+    acc = nl.ndarray((P, G), dtype=nl.float32, buffer=nl.psum)
+    for kt in range(KT):
+        for g in range(G):
+            nisa.nc_matmul(dst=acc[:, g : g + 1], stationary=w_blk[:, kt, g:nsz:G], moving=xT[:, kt, 0:1],
+                           accumulate=kt > 0)
+    yT = nl.ndarray((P, G), dtype=y.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=yT, src=acc)
+    nisa.dma_copy(dst=y.ap(pattern=[[G, P], [1, G]], offset=n0), src=yT)
+
+
+@nki.jit
+def matmul_v6(x, w_t, n_cols):
+    """As matmul_v5; for T = 1 each block's yᵀ is stored directly (see _w_stationary_direct)."""
+    return _tiled(x, w_t, n_cols, direct=True)
