@@ -86,18 +86,30 @@ def execute(source: Path, build: Path, wanted: dict, kernel: str, timeout: int) 
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(raw), str(executed), parameters=params, kernel_name=kernel, cwd=str(source.parent),
-            progress_bar=False, execution_timeout=timeout,
+            str(raw),
+            str(executed),
+            parameters=params,
+            kernel_name=kernel,
+            cwd=str(source.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
         )
         return Outcome(stem, "ok", time.perf_counter() - start, str(executed))
     except PapermillExecutionError as err:
         first = (err.source or "").strip().splitlines()
         cell = f"cell {err.cell_index} (execution {err.exec_count}): {first[0] if first else ''}"
-        return Outcome(stem, "failed", time.perf_counter() - start, str(executed), cell,
-                       f"{err.ename}: {err.evalue}")
+        return Outcome(
+            stem, "failed", time.perf_counter() - start, str(executed), cell, f"{err.ename}: {err.evalue}"
+        )
     except Exception as err:  # kernel died, timeout, bad notebook: still report, keep the rest going
-        return Outcome(stem, "failed", time.perf_counter() - start, str(executed), "(no cell)",
-                       f"{type(err).__name__}: {err}")
+        return Outcome(
+            stem,
+            "failed",
+            time.perf_counter() - start,
+            str(executed),
+            "(no cell)",
+            f"{type(err).__name__}: {err}",
+        )
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
@@ -118,10 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="small shapes: pass SMOKE=True")
     parser.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
     parser.add_argument("--keep-going", action="store_true", help="run the rest after a failure")
-    parser.add_argument("--target", choices=["trn2", "trn3"], default=None,
-                        help="target chip (notebook TARGET parameter; default: each notebook's own)")
-    parser.add_argument("--backend", choices=["sim", "neuron"], default="sim",
-                        help="sim = the NumPy emulator; neuron = the real SDK (Trainium hosts only)")
+    parser.add_argument(
+        "--target",
+        choices=["trn2", "trn3"],
+        default=None,
+        help="target chip (notebook TARGET parameter; default: each notebook's own)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["sim", "neuron"],
+        default="sim",
+        help="sim = the NumPy emulator; neuron = the real SDK (Trainium hosts only)",
+    )
     parser.add_argument("--notebooks", type=Path, default=ROOT / "notebooks", help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, default=ROOT / "build", help="output folder for notebooks")
     parser.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default: nki-moe)")
@@ -130,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.backend == "neuron" and not neuron_available():
-        parser.error("--backend neuron needs the Neuron SDK (neuronx-cc with nki), which is not installed "
-                     "here; run on a Trainium host, or use --backend sim")
+        parser.error(
+            "--backend neuron needs the Neuron SDK (neuronx-cc with nki), which is not installed "
+            "here; run on a Trainium host, or use --backend sim"
+        )
     # The notebook kernels inherit these; they are restored afterwards so a caller (a test) keeps its own.
     env = {"NKI_MOE_BACKEND": args.backend}
     wanted: dict = {"SMOKE": args.smoke}
@@ -161,15 +183,20 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    skipped = [nb.stem for nb in notebooks[len(outcomes):]]
+    skipped = [nb.stem for nb in notebooks[len(outcomes) :]]
 
     print()
     print(summary_table(outcomes))
     if skipped:
         print(f"not run (stopped at the first failure; use --keep-going): {', '.join(skipped)}")
     args.build.mkdir(parents=True, exist_ok=True)
-    run = {"smoke": args.smoke, "target": args.target, "backend": args.backend,
-           "outcomes": [asdict(o) for o in outcomes], "skipped": skipped}
+    run = {
+        "smoke": args.smoke,
+        "target": args.target,
+        "backend": args.backend,
+        "outcomes": [asdict(o) for o in outcomes],
+        "skipped": skipped,
+    }
     (args.build / "run_summary.json").write_text(json.dumps(run, indent=2) + "\n")
     if not args.no_report:
         from nki_moe.report import write_report

@@ -27,22 +27,32 @@ def cases(lm_head: bool):
     rng = np.random.default_rng(0)
     x, r, w = bf16(rng.standard_normal((640, H))), bf16(rng.standard_normal((640, H))), bf16(rng.random(H))
     xf, rf, wf = (a.astype(np.float32) for a in (x, r, w))
-    yield ("rmsnorm_v3 [640, 2048] LNC=2", lambda: run_kernel(rmsnorm.rmsnorm_v3, x, w, 1e-6, lnc=2),
-           lambda: rms_norm(xf, wf, 1e-6, "bf16"))
-    yield ("add_rmsnorm_v3 [640, 2048] LNC=2",
-           lambda: run_kernel(rmsnorm.add_rmsnorm_v3, x, r, w, 1e-6, lnc=2),
-           lambda: add_rms_norm(xf, rf, wf, 1e-6, "bf16"))
+    yield (
+        "rmsnorm_v3 [640, 2048] LNC=2",
+        lambda: run_kernel(rmsnorm.rmsnorm_v3, x, w, 1e-6, lnc=2),
+        lambda: rms_norm(xf, wf, 1e-6, "bf16"),
+    )
+    yield (
+        "add_rmsnorm_v3 [640, 2048] LNC=2",
+        lambda: run_kernel(rmsnorm.add_rmsnorm_v3, x, r, w, 1e-6, lnc=2),
+        lambda: add_rms_norm(xf, rf, wf, 1e-6, "bf16"),
+    )
     widths = [(640, 4096), (1, 4096)] + ([(1, 151936)] if lm_head else [])
     for T, N in widths:
         wq = bf16(rng.standard_normal((H, N)) / 45)
         xq, wqf, wt = x[:T], wq.astype(np.float32), tile_weight(wq)  # v6 takes the pre-tiled weight
-        yield (f"matmul_v6 [{T}, 2048] x [2048, {N}] LNC=2", lambda xq=xq, wt=wt, N=N: run_kernel(
-            matmul.matmul_v6, xq, wt, N, lnc=2),
-            lambda xq=xq, wqf=wqf: linear(xq.astype(np.float32), wqf.T, "bf16"))
+        yield (
+            f"matmul_v6 [{T}, 2048] x [2048, {N}] LNC=2",
+            lambda xq=xq, wt=wt, N=N: run_kernel(matmul.matmul_v6, xq, wt, N, lnc=2),
+            lambda xq=xq, wqf=wqf: linear(xq.astype(np.float32), wqf.T, "bf16"),
+        )
     wg = bf16(rng.standard_normal((H, 128)) / 20)
     wgf = wg.astype(np.float32)
-    yield ("router_v2 [640, 2048] x [2048, 128]", lambda: run_kernel(router.router_v2, x, wg),
-           lambda: router_ref(xf, wgf.T, 8, True, "bf16"))
+    yield (
+        "router_v2 [640, 2048] x [2048, 128]",
+        lambda: run_kernel(router.router_v2, x, wg),
+        lambda: router_ref(xf, wgf.T, 8, True, "bf16"),
+    )
 
 
 def main() -> None:

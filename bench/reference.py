@@ -46,22 +46,30 @@ def build_layer() -> tuple[LayerWeights, torch.nn.Module]:
     bf16 = {k: torch.from_numpy(init_tensor(CFG, k, s, seed=0)).to(torch.bfloat16) for k, s in shapes.items()}
     ex = "model.layers.0.mlp.experts.{}.{}.weight"
     experts = range(CFG.num_experts)
-    gate_up = torch.stack([torch.cat([bf16[ex.format(e, "gate_proj")], bf16[ex.format(e, "up_proj")]])
-                           for e in experts])
+    gate_up = torch.stack(
+        [torch.cat([bf16[ex.format(e, "gate_proj")], bf16[ex.format(e, "up_proj")]]) for e in experts]
+    )
     down = torch.stack([bf16[ex.format(e, "down_proj")] for e in experts])
     p = "model.layers.0."
     f32 = lambda key: bf16[p + key].float().numpy()
-    ours = LayerWeights(input_norm=f32("input_layernorm.weight"), wq=f32("self_attn.q_proj.weight"),
-                        wk=f32("self_attn.k_proj.weight"), wv=f32("self_attn.v_proj.weight"),
-                        wo=f32("self_attn.o_proj.weight"), q_norm=f32("self_attn.q_norm.weight"),
-                        k_norm=f32("self_attn.k_norm.weight"),
-                        post_norm=f32("post_attention_layernorm.weight"), router=f32("mlp.gate.weight"),
-                        gate_up=gate_up.float().numpy(), down=down.float().numpy())
+    ours = LayerWeights(
+        input_norm=f32("input_layernorm.weight"),
+        wq=f32("self_attn.q_proj.weight"),
+        wk=f32("self_attn.k_proj.weight"),
+        wv=f32("self_attn.v_proj.weight"),
+        wo=f32("self_attn.o_proj.weight"),
+        q_norm=f32("self_attn.q_norm.weight"),
+        k_norm=f32("self_attn.k_norm.weight"),
+        post_norm=f32("post_attention_layernorm.weight"),
+        router=f32("mlp.gate.weight"),
+        gate_up=gate_up.float().numpy(),
+        down=down.float().numpy(),
+    )
     hf_cfg = Qwen3MoeConfig.from_dict(CFG.to_hf_dict())
     hf_cfg._attn_implementation = "eager"
     hf_cfg._experts_implementation = "eager"
     layer = Qwen3MoeDecoderLayer(hf_cfg, 0).to(torch.bfloat16).eval()
-    state = {k[len(p):]: v for k, v in bf16.items() if ".experts." not in k}
+    state = {k[len(p) :]: v for k, v in bf16.items() if ".experts." not in k}
     state |= {"mlp.experts.gate_up_proj": gate_up, "mlp.experts.down_proj": down}
     layer.load_state_dict(state, strict=True)
     return ours, layer, hf_cfg
@@ -91,8 +99,10 @@ def main() -> None:
     mask = torch.full((S, S), torch.finfo(torch.bfloat16).min, dtype=torch.bfloat16).triu(1)[None, None]
     pos = torch.arange(S + 1)[None]
     cos_t, sin_t = rotary(x, pos)
-    print(f"one real-width layer (H={CFG.hidden_size}, E={CFG.num_experts}, k={CFG.num_experts_per_tok}, "
-          f"I={CFG.moe_intermediate_size}); torch threads {torch.get_num_threads()}, repeats {args.repeats}")
+    print(
+        f"one real-width layer (H={CFG.hidden_size}, E={CFG.num_experts}, k={CFG.num_experts_per_tok}, "
+        f"I={CFG.moe_intermediate_size}); torch threads {torch.get_num_threads()}, repeats {args.repeats}"
+    )
 
     def hf_prefill():
         with torch.inference_mode():
@@ -101,14 +111,20 @@ def main() -> None:
     def hf_decode_setup():
         cache = DynamicCache(config=hf_cfg)
         with torch.inference_mode():
-            hf(x[:, :S], attention_mask=mask, position_embeddings=(cos_t[:, :S], sin_t[:, :S]), cache=cache,
-               use_cache=True)
+            hf(
+                x[:, :S],
+                attention_mask=mask,
+                position_embeddings=(cos_t[:, :S], sin_t[:, :S]),
+                cache=cache,
+                use_cache=True,
+            )
         return cache
 
     def hf_decode():
         with torch.inference_mode():
-            out = hf(x[:, S:], position_embeddings=(cos_t[:, S:], sin_t[:, S:]), cache=hf_cache,
-                     use_cache=True)
+            out = hf(
+                x[:, S:], position_embeddings=(cos_t[:, S:], sin_t[:, S:]), cache=hf_cache, use_cache=True
+            )
         hf_cache.crop(-1)  # back to S cached positions for the next repeat
         return out
 
@@ -155,8 +171,10 @@ def main() -> None:
         base = times["transformers bf16"]
         print(f"\n{shape} ({tokens} token(s), {cached} cached; {macs / 1e9:.2f} GMAC in the layer)")
         for name, t in times.items():
-            print(f"  {name:<18} {t * 1e3:9.1f} ms  {macs / t / 1e9:7.1f} GMAC/s  ratio to transformers "
-                  f"{t / base:5.2f}x")
+            print(
+                f"  {name:<18} {t * 1e3:9.1f} ms  {macs / t / 1e9:7.1f} GMAC/s  ratio to transformers "
+                f"{t / base:5.2f}x"
+            )
 
 
 if __name__ == "__main__":

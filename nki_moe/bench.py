@@ -14,9 +14,21 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-__all__ = ["Version", "bf16", "run_kernel", "best_time", "sweep", "plot_sweep", "roofline_points",
-           "sweep_table", "TARGETS", "tile_weight",
-           "busiest_engine", "final_summary", "summary_lines"]
+__all__ = [
+    "Version",
+    "bf16",
+    "run_kernel",
+    "best_time",
+    "sweep",
+    "plot_sweep",
+    "roofline_points",
+    "sweep_table",
+    "TARGETS",
+    "tile_weight",
+    "busiest_engine",
+    "final_summary",
+    "summary_lines",
+]
 
 TARGETS = ("trn2", "trn3")
 
@@ -65,8 +77,13 @@ class Version:
     lnc: int = 1
 
 
-def sweep(versions: Sequence[Version], tokens: Sequence[int], make_args: Callable[[int], tuple],
-          cost: Callable[[int], tuple[float, float]], targets: Sequence[str] = TARGETS) -> list[dict]:
+def sweep(
+    versions: Sequence[Version],
+    tokens: Sequence[int],
+    make_args: Callable[[int], tuple],
+    cost: Callable[[int], tuple[float, float]],
+    targets: Sequence[str] = TARGETS,
+) -> list[dict]:
     """Estimated latency of every version at every T on every target.
 
     Args:
@@ -88,17 +105,31 @@ def sweep(versions: Sequence[Version], tokens: Sequence[int], make_args: Callabl
             trace = run_kernel(v.kernel, *args, lnc=v.lnc).trace
             for target in targets:
                 p = profile_trace(trace, target, v.label, None, flops, nbytes)
-                rows.append(dict(version=v.label, T=T, target=target, latency_us=p.latency_us,
-                                 roofline_us=p.roofline_us, pct_roofline=100 * p.pct_of_roofline, mfu=p.mfu,
-                                 mbu=p.mbu, flops=flops, bytes=nbytes,
-                                 **{f"busy_{e}_us": b for e, b in p.busy_us.items()}))
+                rows.append(
+                    dict(
+                        version=v.label,
+                        T=T,
+                        target=target,
+                        latency_us=p.latency_us,
+                        roofline_us=p.roofline_us,
+                        pct_roofline=100 * p.pct_of_roofline,
+                        mfu=p.mfu,
+                        mbu=p.mbu,
+                        flops=flops,
+                        bytes=nbytes,
+                        **{f"busy_{e}_us": b for e, b in p.busy_us.items()},
+                    )
+                )
     return rows
 
 
 def sweep_table(rows: Sequence[dict], target: str) -> list[tuple]:
     """(version, T, latency µs, roofline µs, % of roofline) rows of one target, for format_table."""
-    return [(r["version"], r["T"], r["latency_us"], r["roofline_us"], r["pct_roofline"])
-            for r in rows if r["target"] == target]
+    return [
+        (r["version"], r["T"], r["latency_us"], r["roofline_us"], r["pct_roofline"])
+        for r in rows
+        if r["target"] == target
+    ]
 
 
 def plot_sweep(rows: Sequence[dict], title: str):
@@ -122,8 +153,12 @@ def plot_sweep(rows: Sequence[dict], title: str):
         for r in mine:  # the lowest floor: versions launched on more cores have a lower one
             floor[r["T"]] = min(floor.get(r["T"], np.inf), r["roofline_us"])
         axes[0, col].plot(sorted(floor), [floor[t] for t in sorted(floor)], "k--", label="roofline floor")
-        axes[0, col].set(title=f"{title} — {target} (estimated)", ylabel="latency µs (cost model)",
-                         xscale="log", yscale="log")
+        axes[0, col].set(
+            title=f"{title} — {target} (estimated)",
+            ylabel="latency µs (cost model)",
+            xscale="log",
+            yscale="log",
+        )
         axes[1, col].set(xlabel="tokens T", ylabel="% of roofline", ylim=(0, 105))
         axes[1, col].axhline(70, color="0.6", lw=1, ls=":")
         for ax in axes[:, col]:
@@ -159,12 +194,17 @@ def busiest_engine(p, compute_only: bool = False) -> str:
 def final_summary(rows: Sequence[dict], version: str, tokens: Sequence[int]) -> dict:
     """{"<target>_T<T>": {latency_us, pct_roofline, roofline_us}} of one version, for results JSON."""
     keys = ("latency_us", "pct_roofline", "roofline_us")
-    return {f"{r['target']}_T{r['T']}": {k: r[k] for k in keys}
-            for r in rows if r["version"] == version and r["T"] in tokens}
+    return {
+        f"{r['target']}_T{r['T']}": {k: r[k] for k in keys}
+        for r in rows
+        if r["version"] == version and r["T"] in tokens
+    }
 
 
 def summary_lines(summary: dict, label: str) -> list[str]:
     """One takeaway sentence per entry of :func:`final_summary` (numbers printed, never hand-written)."""
-    return [f"{label} {key.replace('_T', ' T=')}: {v['latency_us']:.2f} µs (estimated), "
-            f"{v['pct_roofline']:.1f} % of its {v['roofline_us']:.2f} µs roofline floor"
-            for key, v in summary.items()]
+    return [
+        f"{label} {key.replace('_T', ' T=')}: {v['latency_us']:.2f} µs (estimated), "
+        f"{v['pct_roofline']:.1f} % of its {v['roofline_us']:.2f} µs roofline floor"
+        for key, v in summary.items()
+    ]

@@ -17,9 +17,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Tolerance", "TOLERANCES", "CheckResult", "check_close", "assert_close", "ErrorRatio",
-           "error_ratio", "LOGIT_TOL_MAP", "DIVERGENCE_TOL", "PositionCheck", "LogitReport",
-           "check_position_logits", "validate_logits"]
+__all__ = [
+    "Tolerance",
+    "TOLERANCES",
+    "CheckResult",
+    "check_close",
+    "assert_close",
+    "ErrorRatio",
+    "error_ratio",
+    "LOGIT_TOL_MAP",
+    "DIVERGENCE_TOL",
+    "PositionCheck",
+    "LogitReport",
+    "check_position_logits",
+    "validate_logits",
+]
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,16 @@ def _degenerate(actual: np.ndarray, allow_zero: bool, allow_nan: bool) -> str | 
     return None
 
 
-def check_close(actual: np.ndarray, expected: np.ndarray, dtype: str = "fp32", atol: float | None = None,
-                rtol: float | None = None, allow_zero: bool = False, allow_nan: bool = False,
-                name: str = "output") -> CheckResult:
+def check_close(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    dtype: str = "fp32",
+    atol: float | None = None,
+    rtol: float | None = None,
+    allow_zero: bool = False,
+    allow_nan: bool = False,
+    name: str = "output",
+) -> CheckResult:
     """Elementwise closeness ``|a − e| <= atol + rtol·|e|`` with dtype tolerances.
 
     NaN in ``actual`` fails unless NaN is at the same place in ``expected``.
@@ -107,8 +126,10 @@ def check_close(actual: np.ndarray, expected: np.ndarray, dtype: str = "fp32", a
     else:
         first = [tuple(int(j) for j in i) for i in np.argwhere(bad)[:5]]
         shown = ", ".join(f"{i}: {a[i]:.6g} vs {e[i]:.6g}" for i in first)
-        msg = (f"{name}: {reason + '; ' if reason else ''}{n_bad}/{a.size} elements outside atol {atol:g} + "
-               f"rtol {rtol:g}; max abs {max_abs:.3g} at {worst}; first mismatches {shown}")
+        msg = (
+            f"{name}: {reason + '; ' if reason else ''}{n_bad}/{a.size} elements outside atol {atol:g} + "
+            f"rtol {rtol:g}; max abs {max_abs:.3g} at {worst}; first mismatches {shown}"
+        )
     return CheckResult(ok, max_abs, max_rel, n_bad, a.size, worst, msg)
 
 
@@ -134,8 +155,14 @@ class ErrorRatio:
         return self.ratio <= self.max_ratio
 
 
-def error_ratio(kernel: np.ndarray, reference_lowp: np.ndarray, reference_fp32: np.ndarray,
-                dtype: str = "bf16", max_ratio: float | None = None, allow_zero: bool = False) -> ErrorRatio:
+def error_ratio(
+    kernel: np.ndarray,
+    reference_lowp: np.ndarray,
+    reference_fp32: np.ndarray,
+    dtype: str = "bf16",
+    max_ratio: float | None = None,
+    allow_zero: bool = False,
+) -> ErrorRatio:
     """How much less accurate a low-precision kernel is than a low-precision reference.
 
     Both are measured against the fp32 reference by relative Frobenius error. A ratio of 1 means the kernel's
@@ -163,8 +190,10 @@ def error_ratio(kernel: np.ndarray, reference_lowp: np.ndarray, reference_fp32: 
         ratio = 0.0 if k_err == 0.0 else np.inf
     else:
         ratio = k_err / r_err
-    msg = (f"{reason + '; ' if reason else ''}kernel error {k_err:.3g}, {dtype} reference error {r_err:.3g}, "
-           f"ratio {ratio:.3g} (limit {limit:g})")
+    msg = (
+        f"{reason + '; ' if reason else ''}kernel error {k_err:.3g}, {dtype} reference error {r_err:.3g}, "
+        f"ratio {ratio:.3g} (limit {limit:g})"
+    )
     return ErrorRatio(k_err, r_err, ratio, limit, msg)
 
 
@@ -201,9 +230,13 @@ def _shift(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(a_mean - slope * e_mean)
 
 
-def check_position_logits(actual: np.ndarray, expected: np.ndarray,
-                          tol_map: Mapping[int | None, tuple[float, float]] = LOGIT_TOL_MAP,
-                          divergence_tol: float = DIVERGENCE_TOL, remove_shift: bool = True) -> PositionCheck:
+def check_position_logits(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    tol_map: Mapping[int | None, tuple[float, float]] = LOGIT_TOL_MAP,
+    divergence_tol: float = DIVERGENCE_TOL,
+    remove_shift: bool = True,
+) -> PositionCheck:
     """Check one position's logits against the reference's.
 
     For each k of ``tol_map`` take the reference's k largest logits (all when k is None) and the candidate's
@@ -259,14 +292,20 @@ class LogitReport:
         """One line: pass/fail, max error per top-k, divergences."""
         errs = ", ".join(f"top-{'all' if k is None else k} {v:.3g}" for k, v in self.max_errors.items())
         bad = [i for i, p in enumerate(self.positions) if not p.ok]
-        return (f"{'PASS' if self.ok else 'FAIL'}: {len(self.positions)} positions; max errors {errs}; "
-                f"divergences at {self.divergences or 'none'}; failing positions {bad or 'none'}")
+        return (
+            f"{'PASS' if self.ok else 'FAIL'}: {len(self.positions)} positions; max errors {errs}; "
+            f"divergences at {self.divergences or 'none'}; failing positions {bad or 'none'}"
+        )
 
 
-def validate_logits(prompt: np.ndarray, expected_logits: np.ndarray,
-                    generate: Callable[[np.ndarray, int], np.ndarray],
-                    tol_map: Mapping[int | None, tuple[float, float]] = LOGIT_TOL_MAP,
-                    divergence_tol: float = DIVERGENCE_TOL, remove_shift: bool = True) -> LogitReport:
+def validate_logits(
+    prompt: np.ndarray,
+    expected_logits: np.ndarray,
+    generate: Callable[[np.ndarray, int], np.ndarray],
+    tol_map: Mapping[int | None, tuple[float, float]] = LOGIT_TOL_MAP,
+    divergence_tol: float = DIVERGENCE_TOL,
+    remove_shift: bool = True,
+) -> LogitReport:
     """Validate a candidate's greedy generation against reference logits, position by position.
 
     The reference's greedy tokens are ``argmax(expected_logits[i])``. The candidate generates greedily from
@@ -295,8 +334,9 @@ def validate_logits(prompt: np.ndarray, expected_logits: np.ndarray,
         ids = np.concatenate([np.asarray(prompt), ref_tokens[:start]]).astype(np.int64)
         actual = np.asarray(generate(ids, n - start))
         for j in range(n - start):
-            check = check_position_logits(actual[j], expected_logits[start + j], tol_map, divergence_tol,
-                                          remove_shift)
+            check = check_position_logits(
+                actual[j], expected_logits[start + j], tol_map, divergence_tol, remove_shift
+            )
             positions.append(check)
             if check.actual_token != check.expected_token:
                 divergences.append(start + j)

@@ -11,8 +11,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SEQ_LEN", "Prompt", "Baseline", "Submission", "PROMPTS", "BASELINES", "FIRST_PLACE_TRN3",
-           "score", "submission_scores"]
+__all__ = [
+    "SEQ_LEN",
+    "Prompt",
+    "Baseline",
+    "Submission",
+    "PROMPTS",
+    "BASELINES",
+    "FIRST_PLACE_TRN3",
+    "score",
+    "submission_scores",
+]
 
 SEQ_LEN = 640  # [MOE-REPO] main.py --seq-len default: every prompt generates until 640 tokens in total
 
@@ -57,11 +66,21 @@ PROMPTS = (Prompt(0, 18, 64), Prompt(1, 126, 256), Prompt(2, 43, 128), Prompt(3,
 
 BASELINES: dict[str, tuple[Baseline, ...]] = {
     # [MOE-REPO] prompt_data_trn2.csv (commit c92219f, 2026-03-05)
-    "trn2": (Baseline(0, 12498.0, 51.86), Baseline(1, 9432.19, 70.24), Baseline(2, 12089.08, 54.40),
-             Baseline(3, 12868.67, 50.89), Baseline(4, 3041.92, 217.74)),
+    "trn2": (
+        Baseline(0, 12498.0, 51.86),
+        Baseline(1, 9432.19, 70.24),
+        Baseline(2, 12089.08, 54.40),
+        Baseline(3, 12868.67, 50.89),
+        Baseline(4, 3041.92, 217.74),
+    ),
     # [MOE-REPO] prompt_data_trn3.csv (commit 097ad9b, 2026-04-15)
-    "trn3": (Baseline(0, 17138.28, 37.87), Baseline(1, 12427.41, 52.34), Baseline(2, 16208.29, 40.25),
-             Baseline(3, 17177.15, 37.93), Baseline(4, 3871.62, 168.39)),
+    "trn3": (
+        Baseline(0, 17138.28, 37.87),
+        Baseline(1, 12427.41, 52.34),
+        Baseline(2, 16208.29, 40.25),
+        Baseline(3, 17177.15, 37.93),
+        Baseline(4, 3871.62, 168.39),
+    ),
 }
 
 # [WIN1] thustorage/NKI-MoE, qwen3-30b-a3b-trn3_score_records.csv (trainium.md §7.3).
@@ -82,8 +101,14 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-def score(latency_ms: float, throughput: float, base_latency_ms: float, base_throughput: float,
-          nki_mac_ratio: float, accuracy: float = 1.0) -> float:
+def score(
+    latency_ms: float,
+    throughput: float,
+    base_latency_ms: float,
+    base_throughput: float,
+    nki_mac_ratio: float,
+    accuracy: float = 1.0,
+) -> float:
     """Per-prompt score: accuracy × (base_latency / latency) × (throughput / base_throughput) × (1 + ratio).
 
     [MOE-REPO] main.py (the (1 + ratio) multiplier since commit 669c355).
@@ -112,5 +137,7 @@ def score(latency_ms: float, throughput: float, base_latency_ms: float, base_thr
 def submission_scores(sub: Submission) -> list[float]:
     """Scores of every prompt of ``sub`` against the published baselines of its platform (unrounded)."""
     base = BASELINES[sub.platform]
-    return [score(lat, tput, b.latency_ms, b.throughput, sub.nki_mac_ratio)
-            for lat, tput, b in zip(sub.latency_ms, sub.throughput, base, strict=True)]
+    return [
+        score(lat, tput, b.latency_ms, b.throughput, sub.nki_mac_ratio)
+        for lat, tput, b in zip(sub.latency_ms, sub.throughput, base, strict=True)
+    ]

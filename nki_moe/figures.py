@@ -40,8 +40,9 @@ def save_figure(fig, stem: str, data: Mapping[str, Sequence] | None = None, dpi:
         columns = list(data)
         lengths = {len(data[c]) for c in columns}
         if len(lengths) > 1:
-            raise ValueError(f"figure {stem}: CSV columns differ in length: "
-                             f"{ {c: len(data[c]) for c in columns} }")
+            raise ValueError(
+                f"figure {stem}: CSV columns differ in length: { {c: len(data[c]) for c in columns} }"
+            )
         with open(folder / f"{stem}.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(columns)

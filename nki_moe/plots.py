@@ -11,14 +11,22 @@ from nki_moe.perf.published import MeasuredDecode
 __all__ = ["FAMILY_LABELS", "plot_decode_floor_vs_measured", "plot_bytes_breakdown"]
 
 FAMILY_LABELS = {
-    "attention": "attention (q,k,v,o proj.)", "router": "router", "experts": "experts (top-k only)",
-    "lm_head": "LM head", "norms_embedding": "norms + embedding row", "kv_cache": "KV cache",
+    "attention": "attention (q,k,v,o proj.)",
+    "router": "router",
+    "experts": "experts (top-k only)",
+    "lm_head": "LM head",
+    "norms_embedding": "norms + embedding row",
+    "kv_cache": "KV cache",
 }
 _FLOOR, _MEASURED = "HBM floor (estimate)", "measured (published)"
 
 
-def plot_decode_floor_vs_measured(ax, floors_ms: Mapping[str, float], measured: Sequence[MeasuredDecode],
-                                  floors_alt_ms: Mapping[str, float] | None = None) -> dict[str, list]:
+def plot_decode_floor_vs_measured(
+    ax,
+    floors_ms: Mapping[str, float],
+    measured: Sequence[MeasuredDecode],
+    floors_alt_ms: Mapping[str, float] | None = None,
+) -> dict[str, list]:
     """Bars of decode ms/token per chip: the HBM-roofline floor (hatched) beside published measurements.
 
     Args:
@@ -41,8 +49,16 @@ def plot_decode_floor_vs_measured(ax, floors_ms: Mapping[str, float], measured: 
             if est and floors_alt_ms and hw in floors_alt_ms:
                 alt = floors_alt_ms[hw]
                 err = [[max(0.0, ms - alt)], [max(0.0, alt - ms)]]
-            ax.bar(x, ms, 0.8, color="white" if est else "tab:blue", edgecolor="tab:red" if est else "k",
-                   hatch="//" if est else None, yerr=err, capsize=4)
+            ax.bar(
+                x,
+                ms,
+                0.8,
+                color="white" if est else "tab:blue",
+                edgecolor="tab:red" if est else "k",
+                hatch="//" if est else None,
+                yerr=err,
+                capsize=4,
+            )
             note = "" if est else f"\n{ms / floor:.1f}× floor"
             ax.text(x, ms + 0.2, f"{ms:.2f} ms{note}", ha="center", va="bottom", fontsize=8)
             for key, value in zip(cols, (hw, kind, label, ms, ms / floor)):
@@ -54,22 +70,41 @@ def plot_decode_floor_vs_measured(ax, floors_ms: Mapping[str, float], measured: 
         x += 0.6
     ax.set_xticks(positions, names, rotation=20, ha="right", fontsize=8)
     for center, name in groups:
-        ax.text(center, -0.2, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                fontsize=11, fontweight="bold")
-    handles = [Patch(facecolor="white", edgecolor="tab:red", hatch="//", label=_FLOOR),
-               Patch(facecolor="tab:blue", edgecolor="k", label=_MEASURED)]
+        ax.text(
+            center,
+            -0.2,
+            name,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=11,
+            fontweight="bold",
+        )
+    handles = [
+        Patch(facecolor="white", edgecolor="tab:red", hatch="//", label=_FLOOR),
+        Patch(facecolor="tab:blue", edgecolor="k", label=_MEASURED),
+    ]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
     if floors_alt_ms:
-        ax.text(0.99, 0.98, "error bar on a floor: the other published\nHBM bandwidth of that chip",
-                transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
+        ax.text(
+            0.99,
+            0.98,
+            "error bar on a floor: the other published\nHBM bandwidth of that chip",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="0.3",
+        )
     ax.set_ylabel("decode time per token, ms (batch 1)")
     ax.set_ylim(0, max(cols["ms_per_token"]) * 1.25)
     ax.grid(True, axis="y", alpha=0.3)
     return cols
 
 
-def plot_bytes_breakdown(ax, breakdown: Mapping[str, float], unit: float = 1e9, unit_name: str = "GB"
-                         ) -> dict[str, list]:
+def plot_bytes_breakdown(
+    ax, breakdown: Mapping[str, float], unit: float = 1e9, unit_name: str = "GB"
+) -> dict[str, list]:
     """Horizontal bars of bytes per op family, annotated with value and share of the total.
 
     Args:
@@ -86,8 +121,9 @@ def plot_bytes_breakdown(ax, breakdown: Mapping[str, float], unit: float = 1e9, 
     ax.barh(y, [v / unit for v in values], color="tab:blue", edgecolor="k")
     for yi, v in zip(y, values):
         shown = f"{v / unit:.3f} {unit_name}" if v >= 0.01 * unit else f"{v / 1e6:.2f} MB"
-        ax.text(v / unit + total / unit * 0.01, yi, f"{shown} ({100 * v / total:.3g} %)", va="center",
-                fontsize=9)
+        ax.text(
+            v / unit + total / unit * 0.01, yi, f"{shown} ({100 * v / total:.3g} %)", va="center", fontsize=9
+        )
     ax.set_yticks(y, [FAMILY_LABELS.get(f, f) for f in families])
     ax.set_xlabel(f"bytes read from HBM per decode token, {unit_name}")
     ax.set_xlim(0, max(values) / unit * 1.45)

@@ -52,21 +52,28 @@ def write_report(build: Path, run: dict) -> Path:
     html_dir = build / "html"
     html_dir.mkdir(parents=True, exist_ok=True)
     mode = "smoke" if run.get("smoke") else "full"
-    parts = [f"<html><head><meta charset='utf-8'><title>nki-moe report</title><style>{_STYLE}</style>"
-             "</head><body><h1>nki-moe workbook report</h1>",
-             f"<p>Run: {mode} size, backend <code>{html.escape(run.get('backend') or 'sim')}</code>, target "
-             f"<code>{html.escape(run.get('target') or 'each notebook default')}</code>. Trainium times in "
-             "this workbook are cost-model <b>estimates</b> unless a notebook says measured.</p>",
-             "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>seconds</th>"
-             "<th>executed</th><th>failing cell</th></tr>"]
+    parts = [
+        f"<html><head><meta charset='utf-8'><title>nki-moe report</title><style>{_STYLE}</style>"
+        "</head><body><h1>nki-moe workbook report</h1>",
+        f"<p>Run: {mode} size, backend <code>{html.escape(run.get('backend') or 'sim')}</code>, target "
+        f"<code>{html.escape(run.get('target') or 'each notebook default')}</code>. Trainium times in "
+        "this workbook are cost-model <b>estimates</b> unless a notebook says measured.</p>",
+        "<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>seconds</th>"
+        "<th>executed</th><th>failing cell</th></tr>",
+    ]
     for o in run["outcomes"]:
         executed = Path(o["executed"])
         page = html_dir / f"{o['notebook']}.html"
-        link = (f"<a href='{os.path.relpath(page, build)}'>html</a>"
-                if executed.exists() and _notebook_html(executed, page) else "")
-        parts.append(f"<tr><td><a href='#{o['notebook']}'>{o['notebook']}</a></td>"
-                     f"<td class='{o['status']}'>{o['status']}</td><td>{o['seconds']:.1f}</td>"
-                     f"<td>{link}</td><td>{html.escape(o.get('failed_cell', ''))}</td></tr>")
+        link = (
+            f"<a href='{os.path.relpath(page, build)}'>html</a>"
+            if executed.exists() and _notebook_html(executed, page)
+            else ""
+        )
+        parts.append(
+            f"<tr><td><a href='#{o['notebook']}'>{o['notebook']}</a></td>"
+            f"<td class='{o['status']}'>{o['status']}</td><td>{o['seconds']:.1f}</td>"
+            f"<td>{link}</td><td>{html.escape(o.get('failed_cell', ''))}</td></tr>"
+        )
     parts.append("</table>")
     for name in run.get("skipped", []):
         parts.append(f"<p>not run: {html.escape(name)}</p>")
@@ -75,9 +82,11 @@ def write_report(build: Path, run: dict) -> Path:
         parts.append(f"<h2 id='{o['notebook']}'>{html.escape(o['notebook'])}</h2>")
         for res in sorted(results.glob(f"{number}_*.json")):
             rows = _flatten(json.loads(res.read_text()))
-            parts.append(f"<h3>Key numbers <code>{res.name}</code></h3><table>"
-                         + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
-                         + "</table>")
+            parts.append(
+                f"<h3>Key numbers <code>{res.name}</code></h3><table>"
+                + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
+                + "</table>"
+            )
         for fig in sorted(figures.glob(f"{number}_*.png")):
             parts.append(f"<h3>{html.escape(fig.stem)}</h3><img src='{os.path.relpath(fig, build)}'>")
     parts.append("</body></html>")

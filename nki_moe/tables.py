@@ -21,8 +21,12 @@ def _cell(value: Any, floatfmt: str) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
-                 floatfmt: str | Sequence[str] = ",.4g", title: str | None = None) -> str:
+def format_table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    floatfmt: str | Sequence[str] = ",.4g",
+    title: str | None = None,
+) -> str:
     """Render rows as an aligned text table (numbers right-aligned, text left-aligned, None as "-").
 
     Args:
@@ -38,8 +42,13 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
         if len(row) != len(headers):
             raise ValueError(f"row {i} has {len(row)} cells, expected {len(headers)}: {row!r}")
     cells = [[_cell(v, fmts[j]) for j, v in enumerate(row)] for row in rows]
-    numeric = [all(row[j] is None or (isinstance(row[j], (int, float)) and not isinstance(row[j], bool))
-                   for row in rows) for j in range(len(headers))]
+    numeric = [
+        all(
+            row[j] is None or (isinstance(row[j], (int, float)) and not isinstance(row[j], bool))
+            for row in rows
+        )
+        for j in range(len(headers))
+    ]
     widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:

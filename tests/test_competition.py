@@ -27,15 +27,18 @@ def test_score_formula():
     assert score(50.0, 20.0, 100.0, 10.0, 1.0, accuracy=0) == 0.0
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(latency_ms=0.0), "latency_ms"),
-    (dict(latency_ms=-5.0), "latency_ms"),
-    (dict(throughput=0.0), "throughput"),
-    (dict(base_latency_ms=-1.0), "base_latency_ms"),
-    (dict(base_throughput=float("nan")), "base_throughput"),
-    (dict(nki_mac_ratio=1.5), "nki_mac_ratio"),
-    (dict(accuracy=0.5), "accuracy"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(latency_ms=0.0), "latency_ms"),
+        (dict(latency_ms=-5.0), "latency_ms"),
+        (dict(throughput=0.0), "throughput"),
+        (dict(base_latency_ms=-1.0), "base_latency_ms"),
+        (dict(base_throughput=float("nan")), "base_throughput"),
+        (dict(nki_mac_ratio=1.5), "nki_mac_ratio"),
+        (dict(accuracy=0.5), "accuracy"),
+    ],
+)
 def test_score_rejects_bad_inputs(kwargs, name):
     args = dict(latency_ms=1.0, throughput=1.0, base_latency_ms=1.0, base_throughput=1.0, nki_mac_ratio=0.0)
     with pytest.raises(ValueError, match=name):

@@ -14,7 +14,10 @@ from nki_moe.plots import plot_bytes_breakdown, plot_decode_floor_vs_measured  #
 
 def test_published_points():
     assert [(m.hardware, m.ms_per_token) for m in QWEN3_DECODE_MEASURED] == [
-        ("trn2", 10.56), ("trn3", 14.37), ("trn3", 8.15)]
+        ("trn2", 10.56),
+        ("trn3", 14.37),
+        ("trn3", 8.15),
+    ]
 
 
 def test_decode_floor_vs_measured_columns():

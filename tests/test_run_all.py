@@ -10,7 +10,7 @@ import pytest
 
 import run_all
 
-GOOD = '''# %% tags=["parameters"]
+GOOD = """# %% tags=["parameters"]
 SMOKE = False
 N = 3
 
@@ -18,19 +18,19 @@ N = 3
 from nki_moe import results
 assert isinstance(SMOKE, bool)
 results.record("01_good", {"smoke": SMOKE, "n": N})
-'''
+"""
 
-BAD = '''# %%
+BAD = """# %%
 x = 1
 
 # %%
 assert x == 2, "x is not two"
-'''
+"""
 
-NOPARAMS = '''# %%
+NOPARAMS = """# %%
 from nki_moe import results
 results.record("03_noparams", {"ran": True})
-'''
+"""
 
 
 @pytest.fixture()
@@ -64,8 +64,18 @@ def test_failure_is_reported_with_its_cell(books, tmp_path, capsys):
 
 
 def test_keep_going_passes_only_declared_parameters(books, tmp_path, capsys):
-    rc = run_all.main(["--notebooks", str(books), "--build", str(tmp_path / "build"), "--smoke",
-                       "--keep-going", "--target", "trn3"])
+    rc = run_all.main(
+        [
+            "--notebooks",
+            str(books),
+            "--build",
+            str(tmp_path / "build"),
+            "--smoke",
+            "--keep-going",
+            "--target",
+            "trn3",
+        ]
+    )
     assert rc == 1
     summary = json.loads((tmp_path / "build" / "run_summary.json").read_text())
     assert [o["status"] for o in summary["outcomes"]] == ["ok", "failed", "ok"]
@@ -92,7 +102,18 @@ def test_backend_neuron_is_refused_without_the_sdk(books, tmp_path, capsys):
 def test_run_does_not_leak_its_environment(books, tmp_path, monkeypatch):
     monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE", raising=False)
     monkeypatch.setenv("NKI_MOE_BACKEND", "sim")
-    run_all.main(["--notebooks", str(books), "--build", str(tmp_path), "--only", "01", "--target", "trn3",
-                  "--no-report"])
+    run_all.main(
+        [
+            "--notebooks",
+            str(books),
+            "--build",
+            str(tmp_path),
+            "--only",
+            "01",
+            "--target",
+            "trn3",
+            "--no-report",
+        ]
+    )
     assert "NEURON_PLATFORM_TARGET_OVERRIDE" not in os.environ
     assert os.environ["NKI_MOE_BACKEND"] == "sim"

@@ -124,8 +124,9 @@ def _x_stationary_block(xT, w_blk, y, t0, tsz, n0, nsz, psum_set, balanced):
         ssz = min(N_TILE, nsz - s0)
         acc = psum_set[s][0:tsz, 0:ssz]
         for kt in range(KT):
-            nisa.nc_matmul(dst=acc, stationary=xT[:, kt, 0:tsz], moving=w_blk[:, kt, s0 : s0 + ssz],
-                           accumulate=kt > 0)
+            nisa.nc_matmul(
+                dst=acc, stationary=xT[:, kt, 0:tsz], moving=w_blk[:, kt, s0 : s0 + ssz], accumulate=kt > 0
+            )
         _evict(y_blk[:, s0 : s0 + ssz], acc, s, balanced)
     nisa.dma_copy(dst=y[t0 : t0 + tsz, n0 : n0 + nsz], src=y_blk)
 
@@ -139,8 +140,10 @@ def _blocked(x, w, n_buf, balanced):
     tiles = _token_tiles(T)
     xTs = [load_transposed(x, t0, tsz) for t0, tsz in tiles]
     w_bufs = [nl.ndarray((P, K // P, N_BLOCK), dtype=w.dtype, buffer=nl.sbuf) for _ in range(n_buf)]
-    psum_sets = [[nl.ndarray((P, N_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(N_BLOCK // N_TILE)]
-                 for _ in range(n_buf)]
+    psum_sets = [
+        [nl.ndarray((P, N_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(N_BLOCK // N_TILE)]
+        for _ in range(n_buf)
+    ]
     step = 0
     for b, n0 in enumerate(range(n_lo, n_hi, N_BLOCK)):
         nsz = min(N_BLOCK, n_hi - n0)
@@ -175,13 +178,18 @@ def _w_stationary_block(xT, w_blk, y, T, n0, nsz):
     KT = xT.shape[1]
     G = nsz // P
     per_bank = max(1, N_TILE // T)
-    accs = [nl.ndarray((P, min(per_bank, G - b0), T), dtype=nl.float32, buffer=nl.psum)
-            for b0 in range(0, G, per_bank)]
+    accs = [
+        nl.ndarray((P, min(per_bank, G - b0), T), dtype=nl.float32, buffer=nl.psum)
+        for b0 in range(0, G, per_bank)
+    ]
     for kt in range(KT):
         for g in range(G):
-            nisa.nc_matmul(dst=accs[g // per_bank][:, g % per_bank, :],
-                           stationary=w_blk[:, kt, g * P : (g + 1) * P], moving=xT[:, kt, 0:T],
-                           accumulate=kt > 0)
+            nisa.nc_matmul(
+                dst=accs[g // per_bank][:, g % per_bank, :],
+                stationary=w_blk[:, kt, g * P : (g + 1) * P],
+                moving=xT[:, kt, 0:T],
+                accumulate=kt > 0,
+            )
     yT = nl.ndarray((P, G, T), dtype=y.dtype, buffer=nl.sbuf)
     for i, acc in enumerate(accs):
         _evict(yT[:, i * per_bank : i * per_bank + acc.shape[1], :], acc, i, True)
@@ -231,8 +239,10 @@ def _tiled(x, w_t, n_cols, direct):
     tiles = _token_tiles(T)
     xTs = [load_transposed(x, t0, tsz) for t0, tsz in tiles]
     w_bufs = [nl.ndarray((P, KT, NB), dtype=w_t.dtype, buffer=nl.sbuf) for _ in range(2)]
-    psum_sets = [[nl.ndarray((P, N_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(-(-NB // N_TILE))]
-                 for _ in range(2 if T >= P else 0)]
+    psum_sets = [
+        [nl.ndarray((P, N_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(-(-NB // N_TILE))]
+        for _ in range(2 if T >= P else 0)
+    ]
     first, count = lnc_share(nb)
     for i, b in enumerate(range(first, first + count)):
         n0, nsz = b * NB, min(NB, n_cols - b * NB)
@@ -266,8 +276,12 @@ def _w_stationary_direct(xT, w_blk, y, T, n0, nsz):
     acc = nl.ndarray((P, G), dtype=nl.float32, buffer=nl.psum)
     for kt in range(KT):
         for g in range(G):
-            nisa.nc_matmul(dst=acc[:, g : g + 1], stationary=w_blk[:, kt, g:nsz:G], moving=xT[:, kt, 0:1],
-                           accumulate=kt > 0)
+            nisa.nc_matmul(
+                dst=acc[:, g : g + 1],
+                stationary=w_blk[:, kt, g:nsz:G],
+                moving=xT[:, kt, 0:1],
+                accumulate=kt > 0,
+            )
     yT = nl.ndarray((P, G), dtype=y.dtype, buffer=nl.sbuf)
     nisa.tensor_copy(dst=yT, src=acc)
     nisa.dma_copy(dst=y.ap(pattern=[[G, P], [1, G]], offset=n0), src=yT)

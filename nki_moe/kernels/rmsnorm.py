@@ -84,8 +84,14 @@ def _rstd(h_t, p, j, eps):
     ssum = nl.ndarray((p, j), dtype=nl.float32, buffer=nl.sbuf)
     sq = nl.ndarray((p, H), dtype=nl.bfloat16, buffer=nl.sbuf)  # discarded; only the sum is kept
     for jj in range(j):
-        nisa.activation(dst=sq, op=nl.square, data=h_t[:, jj, :], reduce_op=nl.add,
-                        reduce_res=ssum[:, jj : jj + 1], reduce_cmd=nisa.reduce_cmd.reset_reduce)
+        nisa.activation(
+            dst=sq,
+            op=nl.square,
+            data=h_t[:, jj, :],
+            reduce_op=nl.add,
+            reduce_res=ssum[:, jj : jj + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
     rstd = nl.ndarray((p, j), dtype=nl.float32, buffer=nl.sbuf)
     nisa.tensor_scalar(dst=rstd, data=ssum, op0=nl.multiply, operand0=1.0 / H, op1=nl.add, operand1=eps)
     nisa.activation(dst=rstd, op=nl.rsqrt, data=rstd)
@@ -95,8 +101,14 @@ def _rstd(h_t, p, j, eps):
 def _scale_fused(y_t, h_t, rstd, w_tile, p, j):
     """y = (h · rstd) · w in one DVE pass per row (fp32 inside, one rounding)."""
     for jj in range(j):
-        nisa.scalar_tensor_tensor(dst=y_t[:, jj, :], data=h_t[:, jj, :], op0=nl.multiply,
-                                  operand0=rstd[:, jj : jj + 1], op1=nl.multiply, operand1=w_tile[0:p, :])
+        nisa.scalar_tensor_tensor(
+            dst=y_t[:, jj, :],
+            data=h_t[:, jj, :],
+            op0=nl.multiply,
+            operand0=rstd[:, jj : jj + 1],
+            op1=nl.multiply,
+            operand1=w_tile[0:p, :],
+        )
 
 
 def _scale_balanced(y_t, h_t, rstd, w_tile, p, j):

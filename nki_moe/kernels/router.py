@@ -72,8 +72,15 @@ def _normalise(dst, vals, tsz, exp_bias=None):
         e = vals
     else:
         e = nl.ndarray((tsz, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-        nisa.activation(dst=e, op=nl.exp, data=vals, bias=exp_bias, reduce_op=nl.add, reduce_res=ssum,
-                        reduce_cmd=nisa.reduce_cmd.reset_reduce)
+        nisa.activation(
+            dst=e,
+            op=nl.exp,
+            data=vals,
+            bias=exp_bias,
+            reduce_op=nl.add,
+            reduce_res=ssum,
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
     rsum = nl.ndarray((tsz, 1), dtype=nl.float32, buffer=nl.sbuf)
     nisa.reciprocal(dst=rsum, data=ssum)
     nisa.tensor_scalar(dst=dst, data=e, op0=nl.multiply, operand0=rsum)
@@ -114,8 +121,15 @@ def _normalise_wide(probs, logits, neg_max, tsz, E):
     """probs = softmax(logits) over E: exp on ACT with the row sum accumulated, then a DVE scale."""
     e = nl.ndarray((tsz, E), dtype=nl.float32, buffer=nl.sbuf)
     ssum = nl.ndarray((tsz, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.activation(dst=e, op=nl.exp, data=logits, bias=neg_max, reduce_op=nl.add, reduce_res=ssum,
-                    reduce_cmd=nisa.reduce_cmd.reset_reduce)
+    nisa.activation(
+        dst=e,
+        op=nl.exp,
+        data=logits,
+        bias=neg_max,
+        reduce_op=nl.add,
+        reduce_res=ssum,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+    )
     rsum = nl.ndarray((tsz, 1), dtype=nl.float32, buffer=nl.sbuf)
     nisa.reciprocal(dst=rsum, data=ssum)
     nisa.tensor_scalar(dst=probs, data=e, op0=nl.multiply, operand0=rsum)
@@ -167,8 +181,14 @@ def _one_hot_T(i_t, iota_e, maskT, t0, tsz):
     mask = nl.ndarray((tsz, E), dtype=nl.bfloat16, buffer=nl.sbuf)
     nisa.tensor_scalar(dst=mask, data=iota_e[0:tsz, :], op0=nl.equal, operand0=i_f[:, 0:1])
     for j in range(1, TOP_K):
-        nisa.scalar_tensor_tensor(dst=mask, data=iota_e[0:tsz, :], op0=nl.equal, operand0=i_f[:, j : j + 1],
-                                  op1=nl.add, operand1=mask)
+        nisa.scalar_tensor_tensor(
+            dst=mask,
+            data=iota_e[0:tsz, :],
+            op0=nl.equal,
+            operand0=i_f[:, j : j + 1],
+            op1=nl.add,
+            operand1=mask,
+        )
     mT_psum = nl.ndarray((E, tsz), dtype=nl.bfloat16, buffer=nl.psum)
     nisa.nc_transpose(dst=mT_psum, data=mask)
     nisa.tensor_copy(dst=maskT[:, t0 : t0 + tsz], src=mT_psum)
@@ -189,8 +209,9 @@ def _expert_bases(cum, counts, T):
     incl = nl.ndarray((1, E), dtype=nl.float32, buffer=nl.sbuf)
     nisa.tensor_scalar_cumulative(dst=incl, src=row, op0=nl.add, op1=nl.add, imm0=0.0)
     base_row = nl.ndarray((1, E), dtype=nl.float32, buffer=nl.sbuf)  # exclusive prefix − 1
-    nisa.scalar_tensor_tensor(dst=base_row, data=incl, op0=nl.subtract, operand0=1.0, op1=nl.subtract,
-                              operand1=row)
+    nisa.scalar_tensor_tensor(
+        dst=base_row, data=incl, op0=nl.subtract, operand0=1.0, op1=nl.subtract, operand1=row
+    )
     col_psum = nl.ndarray((E, 1), dtype=nl.float32, buffer=nl.psum)
     nisa.nc_transpose(dst=col_psum, data=base_row)
     base = nl.ndarray((E, 1), dtype=nl.float32, buffer=nl.sbuf)
@@ -215,8 +236,12 @@ def _positions(posT, i_t, pos, order, t0, tsz):
     slots = nl.ndarray((tsz, TOP_K), dtype=nl.int32, buffer=nl.sbuf)
     nisa.iota(dst=slots, pattern=[[1, TOP_K]], offset=t0 * TOP_K, channel_multiplier=TOP_K)
     for j in range(TOP_K):
-        nisa.dma_copy(dst=order.ap(pattern=[[1, tsz], [1, 1]], offset=0, vector_offset=p_u[:, j : j + 1],
-                                   indirect_dim=0), src=slots[:, j : j + 1])
+        nisa.dma_copy(
+            dst=order.ap(
+                pattern=[[1, tsz], [1, 1]], offset=0, vector_offset=p_u[:, j : j + 1], indirect_dim=0
+            ),
+            src=slots[:, j : j + 1],
+        )
 
 
 @nki.jit

@@ -94,13 +94,21 @@ def _normal_pool_draw(seed: int, rng: np.random.Generator, shape: tuple[int, ...
     for start in range(0, n, _POOL_SIZE // 2):
         size = min(_POOL_SIZE // 2, n - start)
         offset = int(rng.integers(0, _POOL_SIZE - size + 1))
-        np.multiply(pool[offset:offset + size], np.float32(std), out=out[start:start + size])
+        np.multiply(pool[offset : offset + size], np.float32(std), out=out[start : start + size])
     return out.reshape(shape)
 
 
-def init_tensor(cfg: ModelConfig, key: str, shape: tuple[int, ...], seed: int, std: float = 0.02,
-                code_scale: float = 1.0, router_scale: float = 2.0, router_spread: float = 0.05,
-                router_dense: float = 0.05) -> np.ndarray:
+def init_tensor(
+    cfg: ModelConfig,
+    key: str,
+    shape: tuple[int, ...],
+    seed: int,
+    std: float = 0.02,
+    code_scale: float = 1.0,
+    router_scale: float = 2.0,
+    router_spread: float = 0.05,
+    router_dense: float = 0.05,
+) -> np.ndarray:
     """The float32 initial value of one checkpoint tensor (scheme in the module docstring).
 
     Args:
@@ -150,8 +158,13 @@ def _plan_shards(sizes: dict[str, int], max_shard_bytes: int | None) -> list[lis
     return shards
 
 
-def write_random_checkpoint(cfg: ModelConfig | str, out_dir: str | Path, seed: int = 0,
-                            max_shard_bytes: int | None = 2**30, **init_kwargs: float) -> Path:
+def write_random_checkpoint(
+    cfg: ModelConfig | str,
+    out_dir: str | Path,
+    seed: int = 0,
+    max_shard_bytes: int | None = 2**30,
+    **init_kwargs: float,
+) -> Path:
     """Write config.json + random safetensors for ``cfg`` into ``out_dir`` (created if needed).
 
     Memory stays at about one shard: tensors are generated shard by shard.
@@ -173,16 +186,23 @@ def write_random_checkpoint(cfg: ModelConfig | str, out_dir: str | Path, seed: i
     shapes = expected_tensors(cfg)
     sizes = {k: int(np.prod(s)) * itemsize for k, s in shapes.items()}
     shards = _plan_shards(sizes, max_shard_bytes)
-    names = ([SINGLE_NAME] if len(shards) == 1
-             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        [SINGLE_NAME]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     for name, keys in zip(names, shards):
-        tensors = {k: torch.from_numpy(init_tensor(cfg, k, shapes[k], seed, **init_kwargs)).to(torch_dtype)
-                   for k in keys}
+        tensors = {
+            k: torch.from_numpy(init_tensor(cfg, k, shapes[k], seed, **init_kwargs)).to(torch_dtype)
+            for k in keys
+        }
         save_file(tensors, str(out / name), metadata={"format": "pt"})
         del tensors
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(sizes.values())},
-                 "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
+        index = {
+            "metadata": {"total_size": sum(sizes.values())},
+            "weight_map": {k: name for name, keys in zip(names, shards) for k in keys},
+        }
         (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
     return out

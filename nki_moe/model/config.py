@@ -69,20 +69,34 @@ class ModelConfig:
 
     def validate(self) -> ModelConfig:
         """Check internal consistency; raise ``ValueError`` naming the offending field. Returns ``self``."""
-        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_tok",
-                    "moe_intermediate_size", "intermediate_size", "decoder_sparse_step",
-                    "max_position_embeddings")
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "num_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "intermediate_size",
+            "decoder_sparse_step",
+            "max_position_embeddings",
+        )
         for field in positive:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{self.name}: {field} must be a positive int, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"{self.name}: num_attention_heads={self.num_attention_heads} is not divisible "
-                             f"by num_key_value_heads={self.num_key_value_heads}")
+            raise ValueError(
+                f"{self.name}: num_attention_heads={self.num_attention_heads} is not divisible "
+                f"by num_key_value_heads={self.num_key_value_heads}"
+            )
         if self.num_experts_per_tok > self.num_experts:
-            raise ValueError(f"{self.name}: num_experts_per_tok={self.num_experts_per_tok} exceeds "
-                             f"num_experts={self.num_experts}")
+            raise ValueError(
+                f"{self.name}: num_experts_per_tok={self.num_experts_per_tok} exceeds "
+                f"num_experts={self.num_experts}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"{self.name}: head_dim={self.head_dim} must be even (rotate_half RoPE)")
         if not self.rope_theta > 0:
@@ -92,12 +106,15 @@ class ModelConfig:
         for field in ("bos_token_id", "eos_token_id"):
             token = getattr(self, field)
             if token is not None and not 0 <= token < self.vocab_size:
-                raise ValueError(f"{self.name}: {field}={token} is outside the vocabulary "
-                                 f"[0, {self.vocab_size})")
+                raise ValueError(
+                    f"{self.name}: {field}={token} is outside the vocabulary [0, {self.vocab_size})"
+                )
         bad_layers = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
         if bad_layers:
-            raise ValueError(f"{self.name}: mlp_only_layers has indices {bad_layers} outside "
-                             f"[0, num_hidden_layers={self.num_hidden_layers})")
+            raise ValueError(
+                f"{self.name}: mlp_only_layers has indices {bad_layers} outside "
+                f"[0, num_hidden_layers={self.num_hidden_layers})"
+            )
         return self
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -12,10 +12,21 @@ from __future__ import annotations
 from nki_moe.model.config import ModelConfig
 
 __all__ = [
-    "OP_FAMILIES", "param_breakdown", "total_params", "active_param_breakdown", "active_params",
-    "kv_cache_bytes_per_token", "decode_macs", "prefill_macs", "expected_distinct_experts",
-    "decode_weight_bytes", "decode_bytes", "prefill_weight_bytes", "prefill_bytes",
-    "decode_arithmetic_intensity", "prefill_arithmetic_intensity",
+    "OP_FAMILIES",
+    "param_breakdown",
+    "total_params",
+    "active_param_breakdown",
+    "active_params",
+    "kv_cache_bytes_per_token",
+    "decode_macs",
+    "prefill_macs",
+    "expected_distinct_experts",
+    "decode_weight_bytes",
+    "decode_bytes",
+    "prefill_weight_bytes",
+    "prefill_bytes",
+    "decode_arithmetic_intensity",
+    "prefill_arithmetic_intensity",
 ]
 
 # Op families of the byte breakdowns, in plotting order.
@@ -25,8 +36,10 @@ OP_FAMILIES = ("attention", "router", "experts", "lm_head", "norms_embedding")
 def _all_moe(cfg: ModelConfig) -> ModelConfig:
     """Return cfg if every layer is an MoE layer; the counts below assume it."""
     if cfg.mlp_only_layers or cfg.decoder_sparse_step != 1:
-        raise ValueError(f"{cfg.name}: counts assume every layer is MoE; got mlp_only_layers="
-                         f"{cfg.mlp_only_layers}, decoder_sparse_step={cfg.decoder_sparse_step}")
+        raise ValueError(
+            f"{cfg.name}: counts assume every layer is MoE; got mlp_only_layers="
+            f"{cfg.mlp_only_layers}, decoder_sparse_step={cfg.decoder_sparse_step}"
+        )
     return cfg
 
 
@@ -121,8 +134,9 @@ def decode_macs(cfg: ModelConfig, context: int) -> int:
     return _linear_macs_per_token(cfg) + _attn_core_macs_per_position(cfg) * context
 
 
-def prefill_macs(cfg: ModelConfig, seq_len: int, last_token_logits_only: bool = False,
-                 cached: int = 0) -> int:
+def prefill_macs(
+    cfg: ModelConfig, seq_len: int, last_token_logits_only: bool = False, cached: int = 0
+) -> int:
     """MACs of a causal prefill of ``seq_len`` tokens after ``cached`` already-cached positions.
 
     MAC_prefill(S) = linear·S + L·2·n_q·d·(S·P + S(S+1)/2), with linear = :func:`decode_macs` minus its
@@ -198,8 +212,9 @@ def decode_weight_bytes(cfg: ModelConfig, dtype_bytes: int = 2) -> dict[str, int
     return {family: int(value) for family, value in parts.items()}
 
 
-def decode_bytes(cfg: ModelConfig, context: int, dtype_bytes: int = 2,
-                 kv_dtype_bytes: int = 2) -> dict[str, int]:
+def decode_bytes(
+    cfg: ModelConfig, context: int, dtype_bytes: int = 2, kv_dtype_bytes: int = 2
+) -> dict[str, int]:
     """HBM bytes read to decode one token attending ``context`` positions: weights plus the KV cache.
 
     :func:`decode_weight_bytes` plus ``kv_cache`` = T·L·2·n_kv·d·b_kv (the new token's own K/V write is
@@ -239,8 +254,9 @@ def prefill_weight_bytes(cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2) -
     return _weight_bytes(cfg, expected_distinct_experts(cfg, seq_len), dtype_bytes)
 
 
-def prefill_bytes(cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2,
-                  kv_dtype_bytes: int = 2) -> dict[str, float]:
+def prefill_bytes(
+    cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2, kv_dtype_bytes: int = 2
+) -> dict[str, float]:
     """HBM bytes of a prefill of ``seq_len`` tokens: :func:`prefill_weight_bytes` plus the KV-cache write.
 
     ``kv_cache`` = S·L·2·n_kv·d·b_kv, written once (attention reads it back from on-chip memory).
@@ -268,8 +284,9 @@ def decode_arithmetic_intensity(cfg: ModelConfig, context: int, dtype_bytes: int
     return 2 * decode_macs(cfg, context) / sum(decode_bytes(cfg, context, dtype_bytes, dtype_bytes).values())
 
 
-def prefill_arithmetic_intensity(cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2,
-                                 last_token_logits_only: bool = True) -> float:
+def prefill_arithmetic_intensity(
+    cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2, last_token_logits_only: bool = True
+) -> float:
     """FLOP per HBM byte of a prefill of ``seq_len`` tokens (no cached prefix).
 
     2·MAC_prefill(S) / (:func:`prefill_bytes` total). Defaults to last-token-only logits, as generation does.

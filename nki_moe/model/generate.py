@@ -43,10 +43,18 @@ class GenerationResult:
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
 
 
-def generate(model: ReferenceModel, prompt: np.ndarray, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-             eos_token_id: int | None = None, keep_logits: bool = True,
-             keep_routing: bool = False) -> GenerationResult:
+def generate(
+    model: ReferenceModel,
+    prompt: np.ndarray,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+    keep_logits: bool = True,
+    keep_routing: bool = False,
+) -> GenerationResult:
     """Generate up to ``max_new_tokens`` tokens after ``prompt``.
 
     Args:

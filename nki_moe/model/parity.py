@@ -49,8 +49,9 @@ def load_hf_model(path: str | Path, dtype: str = "bf16") -> torch.nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import Qwen3MoeForCausalLM
 
-    model = Qwen3MoeForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype], attn_implementation="eager",
-                                                experts_implementation="eager")
+    model = Qwen3MoeForCausalLM.from_pretrained(
+        str(path), dtype=_DTYPES[dtype], attn_implementation="eager", experts_implementation="eager"
+    )
     return model.eval()
 
 
@@ -69,13 +70,17 @@ def hf_greedy(model: torch.nn.Module, prompt: np.ndarray, steps: int) -> GreedyR
     def hook(layer: int):
         def fn(_module, _inputs, output):  # Qwen3MoeTopKRouter returns (logits, weights, indices)
             captured[layer].append(np.sort(output[2].cpu().numpy(), axis=-1))
+
         return fn
 
     handles = [lyr.mlp.gate.register_forward_hook(hook(i)) for i, lyr in enumerate(model.model.layers)]
     try:
         with torch.inference_mode():
-            out = model(torch.as_tensor(np.asarray(prompt)[None, :], dtype=torch.long), use_cache=True,
-                        logits_to_keep=0)
+            out = model(
+                torch.as_tensor(np.asarray(prompt)[None, :], dtype=torch.long),
+                use_cache=True,
+                logits_to_keep=0,
+            )
             prefill = out.logits[0].float().numpy()
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             logits = [prefill[-1]]
@@ -88,5 +93,9 @@ def hf_greedy(model: torch.nn.Module, prompt: np.ndarray, steps: int) -> GreedyR
     finally:
         for h in handles:
             h.remove()
-    return GreedyRun(tokens=np.array(tokens), logits=np.stack(logits), prefill_logits=prefill,
-                     routing=[np.concatenate(c) for c in captured])
+    return GreedyRun(
+        tokens=np.array(tokens),
+        logits=np.stack(logits),
+        prefill_logits=prefill,
+        routing=[np.concatenate(c) for c in captured],
+    )

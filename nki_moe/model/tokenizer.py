@@ -13,8 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["QWEN3_ADDED_TOKENS", "CHAT_TEMPLATE", "BPE_VOCAB_SIZE", "tiktoken_file", "build_tokenizer",
-           "load_tokenizer"]
+__all__ = [
+    "QWEN3_ADDED_TOKENS",
+    "CHAT_TEMPLATE",
+    "BPE_VOCAB_SIZE",
+    "tiktoken_file",
+    "build_tokenizer",
+    "load_tokenizer",
+]
 
 BPE_VOCAB_SIZE = 151643  # regular BPE ids 0..151642; added tokens follow contiguously
 
@@ -87,7 +93,8 @@ def build_tokenizer(out_dir: str | Path | None = None):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     vocab, merges = TikTokenConverter(vocab_file=str(tiktoken_file())).extract_vocab_merges_from_model(
-        str(tiktoken_file()))
+        str(tiktoken_file())
+    )
     if len(vocab) != BPE_VOCAB_SIZE:
         raise ValueError(f"qwen.tiktoken has {len(vocab)} ranks, expected {BPE_VOCAB_SIZE}")
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|endoftext|>", pad_token="<|endoftext|>")

@@ -24,8 +24,16 @@ from safetensors import safe_open
 
 from nki_moe.model.config import ModelConfig
 
-__all__ = ["CheckpointError", "LayerWeights", "GlobalWeights", "Checkpoint", "expected_tensors",
-           "SAFETENSORS_DTYPES", "INDEX_NAME", "SINGLE_NAME"]
+__all__ = [
+    "CheckpointError",
+    "LayerWeights",
+    "GlobalWeights",
+    "Checkpoint",
+    "expected_tensors",
+    "SAFETENSORS_DTYPES",
+    "INDEX_NAME",
+    "SINGLE_NAME",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -79,10 +87,20 @@ _LAYER_KEYS = {  # LayerWeights field -> key suffix under model.layers.{i}.
 def _layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     H, d, inter = cfg.hidden_size, cfg.head_dim, cfg.moe_intermediate_size
     n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    return {"input_norm": (H,), "wq": (n_q * d, H), "wk": (n_kv * d, H),
-            "wv": (n_kv * d, H), "wo": (H, n_q * d), "q_norm": (d,),
-            "k_norm": (d,), "post_norm": (H,), "router": (cfg.num_experts, H),
-            "gate_proj": (inter, H), "up_proj": (inter, H), "down_proj": (H, inter)}
+    return {
+        "input_norm": (H,),
+        "wq": (n_q * d, H),
+        "wk": (n_kv * d, H),
+        "wv": (n_kv * d, H),
+        "wo": (H, n_q * d),
+        "q_norm": (d,),
+        "k_norm": (d,),
+        "post_norm": (H,),
+        "router": (cfg.num_experts, H),
+        "gate_proj": (inter, H),
+        "up_proj": (inter, H),
+        "down_proj": (H, inter),
+    }
 
 
 def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -162,10 +180,17 @@ class Checkpoint:
         """Check keys, shapes and dtypes against the config from the safetensors headers only."""
         want = expected_tensors(self.cfg)
         want_dtype = SAFETENSORS_DTYPES.get(self.cfg.dtype)
-        problems = [f"missing tensor {k!r} (expected shape {list(s)})" for k, s in want.items()
-                    if k not in self._file_of]
-        problems += [f"unexpected tensor {k!r} (not part of a {self.cfg.num_hidden_layers}-layer, "
-                     f"{self.cfg.num_experts}-expert Qwen3-MoE)" for k in self._file_of if k not in want]
+        problems = [
+            f"missing tensor {k!r} (expected shape {list(s)})"
+            for k, s in want.items()
+            if k not in self._file_of
+        ]
+        problems += [
+            f"unexpected tensor {k!r} (not part of a {self.cfg.num_hidden_layers}-layer, "
+            f"{self.cfg.num_experts}-expert Qwen3-MoE)"
+            for k in self._file_of
+            if k not in want
+        ]
         for file in sorted(set(self._file_of.values())):
             if not file.is_file():
                 problems.append(f"shard {file.name} listed in {INDEX_NAME} is missing")
@@ -174,8 +199,9 @@ class Checkpoint:
                 present = set(f.keys())
                 for key in [k for k, v in self._file_of.items() if v == file]:
                     if key not in present:
-                        problems.append(f"tensor {key!r} is listed in {INDEX_NAME} but absent from "
-                                        f"{file.name}")
+                        problems.append(
+                            f"tensor {key!r} is listed in {INDEX_NAME} but absent from {file.name}"
+                        )
                         continue
                     if key not in want:
                         continue
@@ -184,13 +210,16 @@ class Checkpoint:
                     if shape != want[key]:
                         problems.append(f"tensor {key!r} has shape {list(shape)}, expected {list(want[key])}")
                     if want_dtype is not None and dtype != want_dtype:
-                        problems.append(f"tensor {key!r} has dtype {dtype}, expected {want_dtype} "
-                                        f"(config dtype {self.cfg.dtype})")
+                        problems.append(
+                            f"tensor {key!r} has dtype {dtype}, expected {want_dtype} "
+                            f"(config dtype {self.cfg.dtype})"
+                        )
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise CheckpointError(f"checkpoint {self.path} does not match config {self.cfg.name!r}:\n  "
-                                  f"{shown}{more}")
+            raise CheckpointError(
+                f"checkpoint {self.path} does not match config {self.cfg.name!r}:\n  {shown}{more}"
+            )
 
     def tensor(self, key: str) -> torch.Tensor:
         """One tensor as stored (torch, stored dtype); shard handles are opened once and kept."""
@@ -229,10 +258,14 @@ class Checkpoint:
                 embed = embed_t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
             else:
                 embed = _to_numpy(embed_t)
-            lm_head = (embed.astype(np.float32) if self.cfg.tie_word_embeddings
-                       else _to_numpy(self.tensor("lm_head.weight")))
-            self._globals = GlobalWeights(embed=embed, final_norm=_to_numpy(self.tensor("model.norm.weight")),
-                                          lm_head=lm_head)
+            lm_head = (
+                embed.astype(np.float32)
+                if self.cfg.tie_word_embeddings
+                else _to_numpy(self.tensor("lm_head.weight"))
+            )
+            self._globals = GlobalWeights(
+                embed=embed, final_norm=_to_numpy(self.tensor("model.norm.weight")), lm_head=lm_head
+            )
         return self._globals
 
     def drop_layers(self) -> None:
@@ -242,10 +275,26 @@ class Checkpoint:
 
 def _check_same_shapes(cfg: ModelConfig, file_cfg: ModelConfig) -> None:
     """Raise CheckpointError if the fields that define tensor shapes or the forward differ."""
-    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-              "head_dim", "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
-              "rope_theta", "rms_norm_eps", "tie_word_embeddings", "dtype")
-    diff = [f"{f}: config {getattr(cfg, f)!r} vs config.json {getattr(file_cfg, f)!r}" for f in fields
-            if getattr(cfg, f) != getattr(file_cfg, f)]
+    fields = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "norm_topk_prob",
+        "rope_theta",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "dtype",
+    )
+    diff = [
+        f"{f}: config {getattr(cfg, f)!r} vs config.json {getattr(file_cfg, f)!r}"
+        for f in fields
+        if getattr(cfg, f) != getattr(file_cfg, f)
+    ]
     if diff:
         raise CheckpointError("config.json disagrees with the expected config: " + "; ".join(diff))

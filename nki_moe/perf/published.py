@@ -22,8 +22,9 @@ class MeasuredDecode:
 
 QWEN3_DECODE_MEASURED = (
     # NxDI XLA baseline, TP=4, LNC=2, prompt 0: TKG avg 10.56 ms (p50 10.55, p99 10.97)
-    MeasuredDecode("trn2", "XLA TKG (NxDI baseline)", 10.56,
-                   "[SNU] analysis/deep_profile_baseline/prompt0/report.json"),
+    MeasuredDecode(
+        "trn2", "XLA TKG (NxDI baseline)", 10.56, "[SNU] analysis/deep_profile_baseline/prompt0/report.json"
+    ),
     # XLA, 640 output tokens: TKG p50 14.37 ms
     MeasuredDecode("trn3", "XLA TKG", 14.37, "[MEGA] megakernels/qwen3_moe/README.md"),
     # full 48-layer NKI megakernel: 8.15 ms (1.76x XLA)

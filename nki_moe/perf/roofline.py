@@ -13,8 +13,14 @@ import numpy as np
 
 from nki_moe.perf.hardware import HardwareSpec
 
-__all__ = ["RooflinePoint", "attainable_flops", "memory_time", "compute_time", "roofline_time",
-           "plot_roofline"]
+__all__ = [
+    "RooflinePoint",
+    "attainable_flops",
+    "memory_time",
+    "compute_time",
+    "roofline_time",
+    "plot_roofline",
+]
 
 _DTYPE_LABEL = {"bf16": "BF16", "fp8": "FP8", "mxfp8": "MXFP8", "fp32": "FP32"}
 _ROOF_STYLE = {"bf16": "-", "fp8": "--", "mxfp8": "--", "fp32": ":"}
@@ -52,16 +58,22 @@ def compute_time(flops: float, hw: HardwareSpec, dtype: str = "bf16", scope: str
     return flops / hw.peak_flops(dtype, scope)
 
 
-def roofline_time(flops: float, nbytes: float, hw: HardwareSpec, dtype: str = "bf16",
-                  scope: str = "chip") -> float:
+def roofline_time(
+    flops: float, nbytes: float, hw: HardwareSpec, dtype: str = "bf16", scope: str = "chip"
+) -> float:
     """Roofline lower bound on time, seconds: max(compute time, memory time)."""
     return max(compute_time(flops, hw, dtype, scope), memory_time(nbytes, hw, scope))
 
 
-def plot_roofline(ax, hw: HardwareSpec, points: Sequence[RooflinePoint],
-                  dtypes: Sequence[str] = ("bf16", "fp8"), scope: str = "chip",
-                  intensity_range: tuple[float, float] = (0.3, 3000.0),
-                  point_dtype: str = "bf16") -> dict[str, list]:
+def plot_roofline(
+    ax,
+    hw: HardwareSpec,
+    points: Sequence[RooflinePoint],
+    dtypes: Sequence[str] = ("bf16", "fp8"),
+    scope: str = "chip",
+    intensity_range: tuple[float, float] = (0.3, 3000.0),
+    point_dtype: str = "bf16",
+) -> dict[str, list]:
     """Draw a log-log roofline (one compute roof per dtype, the HBM roof) and mark ``points``.
 
     Args:
@@ -84,13 +96,24 @@ def plot_roofline(ax, hw: HardwareSpec, points: Sequence[RooflinePoint],
 
     x = np.geomspace(*intensity_range, 256)
     slope = x[x <= max(hw.machine_balance(d, scope) for d in dtypes)]
-    ax.loglog(slope, slope * hw.hbm_bandwidth(scope) / 1e12, color="0.45", lw=4, alpha=0.35,
-              label=f"HBM {hw.hbm_bandwidth(scope) / 1e12:.2f} TB/s")
+    ax.loglog(
+        slope,
+        slope * hw.hbm_bandwidth(scope) / 1e12,
+        color="0.45",
+        lw=4,
+        alpha=0.35,
+        label=f"HBM {hw.hbm_bandwidth(scope) / 1e12:.2f} TB/s",
+    )
     for dtype in dtypes:
         peak, ridge = hw.peak_flops(dtype, scope), hw.machine_balance(dtype, scope)
         label = f"{_DTYPE_LABEL.get(dtype, dtype)} {peak / 1e12:,.0f} TFLOP/s (ridge {ridge:.0f} FLOP/B)"
-        ax.loglog(x, np.minimum(peak, x * hw.hbm_bandwidth(scope)) / 1e12, _ROOF_STYLE.get(dtype, "-"), lw=2,
-                  label=label)
+        ax.loglog(
+            x,
+            np.minimum(peak, x * hw.hbm_bandwidth(scope)) / 1e12,
+            _ROOF_STYLE.get(dtype, "-"),
+            lw=2,
+            label=label,
+        )
         add("roof", dtype, ridge, peak)
     for p in points:
         flops = attainable_flops(hw, p.intensity, point_dtype, scope) if p.flops is None else p.flops

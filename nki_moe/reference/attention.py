@@ -16,8 +16,14 @@ from nki_moe.reference.norms import qk_norm
 from nki_moe.reference.numerics import OpCost, Precision, linear, linear_cost, round_to
 from nki_moe.reference.rope import apply_rope
 
-__all__ = ["KVCache", "gqa_attention", "attention_block", "qkv_proj_cost", "o_proj_cost",
-           "attention_core_cost"]
+__all__ = [
+    "KVCache",
+    "gqa_attention",
+    "attention_block",
+    "qkv_proj_cost",
+    "o_proj_cost",
+    "attention_core_cost",
+]
 
 
 @dataclass
@@ -63,8 +69,9 @@ class KVCache:
         return self.keys[layer][:stop], self.values[layer][:stop]
 
 
-def gqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int,
-                  dtype: Precision = "fp32") -> np.ndarray:
+def gqa_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int, dtype: Precision = "fp32"
+) -> np.ndarray:
     """Causal grouped-query attention of T queries over S keys.
 
     Query t sits at absolute position ``q_offset + t`` and attends keys 0 … q_offset + t. Prefill is
@@ -86,7 +93,7 @@ def gqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int,
     # [T, n_kv, g, d] -> [n_kv, g·T, d]: each KV head meets its g query heads in one batched matmul
     qg = q.reshape(T, n_kv, g, d).transpose(1, 2, 0, 3).reshape(n_kv, g * T, d)
     scores = round_to(qg @ k.transpose(1, 2, 0), dtype)  # [n_kv, g·T, d] @ [n_kv, d, S] -> [n_kv, g·T, S]
-    scores = round_to(scores * np.float32(d ** -0.5), dtype)
+    scores = round_to(scores * np.float32(d**-0.5), dtype)
     scores = scores.reshape(n_kv, g, T, S)
     allowed = np.arange(S)[None, :] <= (q_offset + np.arange(T))[:, None]  # [T, S] causal mask
     scores = np.where(allowed, scores, -np.inf)
@@ -97,10 +104,21 @@ def gqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_offset: int,
     return out.reshape(n_kv, g, T, d).transpose(2, 0, 1, 3).reshape(T, n_q, d)
 
 
-def attention_block(h: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray,
-                    q_norm_w: np.ndarray, k_norm_w: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-                    eps: float, cache: KVCache | None = None, layer: int = 0,
-                    dtype: Precision = "fp32") -> np.ndarray:
+def attention_block(
+    h: np.ndarray,
+    wq: np.ndarray,
+    wk: np.ndarray,
+    wv: np.ndarray,
+    wo: np.ndarray,
+    q_norm_w: np.ndarray,
+    k_norm_w: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    eps: float,
+    cache: KVCache | None = None,
+    layer: int = 0,
+    dtype: Precision = "fp32",
+) -> np.ndarray:
     """Self-attention of one decoder layer: projections, QK-norm, RoPE, cache update, GQA, o_proj.
 
     Args:
@@ -129,8 +147,9 @@ def attention_block(h: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarra
     return linear(out.reshape(T, -1), wo, dtype)  # [T, n_q·d] @ [n_q·d, H]
 
 
-def qkv_proj_cost(tokens: int, hidden: int, n_q: int, n_kv: int, head_dim: int,
-                  dtype_bytes: int = 2) -> OpCost:
+def qkv_proj_cost(
+    tokens: int, hidden: int, n_q: int, n_kv: int, head_dim: int, dtype_bytes: int = 2
+) -> OpCost:
     """Cost of the q, k, v projections: T·H·d·(n_q + 2·n_kv) MACs."""
     return linear_cost(tokens, hidden, (n_q + 2 * n_kv) * head_dim, dtype_bytes)
 
@@ -140,8 +159,9 @@ def o_proj_cost(tokens: int, hidden: int, n_q: int, head_dim: int, dtype_bytes: 
     return linear_cost(tokens, n_q * head_dim, hidden, dtype_bytes)
 
 
-def attention_core_cost(tokens: int, cached: int, n_q: int, n_kv: int, head_dim: int,
-                        dtype_bytes: int = 2) -> OpCost:
+def attention_core_cost(
+    tokens: int, cached: int, n_q: int, n_kv: int, head_dim: int, dtype_bytes: int = 2
+) -> OpCost:
     """Cost of :func:`gqa_attention` for T new tokens after P cached positions, causal.
 
     MACs: QKᵀ and PV, 2·n_q·d per (query, attended key) pair, over T·P + T(T+1)/2 pairs (masked pairs are
@@ -149,5 +169,8 @@ def attention_core_cost(tokens: int, cached: int, n_q: int, n_kv: int, head_dim:
     """
     pairs = tokens * cached + tokens * (tokens + 1) // 2
     kv = 2 * (cached + tokens) * n_kv * head_dim
-    return OpCost(macs=2 * n_q * head_dim * pairs, weight_bytes=0,
-                  act_bytes=(2 * tokens * n_q * head_dim + kv) * dtype_bytes)
+    return OpCost(
+        macs=2 * n_q * head_dim * pairs,
+        weight_bytes=0,
+        act_bytes=(2 * tokens * n_q * head_dim + kv) * dtype_bytes,
+    )

@@ -13,8 +13,17 @@ import numpy as np
 from nki_moe.reference.numerics import OpCost, Precision, linear, linear_cost, round_to
 from nki_moe.reference.router import router, router_cost
 
-__all__ = ["silu", "expert_mlp", "moe_experts", "moe_combine", "moe_block", "expert_mlp_cost",
-           "moe_experts_cost", "moe_combine_cost", "moe_block_cost"]
+__all__ = [
+    "silu",
+    "expert_mlp",
+    "moe_experts",
+    "moe_combine",
+    "moe_block",
+    "expert_mlp_cost",
+    "moe_experts_cost",
+    "moe_combine_cost",
+    "moe_block_cost",
+]
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -23,8 +32,9 @@ def silu(x: np.ndarray) -> np.ndarray:
         return x / (np.float32(1.0) + np.exp(-x))
 
 
-def expert_mlp(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray,
-               dtype: Precision = "fp32") -> np.ndarray:
+def expert_mlp(
+    x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray, dtype: Precision = "fp32"
+) -> np.ndarray:
     """One expert: ``down(silu(gate(x)) * up(x))``.
 
     Args:
@@ -40,8 +50,14 @@ def expert_mlp(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.n
     return linear(act, w_down, dtype)  # [n, I] @ [I, H]
 
 
-def moe_experts(h: np.ndarray, idx: np.ndarray, weights: np.ndarray, w_gate_up: np.ndarray,
-                w_down: np.ndarray, dtype: Precision = "fp32") -> np.ndarray:
+def moe_experts(
+    h: np.ndarray,
+    idx: np.ndarray,
+    weights: np.ndarray,
+    w_gate_up: np.ndarray,
+    w_down: np.ndarray,
+    dtype: Precision = "fp32",
+) -> np.ndarray:
     """Run every selected (token, expert) pair and scale by its routing weight, without summing.
 
     Tokens are grouped per expert so each expert's weights are read once (HF's dispatch).
@@ -62,7 +78,7 @@ def moe_experts(h: np.ndarray, idx: np.ndarray, weights: np.ndarray, w_gate_up: 
     order = np.argsort(flat, kind="stable")
     bounds = np.searchsorted(flat[order], np.arange(w_gate_up.shape[0] + 1))
     for e in np.nonzero(np.diff(bounds))[0]:  # only experts that received tokens
-        pairs = order[bounds[e]:bounds[e + 1]]  # flat (token, slot) positions routed to e
+        pairs = order[bounds[e] : bounds[e + 1]]  # flat (token, slot) positions routed to e
         tok, slot = pairs // k, pairs % k
         y = expert_mlp(h[tok], w_gate_up[e, :inter], w_gate_up[e, inter:], w_down[e], dtype)  # [n, H]
         out[tok, slot] = round_to(y * weights[tok, slot][:, None], dtype)
@@ -87,10 +103,16 @@ def moe_combine(expert_out: np.ndarray, idx: np.ndarray, dtype: Precision = "fp3
     return acc
 
 
-def moe_block(h: np.ndarray, w_router: np.ndarray, w_gate_up: np.ndarray, w_down: np.ndarray, k: int,
-              norm_topk_prob: bool, dtype: Precision = "fp32",
-              routing: tuple[np.ndarray, np.ndarray] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def moe_block(
+    h: np.ndarray,
+    w_router: np.ndarray,
+    w_gate_up: np.ndarray,
+    w_down: np.ndarray,
+    k: int,
+    norm_topk_prob: bool,
+    dtype: Precision = "fp32",
+    routing: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sparse MoE block: router, experts, combine (no shared expert).
 
     Args:
@@ -113,12 +135,16 @@ def moe_block(h: np.ndarray, w_router: np.ndarray, w_gate_up: np.ndarray, w_down
 
 def expert_mlp_cost(tokens: int, hidden: int, inter: int, dtype_bytes: int = 2) -> OpCost:
     """Cost of one :func:`expert_mlp` call on n tokens: 3·n·H·I MACs, 3·H·I weights."""
-    return (linear_cost(tokens, hidden, inter, dtype_bytes) + linear_cost(tokens, hidden, inter, dtype_bytes)
-            + linear_cost(tokens, inter, hidden, dtype_bytes))
+    return (
+        linear_cost(tokens, hidden, inter, dtype_bytes)
+        + linear_cost(tokens, hidden, inter, dtype_bytes)
+        + linear_cost(tokens, inter, hidden, dtype_bytes)
+    )
 
 
-def moe_experts_cost(tokens: int, hidden: int, inter: int, k: int, experts_touched: float,
-                     dtype_bytes: int = 2) -> OpCost:
+def moe_experts_cost(
+    tokens: int, hidden: int, inter: int, k: int, experts_touched: float, dtype_bytes: int = 2
+) -> OpCost:
     """Cost of :func:`moe_experts`: T·k·3·H·I MACs; weights of the experts touched, each read once.
 
     Args:
@@ -127,8 +153,11 @@ def moe_experts_cost(tokens: int, hidden: int, inter: int, k: int, experts_touch
             ``nki_moe.model.counts.expected_distinct_experts`` for larger T).
     """
     pair = expert_mlp_cost(tokens * k, hidden, inter, dtype_bytes)
-    return OpCost(macs=pair.macs, weight_bytes=int(round(experts_touched * 3 * hidden * inter * dtype_bytes)),
-                  act_bytes=pair.act_bytes)
+    return OpCost(
+        macs=pair.macs,
+        weight_bytes=int(round(experts_touched * 3 * hidden * inter * dtype_bytes)),
+        act_bytes=pair.act_bytes,
+    )
 
 
 def moe_combine_cost(tokens: int, hidden: int, k: int, dtype_bytes: int = 2) -> OpCost:
@@ -136,9 +165,12 @@ def moe_combine_cost(tokens: int, hidden: int, k: int, dtype_bytes: int = 2) -> 
     return OpCost(macs=0, weight_bytes=0, act_bytes=tokens * (k + 1) * hidden * dtype_bytes)
 
 
-def moe_block_cost(tokens: int, hidden: int, inter: int, experts: int, k: int, experts_touched: float,
-                   dtype_bytes: int = 2) -> OpCost:
+def moe_block_cost(
+    tokens: int, hidden: int, inter: int, experts: int, k: int, experts_touched: float, dtype_bytes: int = 2
+) -> OpCost:
     """Cost of :func:`moe_block`: router + experts + combine."""
-    return (router_cost(tokens, hidden, experts, dtype_bytes)
-            + moe_experts_cost(tokens, hidden, inter, k, experts_touched, dtype_bytes)
-            + moe_combine_cost(tokens, hidden, k, dtype_bytes))
+    return (
+        router_cost(tokens, hidden, experts, dtype_bytes)
+        + moe_experts_cost(tokens, hidden, inter, k, experts_touched, dtype_bytes)
+        + moe_combine_cost(tokens, hidden, k, dtype_bytes)
+    )

@@ -29,8 +29,17 @@ if TYPE_CHECKING:
     from nki_moe.model.config import ModelConfig
     from nki_moe.model.weights import GlobalWeights, LayerWeights
 
-__all__ = ["WeightSource", "Routing", "embed", "lm_head", "decoder_layer", "ReferenceModel", "op_costs",
-           "embed_cost", "lm_head_cost"]
+__all__ = [
+    "WeightSource",
+    "Routing",
+    "embed",
+    "lm_head",
+    "decoder_layer",
+    "ReferenceModel",
+    "op_costs",
+    "embed_cost",
+    "lm_head_cost",
+]
 
 
 class WeightSource(Protocol):
@@ -63,10 +72,17 @@ def lm_head(h: np.ndarray, w: np.ndarray, dtype: Precision = "fp32") -> np.ndarr
     return linear(h, w, dtype)
 
 
-def decoder_layer(x: np.ndarray, w: LayerWeights, cfg: ModelConfig, cos: np.ndarray, sin: np.ndarray,
-                  cache: KVCache | None, layer: int, dtype: Precision = "fp32",
-                  routing: tuple[np.ndarray, np.ndarray] | None = None
-                  ) -> tuple[np.ndarray, Routing]:
+def decoder_layer(
+    x: np.ndarray,
+    w: LayerWeights,
+    cfg: ModelConfig,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    cache: KVCache | None,
+    layer: int,
+    dtype: Precision = "fp32",
+    routing: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, Routing]:
     """``x + Attn(norm(x))`` then ``+ MoE(norm(·))``.
 
     Args:
@@ -89,8 +105,9 @@ def decoder_layer(x: np.ndarray, w: LayerWeights, cfg: ModelConfig, cos: np.ndar
         idx, weights, logits = router(h, w.router, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype)
     else:
         (idx, weights), logits = routing, np.empty((h.shape[0], 0), np.float32)
-    out, _, _ = moe_block(h, w.router, w.gate_up, w.down, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype,
-                          (idx, weights))
+    out, _, _ = moe_block(
+        h, w.router, w.gate_up, w.down, cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype, (idx, weights)
+    )
     return round_to(x + out, dtype), Routing(idx, weights, logits)
 
 
@@ -111,8 +128,9 @@ class ReferenceModel:
         """An empty KV cache for this model."""
         return KVCache(self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim, capacity)
 
-    def forward(self, ids: np.ndarray, cache: KVCache | None = None, last_only: bool = False
-                ) -> tuple[np.ndarray, list[Routing]]:
+    def forward(
+        self, ids: np.ndarray, cache: KVCache | None = None, last_only: bool = False
+    ) -> tuple[np.ndarray, list[Routing]]:
         """Run T new tokens after the ``cache.length`` cached ones (prefill when the cache is empty).
 
         Args:
@@ -148,8 +166,14 @@ def lm_head_cost(tokens: int, hidden: int, vocab: int, dtype_bytes: int = 2) -> 
     return linear_cost(tokens, hidden, vocab, dtype_bytes)
 
 
-def op_costs(cfg: ModelConfig, tokens: int, cached: int = 0, last_only: bool = False,
-             experts_touched: float | None = None, dtype_bytes: int = 2) -> dict[str, OpCost]:
+def op_costs(
+    cfg: ModelConfig,
+    tokens: int,
+    cached: int = 0,
+    last_only: bool = False,
+    experts_touched: float | None = None,
+    dtype_bytes: int = 2,
+) -> dict[str, OpCost]:
     """Cost of every op of one forward pass, summed over layers, keyed by op.
 
     Sum of ``macs`` equals ``nki_moe.model.counts.prefill_macs(cfg, T, last_only, P)`` (and
@@ -177,15 +201,25 @@ def op_costs(cfg: ModelConfig, tokens: int, cached: int = 0, last_only: bool = F
 
     return {
         "embed": embed_cost(T, H, dtype_bytes),
-        "rms_norm": times(rms_norm_cost(T, H, dtype_bytes), L) + rms_norm_cost(1 if last_only else T, H,
-                                                                               dtype_bytes),
+        "rms_norm": times(rms_norm_cost(T, H, dtype_bytes), L)
+        + rms_norm_cost(1 if last_only else T, H, dtype_bytes),
         "qkv_proj": times(qkv_proj_cost(T, H, n_q, n_kv, d, dtype_bytes), L),
         "qk_norm": times(rms_norm_cost(T * n_q, d, dtype_bytes) + rms_norm_cost(T * n_kv, d, dtype_bytes), L),
         "rope": times(rope_cost(T, n_q + n_kv, d, dtype_bytes), L),
         "attention_core": times(attention_core_cost(T, cached, n_q, n_kv, d, dtype_bytes), L),
         "o_proj": times(o_proj_cost(T, H, n_q, d, dtype_bytes), L),
         "add_rms_norm": times(add_rms_norm_cost(T, H, dtype_bytes), L),
-        "moe": times(moe_block_cost(T, H, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok,
-                                    touched, dtype_bytes), L),
+        "moe": times(
+            moe_block_cost(
+                T,
+                H,
+                cfg.moe_intermediate_size,
+                cfg.num_experts,
+                cfg.num_experts_per_tok,
+                touched,
+                dtype_bytes,
+            ),
+            L,
+        ),
         "lm_head": lm_head_cost(1 if last_only else T, H, cfg.vocab_size, dtype_bytes),
     }

@@ -30,8 +30,9 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, dtype: Precision = "
     return round_to(weight * round_to(x32 * inv_rms, dtype), dtype)
 
 
-def add_rms_norm(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, eps: float,
-                 dtype: Precision = "fp32") -> tuple[np.ndarray, np.ndarray]:
+def add_rms_norm(
+    x: np.ndarray, residual: np.ndarray, weight: np.ndarray, eps: float, dtype: Precision = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Residual add fused with the following RMSNorm: ``r = residual + x; return rms_norm(r), r``.
 
     Args:

@@ -62,8 +62,9 @@ class OpCost:
         return self.weight_bytes + self.act_bytes
 
     def __add__(self, other: OpCost) -> OpCost:
-        return OpCost(self.macs + other.macs, self.weight_bytes + other.weight_bytes,
-                      self.act_bytes + other.act_bytes)
+        return OpCost(
+            self.macs + other.macs, self.weight_bytes + other.weight_bytes, self.act_bytes + other.act_bytes
+        )
 
 
 def linear_cost(tokens: int, in_features: int, out_features: int, dtype_bytes: int = 2) -> OpCost:

@@ -20,8 +20,9 @@ def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     return (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float,
-                 dtype: Precision = "fp32") -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(
+    positions: np.ndarray, head_dim: int, theta: float, dtype: Precision = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin tables for the given absolute positions.
 
     Args:
@@ -58,5 +59,8 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, dtype: Precision
 
 def rope_cost(tokens: int, heads: int, head_dim: int, dtype_bytes: int = 2) -> OpCost:
     """Cost of :func:`apply_rope` on [T, n, d]: 0 MACs (elementwise); reads x and cos/sin, writes x."""
-    return OpCost(macs=0, weight_bytes=0,
-                  act_bytes=(2 * tokens * heads * head_dim + 2 * tokens * head_dim) * dtype_bytes)
+    return OpCost(
+        macs=0,
+        weight_bytes=0,
+        act_bytes=(2 * tokens * heads * head_dim + 2 * tokens * head_dim) * dtype_bytes,
+    )

@@ -33,8 +33,9 @@ def top_k(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=-1), idx.astype(np.int64)
 
 
-def router(h: np.ndarray, w_gate: np.ndarray, k: int, norm_topk_prob: bool,
-           dtype: Precision = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def router(
+    h: np.ndarray, w_gate: np.ndarray, k: int, norm_topk_prob: bool, dtype: Precision = "fp32"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Select k experts per token and their combine weights.
 
     Args:

@@ -19,8 +19,13 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None) -> int:
+def sample(
+    logits: np.ndarray,
+    rng: np.random.Generator,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> int:
     """Draw a token from ``softmax(logits / temperature)`` restricted to top-k, then to the top-p nucleus.
 
     ``temperature == 0`` is greedy. top-p keeps the smallest set of most likely tokens whose probability
@@ -40,7 +45,7 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
     z = logits.astype(np.float64) / temperature
     order = np.argsort(-z, kind="stable")  # most likely first
     if top_k is not None:
-        order = order[:max(1, top_k)]
+        order = order[: max(1, top_k)]
     p = np.exp(z[order] - z[order[0]])
     p /= p.sum()
     if top_p is not None and top_p < 1.0:

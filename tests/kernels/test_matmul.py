@@ -27,8 +27,9 @@ def _inputs(T: int, N: int, K_: int = HIDDEN, seed: int = 0):
 
 def _check(y, x, w):
     wt = w.astype(np.float32).T  # reference takes the HF [N, K] layout
-    ratio = error_ratio(y.astype(np.float32), linear(x.astype(np.float32), wt, "bf16"),
-                        linear(x.astype(np.float32), wt))
+    ratio = error_ratio(
+        y.astype(np.float32), linear(x.astype(np.float32), wt, "bf16"), linear(x.astype(np.float32), wt)
+    )
     assert ratio, ratio.message
 
 

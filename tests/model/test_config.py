@@ -20,15 +20,37 @@ def test_named_configs():
 
 def test_real_config_exact_hf_values():
     # qwen3-moe.md §1.1
-    expected = dict(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
-                    head_dim=128, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
-                    norm_topk_prob=True, vocab_size=151936, rope_theta=1e6, rope_scaling=None,
-                    rms_norm_eps=1e-6, max_position_embeddings=40960, tie_word_embeddings=False,
-                    decoder_sparse_step=1,
-                    mlp_only_layers=(), dtype="bfloat16", intermediate_size=6144, attention_bias=False,
-                    hidden_act="silu", use_sliding_window=False, sliding_window=None, max_window_layers=48,
-                    bos_token_id=151643, eos_token_id=151645, router_aux_loss_coef=0.001,
-                    output_router_logits=False, initializer_range=0.02)
+    expected = dict(
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        norm_topk_prob=True,
+        vocab_size=151936,
+        rope_theta=1e6,
+        rope_scaling=None,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=40960,
+        tie_word_embeddings=False,
+        decoder_sparse_step=1,
+        mlp_only_layers=(),
+        dtype="bfloat16",
+        intermediate_size=6144,
+        attention_bias=False,
+        hidden_act="silu",
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=48,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        router_aux_loss_coef=0.001,
+        output_router_logits=False,
+        initializer_range=0.02,
+    )
     assert {k: getattr(REAL, k) for k in expected} == expected
     assert REAL.q_per_kv == 8
     assert REAL.head_dim * REAL.num_attention_heads == 4096  # not hidden_size
@@ -39,9 +61,19 @@ def test_real_width_2layer_and_tiny():
     diff = {f.name for f in dataclasses.fields(ModelConfig) if getattr(two, f.name) != getattr(REAL, f.name)}
     assert diff == {"name", "num_hidden_layers", "max_window_layers"} and two.num_hidden_layers == 2
     tiny = get_config("tiny")  # qwen3-moe.md §6.2
-    fields = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-              "num_experts", "num_experts_per_tok", "moe_intermediate_size", "vocab_size", "norm_topk_prob",
-              "rope_theta")
+    fields = (
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "vocab_size",
+        "norm_topk_prob",
+        "rope_theta",
+    )
     assert [getattr(tiny, f) for f in fields] == [2, 128, 4, 2, 32, 8, 2, 64, 512, True, 1e6]
 
 
@@ -50,15 +82,18 @@ def test_unknown_name_lists_known():
         get_config("qwen3-235b")
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(num_key_value_heads=5), "num_key_value_heads"),
-    (dict(num_experts_per_tok=129), "num_experts_per_tok"),
-    (dict(hidden_size=0), "hidden_size"),
-    (dict(head_dim=127), "head_dim"),
-    (dict(vocab_size=1000), "bos_token_id"),
-    (dict(mlp_only_layers=(48,)), "mlp_only_layers"),
-    (dict(rms_norm_eps=0.0), "rms_norm_eps"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(num_key_value_heads=5), "num_key_value_heads"),
+        (dict(num_experts_per_tok=129), "num_experts_per_tok"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(head_dim=127), "head_dim"),
+        (dict(vocab_size=1000), "bos_token_id"),
+        (dict(mlp_only_layers=(48,)), "mlp_only_layers"),
+        (dict(rms_norm_eps=0.0), "rms_norm_eps"),
+    ],
+)
 def test_validate_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         REAL.replace(**changes)

@@ -50,7 +50,8 @@ def test_macs():
     assert counts.prefill_macs(REAL, s) == 3_041_656_832 * s + 393_216 * s * (s + 1) // 2
     assert counts.prefill_macs(REAL, s) == 392_578_465_792  # §5 table: 392.6 G
     assert counts.prefill_macs(REAL, s, last_token_logits_only=True) == (
-        counts.prefill_macs(REAL, s) - (s - 1) * 311_164_928)
+        counts.prefill_macs(REAL, s) - (s - 1) * 311_164_928
+    )
     assert round(counts.prefill_macs(REAL, 2048, True) / 1e12, 3) == 6.417  # §5 table
     assert counts.prefill_macs(REAL, 4, cached=10) == 3_041_656_832 * 4 + 393_216 * (40 + 10)
     assert counts.prefill_macs(REAL, 1) == counts.decode_macs(REAL, 1)
@@ -71,8 +72,13 @@ def test_expected_distinct_experts():
 def test_decode_bytes():
     w = counts.decode_weight_bytes(REAL)
     assert tuple(w) == counts.OP_FAMILIES
-    assert w == {"attention": 1_811_939_328, "router": 25_165_824, "experts": 3_623_878_656,
-                 "lm_head": 622_329_856, "norms_embedding": 425_984}
+    assert w == {
+        "attention": 1_811_939_328,
+        "router": 25_165_824,
+        "experts": 3_623_878_656,
+        "lm_head": 622_329_856,
+        "norms_embedding": 425_984,
+    }
     assert sum(w.values()) == 6_083_739_648
     # trainium.md §6 [derived]: experts + attention + lm_head ≈ 6.05 GB (it omits router and norms)
     assert (w["experts"] + w["attention"] + w["lm_head"]) / 1e9 == pytest.approx(6.05, rel=2e-3)
@@ -101,8 +107,10 @@ def test_arithmetic_intensity():
     flops = 2 * counts.prefill_macs(REAL, s, last_token_logits_only=True)
     nbytes = sum(counts.prefill_bytes(REAL, s).values())
     assert ai[-1] == pytest.approx(flops / nbytes) and 60 < ai[-1] < 61
-    assert math.isclose(counts.prefill_arithmetic_intensity(REAL, s, last_token_logits_only=False),
-                        2 * counts.prefill_macs(REAL, s) / nbytes)
+    assert math.isclose(
+        counts.prefill_arithmetic_intensity(REAL, s, last_token_logits_only=False),
+        2 * counts.prefill_macs(REAL, s) / nbytes,
+    )
 
 
 def test_counts_reject_dense_layers():

@@ -96,8 +96,10 @@ def test_fp32_logits_close(parity):
     ref, hf = parity.ref["fp32"], parity.hf["fp32"]
     for what, a, b in (("prefill", ref.prefill_logits, hf.prefill_logits), ("decode", ref.logits, hf.logits)):
         res = assert_close(a, b, "fp32", name=f"{parity.name} {what} logits")
-        print(f"\n{parity.name} fp32 {what}: max abs {res.max_abs:.3g}, "
-              f"max rel (to max |logit|) {res.max_rel:.3g}")
+        print(
+            f"\n{parity.name} fp32 {what}: max abs {res.max_abs:.3g}, "
+            f"max rel (to max |logit|) {res.max_rel:.3g}"
+        )
 
 
 def test_bf16_logits_pass_the_competition_tolerance_map(parity):
@@ -120,8 +122,9 @@ def test_bf16_logits_pass_the_competition_tolerance_map(parity):
 
 def test_bf16_reference_is_as_accurate_as_transformers_bf16(parity):
     """3-way: our bf16 logits and HF's bf16 logits against HF fp32."""
-    r = error_ratio(parity.ref["bf16"].prefill_logits, parity.hf["bf16"].prefill_logits,
-                    parity.hf["fp32"].prefill_logits)
+    r = error_ratio(
+        parity.ref["bf16"].prefill_logits, parity.hf["bf16"].prefill_logits, parity.hf["fp32"].prefill_logits
+    )
     print(f"\n{parity.name} bf16 error ratio: {r.message}")
     assert r, r.message
 

@@ -50,8 +50,9 @@ def test_single_and_sharded_load_identically_and_stack_experts(single, sharded):
             np.testing.assert_array_equal(getattr(la, field), getattr(lb, field))
         for e in (0, 5):
             pre = f"model.layers.{i}.mlp.experts.{e}."
-            disk = {p: on_disk[f"{pre}{p}.weight"].float().numpy()
-                    for p in ("gate_proj", "up_proj", "down_proj")}
+            disk = {
+                p: on_disk[f"{pre}{p}.weight"].float().numpy() for p in ("gate_proj", "up_proj", "down_proj")
+            }
             np.testing.assert_array_equal(la.gate_up[e, :64], disk["gate_proj"])
             np.testing.assert_array_equal(la.gate_up[e, 64:], disk["up_proj"])
             np.testing.assert_array_equal(la.down[e], disk["down_proj"])
@@ -79,16 +80,31 @@ def _rewrite(src, dst, change):
     return dst
 
 
-@pytest.mark.parametrize("change,pattern", [
-    (lambda t: t.pop("model.layers.1.mlp.experts.3.up_proj.weight"),
-     r"missing tensor 'model.layers.1.mlp.experts.3.up_proj.weight' \(expected shape \[64, 128\]\)"),
-    (lambda t: t.update({"model.layers.0.mlp.experts.8.up_proj.weight": torch.zeros(64, 128).bfloat16()}),
-     r"unexpected tensor 'model.layers.0.mlp.experts.8.up_proj.weight'"),
-    (lambda t: t.update({"model.layers.0.self_attn.q_norm.weight": torch.ones(64, dtype=torch.bfloat16)}),
-     r"'model.layers.0.self_attn.q_norm.weight' has shape \[64\], expected \[32\]"),
-    (lambda t: t.update({"lm_head.weight": t["lm_head.weight"].float()}),
-     r"'lm_head.weight' has dtype F32, expected BF16"),
-])
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (
+            lambda t: t.pop("model.layers.1.mlp.experts.3.up_proj.weight"),
+            r"missing tensor 'model.layers.1.mlp.experts.3.up_proj.weight' \(expected shape \[64, 128\]\)",
+        ),
+        (
+            lambda t: t.update(
+                {"model.layers.0.mlp.experts.8.up_proj.weight": torch.zeros(64, 128).bfloat16()}
+            ),
+            r"unexpected tensor 'model.layers.0.mlp.experts.8.up_proj.weight'",
+        ),
+        (
+            lambda t: t.update(
+                {"model.layers.0.self_attn.q_norm.weight": torch.ones(64, dtype=torch.bfloat16)}
+            ),
+            r"'model.layers.0.self_attn.q_norm.weight' has shape \[64\], expected \[32\]",
+        ),
+        (
+            lambda t: t.update({"lm_head.weight": t["lm_head.weight"].float()}),
+            r"'lm_head.weight' has dtype F32, expected BF16",
+        ),
+    ],
+)
 def test_bad_checkpoints_name_the_key(single, tmp_path, change, pattern):
     bad = _rewrite(single, tmp_path / "bad", change)
     with pytest.raises(CheckpointError, match=pattern):

@@ -70,8 +70,11 @@ def test_machine_balance():
 def test_sbuf_psum():
     assert TRN2.sbuf_bytes("core") == 28 * 2**20 and TRN3.sbuf_bytes("core") == 32 * 2**20
     assert TRN1.sbuf_bytes("core") == 24 * 2**20
-    assert (TRN1.sbuf_usable_bytes_per_partition, TRN2.sbuf_usable_bytes_per_partition,
-            TRN3.sbuf_usable_bytes_per_partition) == (180_224, 212_984, 245_752)
+    assert (
+        TRN1.sbuf_usable_bytes_per_partition,
+        TRN2.sbuf_usable_bytes_per_partition,
+        TRN3.sbuf_usable_bytes_per_partition,
+    ) == (180_224, 212_984, 245_752)
     assert TRN2.sbuf_bytes("logical_core", usable=True) == 2 * 128 * 212_984
     assert TRN2.sbuf_bytes("chip") == TRN2.sbuf_mib_chip * 2**20  # 8 × 28 MiB = 224 MiB
     assert TRN3.sbuf_bytes("chip") == TRN3.sbuf_mib_chip * 2**20

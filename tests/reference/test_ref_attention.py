@@ -25,27 +25,32 @@ def _loop_attention(q, k, v, q_offset):
     return out
 
 
-@pytest.mark.parametrize("T,S,n_q,n_kv,d", [(1, 1, 4, 2, 8), (7, 7, 4, 2, 32), (5, 13, 6, 3, 6),
-                                            (1, 29, 32, 4, 128), (9, 9, 3, 1, 5)])
+@pytest.mark.parametrize(
+    "T,S,n_q,n_kv,d",
+    [(1, 1, 4, 2, 8), (7, 7, 4, 2, 32), (5, 13, 6, 3, 6), (1, 29, 32, 4, 128), (9, 9, 3, 1, 5)],
+)
 def test_gqa_matches_explicit_loop(T, S, n_q, n_kv, d):
     rng = np.random.default_rng(T * 100 + S)
     q = rng.standard_normal((T, n_q, d)).astype(np.float32)
     k = rng.standard_normal((S, n_kv, d)).astype(np.float32)
     v = rng.standard_normal((S, n_kv, d)).astype(np.float32)
     offset = S - T
-    np.testing.assert_allclose(gqa_attention(q, k, v, offset), _loop_attention(q, k, v, offset),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        gqa_attention(q, k, v, offset), _loop_attention(q, k, v, offset), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_gqa_bf16_matches_transformers_eager():
     rng = np.random.default_rng(5)
     T, n_q, n_kv, d = 11, 8, 2, 16
-    q, k, v = (torch.randn(1, n, T, d, generator=torch.Generator().manual_seed(i), dtype=torch.bfloat16)
-               for i, n in enumerate((n_q, n_kv, n_kv)))
+    q, k, v = (
+        torch.randn(1, n, T, d, generator=torch.Generator().manual_seed(i), dtype=torch.bfloat16)
+        for i, n in enumerate((n_q, n_kv, n_kv))
+    )
     mask = torch.full((T, T), torch.finfo(torch.bfloat16).min, dtype=torch.bfloat16).triu(1)[None, None]
     module = torch.nn.Module()
     module.num_key_value_groups, module.training = n_q // n_kv, False
-    want, _ = eager_attention_forward(module, q, k, v, mask, scaling=d ** -0.5)
+    want, _ = eager_attention_forward(module, q, k, v, mask, scaling=d**-0.5)
     to_np = lambda t: t[0].transpose(0, 1).float().numpy()  # [T, n, d]
     got = gqa_attention(to_np(q), to_np(k), to_np(v), 0, "bf16")
     want = want[0].float().numpy()
@@ -65,8 +70,10 @@ def test_prefill_equals_token_by_token_decode_with_cache():
     cos, sin = rope_cos_sin(np.arange(T), d, 1e6)
     whole = attention_block(h, wq, wk, wv, wo, qn, kn, cos, sin, 1e-6, KVCache(1, n_kv, d, capacity=2), 0)
     cache = KVCache(1, n_kv, d, capacity=1)  # forces the cache to grow
-    steps = [attention_block(h[t:t + 1], wq, wk, wv, wo, qn, kn, cos[t:t + 1], sin[t:t + 1], 1e-6, cache, 0)
-             for t in range(T)]
+    steps = [
+        attention_block(h[t : t + 1], wq, wk, wv, wo, qn, kn, cos[t : t + 1], sin[t : t + 1], 1e-6, cache, 0)
+        for t in range(T)
+    ]
     np.testing.assert_allclose(np.concatenate(steps), whole, rtol=1e-5, atol=1e-6)
     assert cache.length == T
 

@@ -29,8 +29,9 @@ def test_decode_macs_sum_to_counts(name, context):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("seq,cached,last_only",
-                         [(1, 0, False), (13, 0, False), (640, 0, True), (5, 100, False)])
+@pytest.mark.parametrize(
+    "seq,cached,last_only", [(1, 0, False), (13, 0, False), (640, 0, True), (5, 100, False)]
+)
 def test_prefill_macs_sum_to_counts(name, seq, cached, last_only):
     cfg = get_config(name)
     costs = op_costs(cfg, tokens=seq, cached=cached, last_only=last_only)

@@ -23,8 +23,9 @@ TORCH = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _cfg(E: int, k: int, H: int, inter: int, norm: bool = True) -> Qwen3MoeConfig:
-    return Qwen3MoeConfig(hidden_size=H, num_experts=E, num_experts_per_tok=k, moe_intermediate_size=inter,
-                          norm_topk_prob=norm)
+    return Qwen3MoeConfig(
+        hidden_size=H, num_experts=E, num_experts_per_tok=k, moe_intermediate_size=inter, norm_topk_prob=norm
+    )
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
@@ -43,15 +44,18 @@ def test_router_matches_transformers(dtype, norm):
         hf.weight.copy_(torch.from_numpy(w))
         logits_t, weights_t, idx_t = hf(torch.from_numpy(h).to(TORCH[dtype]))
     idx, weights, logits = router(h, w, k, norm, dtype)
-    np.testing.assert_allclose(logits, logits_t.float().numpy(), rtol=1e-5 if dtype == "fp32" else 8e-3,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        logits, logits_t.float().numpy(), rtol=1e-5 if dtype == "fp32" else 8e-3, atol=1e-5
+    )
     # bf16 logits tie exactly now and then; torch.topk orders tied entries arbitrarily, we by index, so
     # compare the selected sets and each expert's weight
     o, o_t = np.argsort(idx, -1), np.argsort(idx_t.numpy(), -1)
     np.testing.assert_array_equal(np.take_along_axis(idx, o, -1), np.take_along_axis(idx_t.numpy(), o_t, -1))
-    np.testing.assert_allclose(np.take_along_axis(weights, o, -1),
-                               np.take_along_axis(weights_t.float().numpy(), o_t, -1),
-                               rtol=1e-5 if dtype == "fp32" else 8e-3)
+    np.testing.assert_allclose(
+        np.take_along_axis(weights, o, -1),
+        np.take_along_axis(weights_t.float().numpy(), o_t, -1),
+        rtol=1e-5 if dtype == "fp32" else 8e-3,
+    )
     if norm:
         np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5 if dtype == "fp32" else 2e-2)
 
@@ -84,7 +88,7 @@ def _dense_moe(h, idx, w, gate_up, down):
     for t in range(h.shape[0]):
         for j in range(idx.shape[1]):
             e = idx[t, j]
-            x = h[t:t + 1].astype(np.float64)
+            x = h[t : t + 1].astype(np.float64)
             out[t] += w[t, j] * expert_mlp(x, gate_up[e, :inter], gate_up[e, inter:], down[e])[0]
     return out
 

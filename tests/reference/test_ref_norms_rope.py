@@ -83,8 +83,12 @@ def test_rope_matches_transformers(dtype, head_dim, theta, start):
     from transformers import Qwen3MoeConfig
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeRotaryEmbedding
 
-    cfg = Qwen3MoeConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
-                         rope_parameters={"rope_type": "default", "rope_theta": theta})
+    cfg = Qwen3MoeConfig(
+        hidden_size=head_dim * 2,
+        num_attention_heads=2,
+        head_dim=head_dim,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+    )
     rotary = Qwen3MoeRotaryEmbedding(cfg)
     T = 5
     pos = torch.arange(start, start + T)[None]
@@ -111,7 +115,7 @@ def test_rope_is_a_rotation_of_dim_pairs():
     cos, sin = rope_cos_sin(pos, d, 1e4)
     y = apply_rope(x, cos, sin)
     np.testing.assert_allclose(y[0], x[0], atol=1e-6)  # position 0 is the identity
-    pair = lambda a: np.hypot(a[..., : d // 2], a[..., d // 2:])
+    pair = lambda a: np.hypot(a[..., : d // 2], a[..., d // 2 :])
     np.testing.assert_allclose(pair(y), pair(x), rtol=1e-5)
     for t in range(T):
         for i in range(d // 2):
