@@ -185,6 +185,10 @@ class Storage:
             self.unfilled = False
             if self.taint.any():
                 np.copyto(self.raw, np.array(_poison(self.raw.dtype), self.raw.dtype), where=self.taint)
+            else:
+                # Every element was written (the usual output): an all-clear mask means the same as no
+                # mask, and dropping it spares later checks (the return check) another full scan.
+                self.taint = None
 
     def defer_fill(self) -> bool:
         """A partial first write to a fresh HBM output in strict mode: keep the poison fill pending.
