@@ -17,6 +17,13 @@ os.environ["NKI_MOE_BACKEND"] = "sim"
 nki_moe.sim.install("sim")
 
 
+@pytest.fixture(autouse=True)
+def _emulator_installed():
+    """Keep `nki` bound to the emulator for every test (a test may switch backends)."""
+    nki_moe.sim.install("sim")
+    yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _outputs_to_tmp(tmp_path_factory):
     """Redirect figures/, results/ and build/ written through nki_moe.paths to a session temp dir."""
