@@ -35,13 +35,13 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import (  # noqa: E402
 from nki_moe.model.checkpoint import init_tensor  # noqa: E402
 from nki_moe.model.config import get_config  # noqa: E402
 from nki_moe.model.weights import LayerWeights, expected_tensors  # noqa: E402
-from nki_moe.reference import KVCache, decoder_layer, op_costs, rope_cos_sin  # noqa: E402
+from nki_moe.reference import KernelLayerWeights, KVCache, decoder_layer, op_costs, rope_cos_sin  # noqa: E402
 
 CFG = get_config("real-width-2layer")
 
 
-def build_layer() -> tuple[LayerWeights, torch.nn.Module]:
-    """Layer 0 of the random checkpoint, as our LayerWeights (fp32) and as an HF bf16 layer."""
+def build_layer() -> tuple[KernelLayerWeights, torch.nn.Module, Qwen3MoeConfig]:
+    """Layer 0 of the random checkpoint, as our weights (fp32, kernel layout) and as an HF bf16 layer."""
     shapes = {k: s for k, s in expected_tensors(CFG).items() if k.startswith("model.layers.0.")}
     bf16 = {k: torch.from_numpy(init_tensor(CFG, k, s, seed=0)).to(torch.bfloat16) for k, s in shapes.items()}
     ex = "model.layers.0.mlp.experts.{}.{}.weight"
@@ -52,7 +52,7 @@ def build_layer() -> tuple[LayerWeights, torch.nn.Module]:
     down = torch.stack([bf16[ex.format(e, "down_proj")] for e in experts])
     p = "model.layers.0."
     f32 = lambda key: bf16[p + key].float().numpy()
-    ours = LayerWeights(
+    hf_layout = LayerWeights(
         input_norm=f32("input_layernorm.weight"),
         wq=f32("self_attn.q_proj.weight"),
         wk=f32("self_attn.k_proj.weight"),
@@ -65,6 +65,7 @@ def build_layer() -> tuple[LayerWeights, torch.nn.Module]:
         gate_up=gate_up.float().numpy(),
         down=down.float().numpy(),
     )
+    ours = KernelLayerWeights.from_hf(hf_layout)  # [in, out] views, as ReferenceModel reads a checkpoint
     hf_cfg = Qwen3MoeConfig.from_dict(CFG.to_hf_dict())
     hf_cfg._attn_implementation = "eager"
     hf_cfg._experts_implementation = "eager"

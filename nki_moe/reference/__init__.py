@@ -23,6 +23,7 @@ from nki_moe.reference.experts import (
     silu,
 )
 from nki_moe.reference.model import (
+    KernelLayerWeights,
     ReferenceModel,
     Routing,
     decoder_layer,
@@ -54,6 +55,7 @@ __all__ = [
     "moe_experts",
     "moe_experts_cost",
     "silu",
+    "KernelLayerWeights",
     "ReferenceModel",
     "Routing",
     "decoder_layer",

@@ -123,7 +123,7 @@ def attention_block(
 
     Args:
         h: [T, H] normed input.
-        wq: [n_q·d, H]; wk, wv: [n_kv·d, H]; wo: [H, n_q·d].
+        wq: [H, n_q·d]; wk, wv: [H, n_kv·d]; wo: [n_q·d, H] ([in, out]: HF's ``*_proj.weight`` transposed).
         q_norm_w, k_norm_w: [d].
         cos, sin: [T, d] for the T new positions.
         eps: RMSNorm epsilon of the QK-norm.

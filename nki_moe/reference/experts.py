@@ -1,6 +1,8 @@
 """Expert SwiGLU MLPs and the MoE combine (``Qwen3MoeExperts``, eager implementation).
 
 Shape legend: T tokens, H hidden, E experts, k top-k, I moe_intermediate, n tokens routed to one expert.
+Weights are [in, out] (each projection is ``x @ w``, see :func:`nki_moe.reference.numerics.linear`), the
+transposes of HF's: ``gate_up`` [E, H, 2I] (gate columns then up columns), ``down`` [E, I, H].
 HF's eager loop visits experts in ascending index, scales each expert's output by its routing weight
 and ``index_add_``s it into a buffer of the activation dtype, so in bf16 every token's sum is rounded after
 each expert, in ascending expert order. :func:`moe_combine` reproduces that order.
@@ -39,13 +41,13 @@ def expert_mlp(
 
     Args:
         x: [n, H] tokens routed to this expert.
-        w_gate, w_up: [I, H]; w_down: [H, I].
+        w_gate, w_up: [H, I]; w_down: [I, H].
         dtype: rounding mode.
     Returns:
         [n, H].
     """
-    gate = linear(x, w_gate, dtype)  # [n, I]
-    up = linear(x, w_up, dtype)  # [n, I]
+    gate = linear(x, w_gate, dtype)  # [n, H] @ [H, I]
+    up = linear(x, w_up, dtype)  # [n, H] @ [H, I]
     act = round_to(round_to(silu(gate), dtype) * up, dtype)
     return linear(act, w_down, dtype)  # [n, I] @ [I, H]
 
@@ -65,14 +67,14 @@ def moe_experts(
     Args:
         h: [T, H] normed hidden states.
         idx: [T, k] selected experts; weights: [T, k] routing weights.
-        w_gate_up: [E, 2I, H], gate rows then up rows (HF's fused in-memory layout).
-        w_down: [E, H, I].
+        w_gate_up: [E, H, 2I], gate columns then up columns (HF's fused ``gate_up_proj`` [E, 2I, H]ᵀ).
+        w_down: [E, I, H].
         dtype: rounding mode.
     Returns:
         [T, k, H]: slot j of token t holds ``weights[t, j] · expert_{idx[t, j]}(h[t])``.
     """
     T, k = idx.shape
-    inter = w_down.shape[2]
+    inter = w_down.shape[1]
     out = np.zeros((T, k, h.shape[1]), np.float32)
     flat = idx.reshape(-1)  # [T·k]
     order = np.argsort(flat, kind="stable")
@@ -80,7 +82,7 @@ def moe_experts(
     for e in np.nonzero(np.diff(bounds))[0]:  # only experts that received tokens
         pairs = order[bounds[e] : bounds[e + 1]]  # flat (token, slot) positions routed to e
         tok, slot = pairs // k, pairs % k
-        y = expert_mlp(h[tok], w_gate_up[e, :inter], w_gate_up[e, inter:], w_down[e], dtype)  # [n, H]
+        y = expert_mlp(h[tok], w_gate_up[e, :, :inter], w_gate_up[e, :, inter:], w_down[e], dtype)  # [n, H]
         out[tok, slot] = round_to(y * weights[tok, slot][:, None], dtype)
     return out
 
@@ -117,7 +119,7 @@ def moe_block(
 
     Args:
         h: [T, H] normed hidden states.
-        w_router: [E, H]; w_gate_up: [E, 2I, H]; w_down: [E, H, I].
+        w_router: [H, E]; w_gate_up: [E, H, 2I]; w_down: [E, I, H].
         k: experts per token; norm_topk_prob: renormalise the selected probabilities.
         dtype: rounding mode.
         routing: optional (idx [T, k], weights [T, k]) to use instead of the router's own choice, so an

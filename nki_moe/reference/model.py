@@ -2,7 +2,11 @@
 
 Shape legend: T new tokens, P cached positions, H hidden, V vocab, L layers, k top-k.
 Weights come from any object with ``cfg``, ``layer(i) -> LayerWeights`` and ``globals -> GlobalWeights``
-(``nki_moe.model.weights.Checkpoint``), so a layer can be loaded just before it runs.
+(``nki_moe.model.weights.Checkpoint``), so a layer can be loaded just before it runs. Those hold the
+Hugging Face [out, in] layout; the ops take the kernels' [in, out] layout (``x @ w``), so
+:meth:`ReferenceModel.forward` converts each layer once, as it reads it, with
+:meth:`KernelLayerWeights.from_hf` (transposed views: no copy, and the same BLAS calls as ``x @ W.T``,
+so the same bits).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WeightSource",
+    "KernelLayerWeights",
     "Routing",
     "embed",
     "lm_head",
@@ -54,6 +59,40 @@ class WeightSource(Protocol):
 
 
 @dataclass(frozen=True)
+class KernelLayerWeights:
+    """One decoder layer's weights in the kernels' [in, out] layout: every projection is ``x @ w``."""
+
+    input_norm: np.ndarray  # [H]
+    wq: np.ndarray  # [H, n_q·d]
+    wk: np.ndarray  # [H, n_kv·d]
+    wv: np.ndarray  # [H, n_kv·d]
+    wo: np.ndarray  # [n_q·d, H]
+    q_norm: np.ndarray  # [d]
+    k_norm: np.ndarray  # [d]
+    post_norm: np.ndarray  # [H]
+    router: np.ndarray  # [H, E]
+    gate_up: np.ndarray  # [E, H, 2I]  gate columns then up columns
+    down: np.ndarray  # [E, I, H]
+
+    @classmethod
+    def from_hf(cls, w: LayerWeights) -> KernelLayerWeights:
+        """Transposed views of a checkpoint layer's HF [out, in] matrices (norm vectors unchanged)."""
+        return cls(
+            input_norm=w.input_norm,
+            wq=w.wq.T,
+            wk=w.wk.T,
+            wv=w.wv.T,
+            wo=w.wo.T,
+            q_norm=w.q_norm,
+            k_norm=w.k_norm,
+            post_norm=w.post_norm,
+            router=w.router.T,
+            gate_up=w.gate_up.transpose(0, 2, 1),  # [E, 2I, H] -> [E, H, 2I]
+            down=w.down.transpose(0, 2, 1),  # [E, H, I] -> [E, I, H]
+        )
+
+
+@dataclass(frozen=True)
 class Routing:
     """Router decisions of one layer for the T tokens of a forward pass."""
 
@@ -68,13 +107,13 @@ def embed(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def lm_head(h: np.ndarray, w: np.ndarray, dtype: Precision = "fp32") -> np.ndarray:
-    """Logits ``h @ wᵀ``. Args: h [T, H] final-normed; w [V, H]. Returns [T, V] float32."""
+    """Logits ``h @ w``. Args: h [T, H] final-normed; w [H, V] (``lm_head.weight``ᵀ). Returns [T, V] fp32."""
     return linear(h, w, dtype)
 
 
 def decoder_layer(
     x: np.ndarray,
-    w: LayerWeights,
+    w: KernelLayerWeights,
     cfg: ModelConfig,
     cos: np.ndarray,
     sin: np.ndarray,
@@ -87,7 +126,7 @@ def decoder_layer(
 
     Args:
         x: [T, H] residual stream.
-        w: the layer's weights.
+        w: the layer's weights in kernel layout (:meth:`KernelLayerWeights.from_hf` of a checkpoint layer).
         cfg: model config.
         cos, sin: [T, d] RoPE tables of the T positions.
         cache: KV cache (None: attend within the T tokens).
@@ -148,12 +187,13 @@ class ReferenceModel:
         x = embed(g.embed, ids)
         routings = []
         for i in range(cfg.num_hidden_layers):
-            x, r = decoder_layer(x, self.weights.layer(i), cfg, cos, sin, cache, i, dtype)
+            w = KernelLayerWeights.from_hf(self.weights.layer(i))  # HF [out, in] -> [in, out] views
+            x, r = decoder_layer(x, w, cfg, cos, sin, cache, i, dtype)
             routings.append(r)
         if last_only:
             x = x[-1:]
         h = rms_norm(x, g.final_norm, cfg.rms_norm_eps, dtype)
-        return lm_head(h, g.lm_head, dtype), routings
+        return lm_head(h, g.lm_head.T, dtype), routings  # [V, H] -> [H, V] view
 
 
 def embed_cost(tokens: int, hidden: int, dtype_bytes: int = 2) -> OpCost:

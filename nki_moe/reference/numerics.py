@@ -30,16 +30,19 @@ def round_to(x: np.ndarray, dtype: Precision) -> np.ndarray:
 
 
 def linear(x: np.ndarray, w: np.ndarray, dtype: Precision = "fp32") -> np.ndarray:
-    """A bias-free projection ``x @ w.T`` (``torch.nn.functional.linear``), accumulated in fp32.
+    """A bias-free projection ``x @ w``, accumulated in fp32 (the kernels' layout: contraction on rows).
+
+    ``torch.nn.functional.linear(x, W)`` with the Hugging Face [N, K] weight ``W`` is ``linear(x, W.T)``;
+    pass the transposed view, not a copy (the same BLAS call, so the same bits).
 
     Args:
         x: [..., K] activations.
-        w: [N, K] weight, rows are output features (the Hugging Face layout).
+        w: [K, N] weight, [in_features, out_features].
         dtype: rounding mode of the result.
     Returns:
         [..., N] float32.
     """
-    return round_to(x @ w.T, dtype)  # [..., K] @ [K, N]
+    return round_to(x @ w, dtype)  # [..., K] @ [K, N]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from nki_moe.reference.numerics import OpCost, Precision, linear, linear_cost, round_to
 
-__all__ = ["softmax", "top_k", "router", "router_cost", "topk_margin"]
+__all__ = ["softmax", "top_k", "router", "router_cost", "topk_margin", "grouped_order", "routing"]
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -40,7 +40,7 @@ def router(
 
     Args:
         h: [T, H] normed hidden states.
-        w_gate: [E, H] router weight.
+        w_gate: [H, E] router weight (the transpose of HF's ``mlp.gate.weight`` [E, H]).
         k: experts per token.
         norm_topk_prob: rescale the k selected probabilities to sum to 1.
         dtype: rounding mode; in bf16 the logits and the final weights are rounded (softmax stays fp32).
@@ -71,3 +71,30 @@ def topk_margin(logits: np.ndarray, k: int) -> np.ndarray:
 def router_cost(tokens: int, hidden: int, experts: int, dtype_bytes: int = 2) -> OpCost:
     """Cost of :func:`router`: T·H·E MACs for the logits (softmax and top-k are elementwise)."""
     return linear_cost(tokens, hidden, experts, dtype_bytes)
+
+
+def grouped_order(idx: np.ndarray, experts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Routing metadata of the MoE prefill: tokens grouped by expert.
+
+    Args:
+        idx: [T, k] expert ids.
+        experts: E.
+    Returns:
+        (counts [E] tokens per expert, pos [T, k] each (token, slot)'s place in the grouped order,
+        order [T·k] slot ids t·k + j grouped by expert, tokens ascending within an expert).
+    """
+    flat = idx.ravel().astype(np.int64)
+    order = np.argsort(flat, kind="stable")
+    pos = np.empty_like(order)
+    pos[order] = np.arange(flat.size)
+    return np.bincount(flat, minlength=experts), pos.reshape(idx.shape), order
+
+
+def routing(x: np.ndarray, w_gate: np.ndarray, dtype: Precision = "fp32", k: int = 8):
+    """The router kernels' op with their arguments: top-k (renormalised) plus :func:`grouped_order`.
+
+    Returns:
+        (idx [T, k], weights [T, k], counts [E], pos [T, k], order [T·k]).
+    """
+    idx, weights, _ = router(x, w_gate, k, True, dtype)
+    return (idx, weights, *grouped_order(idx, w_gate.shape[1]))

@@ -61,10 +61,10 @@ def test_gqa_bf16_matches_transformers_eager():
 def test_prefill_equals_token_by_token_decode_with_cache():
     rng = np.random.default_rng(6)
     H, n_q, n_kv, d, T = 48, 4, 2, 8, 6
-    wq = rng.standard_normal((n_q * d, H)).astype(np.float32) * 0.1
-    wk = rng.standard_normal((n_kv * d, H)).astype(np.float32) * 0.1
-    wv = rng.standard_normal((n_kv * d, H)).astype(np.float32) * 0.1
-    wo = rng.standard_normal((H, n_q * d)).astype(np.float32) * 0.1
+    wq = rng.standard_normal((H, n_q * d)).astype(np.float32) * 0.1  # [in, out]
+    wk = rng.standard_normal((H, n_kv * d)).astype(np.float32) * 0.1
+    wv = rng.standard_normal((H, n_kv * d)).astype(np.float32) * 0.1
+    wo = rng.standard_normal((n_q * d, H)).astype(np.float32) * 0.1
     qn, kn = (1 + 0.1 * rng.standard_normal((2, d))).astype(np.float32)
     h = rng.standard_normal((T, H)).astype(np.float32)
     cos, sin = rope_cos_sin(np.arange(T), d, 1e6)
