@@ -2,57 +2,52 @@
 
 Run: .venv/bin/python bench/kernels.py [--repeat N] [--lm-head]. Prints ratios; never asserts timings.
 ``--lm-head`` adds the decode LM head GEMV at N = 151936 (0.62 GB of bf16 weights; needs ~3 GB of RAM).
+Inputs, layouts and references come from the op registry (``nki_moe.ops``), as in the notebooks and tests.
 """
 
 from __future__ import annotations
 
 import argparse
-
-import numpy as np
+import time
 
 import nki_moe.sim as sim
 
 sim.install("sim")
 
-from nki_moe.bench import best_time, bf16, run_kernel, tile_weight  # noqa: E402
-from nki_moe.kernels import matmul, rmsnorm, router  # noqa: E402
-from nki_moe.reference import add_rms_norm, linear, rms_norm  # noqa: E402
-from nki_moe.reference import router as router_ref  # noqa: E402
+from nki_moe import ops  # noqa: E402
 
-H = 2048
+
+def best_time(fn, repeat: int = 3) -> float:
+    """Best wall time of ``fn()`` in seconds over ``repeat`` calls."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def cases(lm_head: bool):
-    """(label, emulated call, NumPy reference call) at the model's widths."""
-    rng = np.random.default_rng(0)
-    x, r, w = bf16(rng.standard_normal((640, H))), bf16(rng.standard_normal((640, H))), bf16(rng.random(H))
-    xf, rf, wf = (a.astype(np.float32) for a in (x, r, w))
-    yield (
-        "rmsnorm_v3 [640, 2048] LNC=2",
-        lambda: run_kernel(rmsnorm.rmsnorm_v3, x, w, 1e-6, lnc=2),
-        lambda: rms_norm(xf, wf, 1e-6, "bf16"),
-    )
-    yield (
-        "add_rmsnorm_v3 [640, 2048] LNC=2",
-        lambda: run_kernel(rmsnorm.add_rmsnorm_v3, x, r, w, 1e-6, lnc=2),
-        lambda: add_rms_norm(xf, rf, wf, 1e-6, "bf16"),
-    )
-    widths = [(640, 4096), (1, 4096)] + ([(1, 151936)] if lm_head else [])
-    for T, N in widths:
-        wq = bf16(rng.standard_normal((H, N)) / 45)
-        xq, wqf, wt = x[:T], wq.astype(np.float32), tile_weight(wq)  # v6 takes the pre-tiled weight
-        yield (
-            f"matmul_v6 [{T}, 2048] x [2048, {N}] LNC=2",
-            lambda xq=xq, wt=wt, N=N: run_kernel(matmul.matmul_v6, xq, wt, N, lnc=2),
-            lambda xq=xq, wqf=wqf: linear(xq.astype(np.float32), wqf.T, "bf16"),
-        )
-    wg = bf16(rng.standard_normal((H, 128)) / 20)
-    wgf = wg.astype(np.float32)
-    yield (
-        "router_v2 [640, 2048] x [2048, 128]",
-        lambda: run_kernel(router.router_v2, x, wg),
-        lambda: router_ref(xf, wgf.T, 8, True, "bf16"),
-    )
+    """(label, emulated call, NumPy reference call) of each op's final version at the model's widths."""
+    shapes = {
+        "rmsnorm": [dict(T=640)],
+        "add_rmsnorm": [dict(T=640)],
+        "router": [dict(T=640)],
+        "matmul": [dict(T=640, N=4096), dict(T=1, N=4096)] + ([dict(T=1, N=151936)] if lm_head else []),
+    }
+    for name, points in shapes.items():
+        op = ops.get(name)
+        v = op.final
+        for shape in points:
+            args = op.args(**shape)
+            kernel_args = op.version_args(v, args)  # the load-time layout, done once as a loader would
+            ref_args = op.fp32_args(**shape)
+            label = f"{v.kernel} {' '.join(f'{k}={x}' for k, x in shape.items())} LNC={v.lnc}"
+            yield (
+                label,
+                lambda op=op, v=v, a=kernel_args: sim.run(op.kernel(v), *a, lnc=v.lnc),
+                lambda op=op, a=ref_args: op.reference(*a, dtype="bf16"),
+            )
 
 
 def main() -> None:

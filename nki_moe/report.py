@@ -46,6 +46,26 @@ def _notebook_html(executed: Path, target: Path) -> bool:
     return True
 
 
+def _ops_table() -> list[str]:
+    """The op registry as a table: op, kernel versions, reference, notebook (linked), figures, tests."""
+    from nki_moe.ops import OPS
+
+    rows = [
+        "<h2>Ops</h2><table><tr><th>op</th><th>kernels</th><th>reference</th><th>notebook</th>"
+        "<th>figures</th><th>tests</th></tr>"
+    ]
+    for op in OPS.values():
+        nb = Path(op.notebook).stem
+        rows.append(
+            f"<tr><td>{html.escape(op.name)}</td><td><code>{html.escape(op.module)}</code> "
+            f"{', '.join(html.escape(v.name) for v in op.versions)}</td>"
+            f"<td><code>{html.escape(op.reference.__module__)}.{html.escape(op.reference.__name__)}</code></td>"
+            f"<td><a href='#{nb}'>{html.escape(nb)}</a></td><td>{html.escape(', '.join(op.figures))}</td>"
+            f"<td>{html.escape(', '.join(op.tests))}</td></tr>"
+        )
+    return rows + ["</table>"]
+
+
 def write_report(build: Path, run: dict) -> Path:
     """Write ``build/report.html`` for ``run`` (the dict of run_summary.json) and return its path."""
     figures, results = out_dir("figures"), out_dir("results")
@@ -75,6 +95,7 @@ def write_report(build: Path, run: dict) -> Path:
             f"<td>{link}</td><td>{html.escape(o.get('failed_cell', ''))}</td></tr>"
         )
     parts.append("</table>")
+    parts += _ops_table()
     for name in run.get("skipped", []):
         parts.append(f"<p>not run: {html.escape(name)}</p>")
     for o in run["outcomes"]:

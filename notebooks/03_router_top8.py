@@ -33,92 +33,42 @@ SEED = 0
 
 # %% [markdown]
 # ## Setup
+# Inputs (`groups` > 1: constructed ties), reference, cost and versions come from the registry; `op.step`
+# prints a version's source, checks it (exact indices and metadata, bf16 weights, MACs) and profiles it.
 
 # %%
 import inspect
 
-import matplotlib.pyplot as plt
-import numpy as np
+from nki_moe import ops, results
+from nki_moe.reference import linear, router, topk_margin
 
-from nki_moe import results
-from nki_moe.bench import (
-    Version,
-    bf16,
-    final_summary,
-    plot_sweep,
-    roofline_points,
-    run_kernel,
-    summary_lines,
-    sweep,
-    sweep_table,
-)
-from nki_moe.check import assert_close
-from nki_moe.figures import save_figure
-from nki_moe.kernels import router as K
-from nki_moe.perf.hardware import get_hardware
-from nki_moe.perf.profile import profile
-from nki_moe.perf.roofline import plot_roofline
-from nki_moe.reference import router, router_cost, topk_margin
-from nki_moe.tables import format_table
-
-H, E, TOPK = 2048, 128, 8
+op = ops.get("router").on(TARGET, SEED)
 TOKENS = (1, 18, 128) if SMOKE else (1, 18, 128, 402, 640)
 SHOW_T = TOKENS[-1]
-
-
-# %%
-def make_args(T, groups=1):
-    """Seeded bf16 x [T, H] and gate [H, E]; ``groups`` > 1 repeats gate columns (constructed ties)."""
-    rng = np.random.default_rng(SEED + T)
-    base = rng.standard_normal((H, -(-E // groups))) / 20
-    return bf16(rng.standard_normal((T, H))), bf16(base[:, np.arange(E) // groups])
-
-
-def cost(T):
-    c = router_cost(T, H, E)
-    return 2.0 * c.macs, float(c.bytes)
-
-
-# %%
-def check(kernel, T=SHOW_T, groups=1, lnc=1):
-    """Emulate (strict); assert exact indices, bf16-close weights, MACs = T·H·E. Returns (outputs, logits)."""
-    x, wg = make_args(T, groups)
-    res = run_kernel(kernel, x, wg, target=TARGET, lnc=lnc)
-    ref_idx, ref_w, logits = router(x.astype(np.float32), wg.astype(np.float32).T, TOPK, True, "bf16")
-    assert np.array_equal(res.outputs[0].astype(np.int64), ref_idx)
-    assert_close(res.outputs[1].astype(np.float32), ref_w, "bf16")
-    assert res.mac_count() == router_cost(T, H, E).macs
-    return res.outputs, logits
-
-
-def prof(kernel, T=SHOW_T, lnc=1):
-    return profile(kernel, *make_args(T), target=TARGET, lnc=lnc, flops=cost(T)[0], hbm_bytes=cost(T)[1])
+margin = lambda **shape: topk_margin(linear(*op.fp32_args(**shape), "bf16"), 8)  # bf16 logits' top-8 margin
 
 
 # %% [markdown]
 # ## Reference
-# `nki_moe.reference.router`: bf16 logits, fp32 softmax, stable top-k, renormalise, bf16 weights.
+# `nki_moe.reference.router`: bf16 logits, fp32 softmax, stable top-k (equal probabilities: lower expert
+# index first), renormalise, bf16 weights; `routing` adds the grouped order the prefill kernel reads.
 
 # %%
 print(inspect.getsource(router))
-print("Tie rule" + K.__doc__.split("Tie rule")[1].split("Versions")[0])
+print(inspect.getsource(op.reference))
 
 # %% [markdown]
 # ## v0 · full softmax, then top-8 of the probabilities
 
 # %%
-print(inspect.getsource(K.router_v0))
-out, logits = check(K.router_v0)
-print("tokens within 1e-3 of a top-8 tie:", int((topk_margin(logits, TOPK) < 1e-3).sum()), "of", SHOW_T)
-print(prof(K.router_v0).summary())
+_ = op.step("v0", T=SHOW_T)
+print("tokens within 1e-3 of a top-8 tie:", int((margin(T=SHOW_T) < 1e-3).sum()), "of", SHOW_T)
 
 # %% [markdown]
 # ## v1 · select on the logits, exponentiate only the winners; split token tiles over LNC=2
 
 # %%
-print(inspect.getsource(K._select))
-check(K.router_v1, lnc=2)
-print(prof(K.router_v1, lnc=2).summary())
+_ = op.step("v1", T=SHOW_T)
 
 # %% [markdown]
 # ## v2 · plus the routing metadata for the MoE prefill kernel
@@ -127,21 +77,18 @@ print(prof(K.router_v1, lnc=2).summary())
 # position is gathered per token (`nc_n_gather`) and scattered into `order` by indirect DMA. No extra MACs.
 
 # %%
-print(inspect.getsource(K.router_v2))
-(idx, wts, counts, pos, order), _ = check(K.router_v2)
-assert np.array_equal(counts, np.bincount(idx.ravel(), minlength=E))
-assert np.array_equal(order.ravel(), np.argsort(idx.ravel().astype(np.int64), kind="stable"))
+c2, _ = op.step("v2", T=SHOW_T)
+counts = c2.outputs[2]
 print("experts with no token:", int((counts == 0).sum()), "largest group:", int(counts.max()))
-print(prof(K.router_v2).summary())
 
 # %% [markdown]
 # ## Constructed ties
 # Gate columns repeated in runs of three: most tokens tie across the 8th/9th place; indices still match.
 
 # %%
-for kernel, lnc in ((K.router_v0, 1), (K.router_v1, 2), (K.router_v2, 1)):
-    _, tied = check(kernel, T=200, groups=3, lnc=lnc)
-share = float((topk_margin(tied, TOPK) == 0).mean())
+for v in op.versions:
+    print(op.check(v, T=200, groups=3).message[:90])
+share = float((margin(T=200, groups=3) == 0).mean())
 assert share > 0.5
 print(f"{100 * share:.0f} % of tokens tie at the top-8 boundary; all indices equal the reference")
 
@@ -149,20 +96,9 @@ print(f"{100 * share:.0f} % of tokens tie at the top-8 boundary; all indices equ
 # ## Sweep over T, every version, trn2 and trn3 (estimated)
 
 # %%
-VERSIONS = [Version("v0", K.router_v0), Version("v1", K.router_v1, 2), Version("v2", K.router_v2)]
-rows = sweep(VERSIONS, TOKENS, make_args, cost)
-HEAD = ["version", "T", "µs (est.)", "floor µs", "% roof"]
-print(format_table(sweep_table(rows, TARGET), HEAD, floatfmt=".2f"))
-fig, data = plot_sweep(rows, "router top-8 [T, 2048] x [2048, 128]")
-save_figure(fig, "03_router_top8_sweep", data)
-
-# %%
-hw = get_hardware(TARGET)
-fig, ax = plt.subplots(figsize=(8, 5))
-pts = roofline_points(rows, 1, TARGET) + roofline_points(rows, SHOW_T, TARGET)
-cols = plot_roofline(ax, hw, pts, dtypes=("bf16",), scope="core", intensity_range=(0.3, 3000))
-ax.legend(fontsize=7, loc="upper left", ncol=2)
-save_figure(fig, "03_router_top8_roofline", cols)
+sweep = op.sweep(T=TOKENS)
+print(sweep.table(TARGET))
+op.save_figures(sweep, scope="core", T=(1, SHOW_T))
 
 # %% [markdown]
 # ## Takeaways
@@ -176,14 +112,12 @@ save_figure(fig, "03_router_top8_roofline", cols)
 
 # %%
 for version, label in (("v1", "router_v1 (LNC=2)"), ("v2", "router_v2 final (LNC=1)")):
-    print("\n".join(summary_lines(final_summary(rows, version, (1, SHOW_T)), label)))
-lat = {(r["version"], r["T"], r["target"]): r for r in rows}
-assert all(r["pct_roofline"] < 30 for r in rows)
-us = {k: r["latency_us"] for k, r in lat.items()}
-assert all(us["v1", T, tg] < us["v0", T, tg] for T in TOKENS for tg in ("trn2", "trn3"))
-assert us["v2", SHOW_T, "trn2"] - us["v1", SHOW_T, "trn2"] > us["v1", SHOW_T, "trn2"]
-summary = final_summary(rows, "v2", (1, SHOW_T))
+    print("\n".join(sweep.summary_lines(version, (1, SHOW_T), label)))
+assert all(r["pct_roofline"] < 30 for r in sweep.rows)
+us = {tg: sweep.latency(tg) for tg in ("trn2", "trn3")}
+assert all(us[tg]["v1", T] < us[tg]["v0", T] for T in TOKENS for tg in us)
+assert us["trn2"]["v2", SHOW_T] - us["trn2"]["v1", SHOW_T] > us["trn2"]["v1", SHOW_T]
 
 # %%
 results.record("03_router_top8", {"estimated_by": "nki_moe cost model", "final_version": "v2", "lnc": 1,
-                                  "final": summary, "tie_share_constructed": share})
+                                  "final": sweep.final("v2", (1, SHOW_T)), "tie_share_constructed": share})
