@@ -1,6 +1,6 @@
-"""Tile helpers shared by the kernel families (pure NKI; inlined into the calling kernel at trace time).
+"""Leaf tile helpers shared by the kernel families (pure NKI; inlined into the calling kernel at trace time).
 
-Shape legend: T tokens, K contraction (hidden), P = 128 partitions, KT = K / P contraction tiles.
+Shape legend: T tokens, K contraction (hidden), P = nl.tile_size.pmax = 128 partitions, KT = K / P tiles.
 """
 
 import nki.isa as nisa
@@ -14,6 +14,12 @@ def lnc_share(n_units):
     per = -(-n_units // n_prog)
     first = min(n_units, pid * per)
     return first, min(n_units, first + per) - first
+
+
+def token_tiles(T):
+    """(first token, tokens) of each ≤128-token tile of T tokens (tokens go on the partitions)."""
+    P = nl.tile_size.pmax
+    return [(t0, min(P, T - t0)) for t0 in range(0, T, P)]
 
 
 def load_transposed_naive(x, t0, tsz, k0):
