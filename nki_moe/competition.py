@@ -64,22 +64,28 @@ class Submission:
 # [MOE-REPO] prompt_data_trn2.csv / prompt_data_trn3.csv: id, context length, "seq".
 PROMPTS = (Prompt(0, 18, 64), Prompt(1, 126, 256), Prompt(2, 43, 128), Prompt(3, 10, 64), Prompt(4, 402, 640))
 
+
+def _baselines(*rows: tuple[float, float]) -> tuple[Baseline, ...]:
+    """One Baseline per prompt of PROMPTS, in order, from (latency_ms, throughput) rows."""
+    return tuple(Baseline(p.id, lat, tput) for p, (lat, tput) in zip(PROMPTS, rows, strict=True))
+
+
 BASELINES: dict[str, tuple[Baseline, ...]] = {
     # [MOE-REPO] prompt_data_trn2.csv (commit c92219f, 2026-03-05)
-    "trn2": (
-        Baseline(0, 12498.0, 51.86),
-        Baseline(1, 9432.19, 70.24),
-        Baseline(2, 12089.08, 54.40),
-        Baseline(3, 12868.67, 50.89),
-        Baseline(4, 3041.92, 217.74),
+    "trn2": _baselines(
+        (12498.0, 51.86),
+        (9432.19, 70.24),
+        (12089.08, 54.40),
+        (12868.67, 50.89),
+        (3041.92, 217.74),
     ),
     # [MOE-REPO] prompt_data_trn3.csv (commit 097ad9b, 2026-04-15)
-    "trn3": (
-        Baseline(0, 17138.28, 37.87),
-        Baseline(1, 12427.41, 52.34),
-        Baseline(2, 16208.29, 40.25),
-        Baseline(3, 17177.15, 37.93),
-        Baseline(4, 3871.62, 168.39),
+    "trn3": _baselines(
+        (17138.28, 37.87),
+        (12427.41, 52.34),
+        (16208.29, 40.25),
+        (17177.15, 37.93),
+        (3871.62, 168.39),
     ),
 }
 

@@ -15,10 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelConfig", "CONFIGS", "get_config"]
+__all__ = ["ModelConfig", "CONFIGS", "SHAPE_FIELDS", "get_config"]
 
 # Keys of the 4.51-style config.json that transformers 5 renames (qwen3-moe.md §3.2): old name -> new name.
 _HF_RENAMES = {"num_experts": "num_local_experts", "torch_dtype": "dtype"}
+
+
+def _tagged(*tags: str) -> Any:
+    """A required ModelConfig field carrying tags: "positive" (``validate`` checks it is a positive int),
+    "shape" (it defines tensor shapes or the forward, so a checkpoint's config.json must agree)."""
+    return dataclasses.field(metadata=dict.fromkeys(tags, True))
 
 
 @dataclass(frozen=True)
@@ -30,31 +36,34 @@ class ModelConfig:
     """
 
     name: str
-    vocab_size: int  # V: rows of embed_tokens and lm_head
-    hidden_size: int  # H
-    num_hidden_layers: int  # L
-    num_attention_heads: int  # n_q
-    num_key_value_heads: int  # n_kv (GQA: n_q / n_kv query heads share one KV head)
-    head_dim: int  # d; explicit, NOT hidden_size / num_attention_heads for the real model
-    num_experts: int  # E (transformers 5 calls it num_local_experts)
-    num_experts_per_tok: int  # k (top-k)
-    moe_intermediate_size: int  # I, per expert
-    intermediate_size: int  # dense-MLP width; no layer uses it when mlp_only_layers == ()
-    norm_topk_prob: bool  # renormalise the k selected router probabilities to sum to 1
-    decoder_sparse_step: int
+    vocab_size: int = _tagged("positive", "shape")  # V: rows of embed_tokens and lm_head
+    hidden_size: int = _tagged("positive", "shape")  # H
+    num_hidden_layers: int = _tagged("positive", "shape")  # L
+    num_attention_heads: int = _tagged("positive", "shape")  # n_q
+    # n_kv (GQA: n_q / n_kv query heads share one KV head)
+    num_key_value_heads: int = _tagged("positive", "shape")
+    # d; explicit, NOT hidden_size / num_attention_heads for the real model
+    head_dim: int = _tagged("positive", "shape")
+    num_experts: int = _tagged("positive", "shape")  # E (transformers 5 calls it num_local_experts)
+    num_experts_per_tok: int = _tagged("positive", "shape")  # k (top-k)
+    moe_intermediate_size: int = _tagged("positive", "shape")  # I, per expert
+    # dense-MLP width; no layer uses it when mlp_only_layers == ()
+    intermediate_size: int = _tagged("positive")
+    norm_topk_prob: bool = _tagged("shape")  # renormalise the k selected router probabilities to sum to 1
+    decoder_sparse_step: int = _tagged("positive")
     mlp_only_layers: tuple[int, ...]
-    max_position_embeddings: int
+    max_position_embeddings: int = _tagged("positive")
     max_window_layers: int
-    rope_theta: float
+    rope_theta: float = _tagged("shape")
     rope_scaling: Mapping[str, Any] | None
-    rms_norm_eps: float
+    rms_norm_eps: float = _tagged("shape")
     hidden_act: str
     attention_bias: bool
     attention_dropout: float
     use_sliding_window: bool
     sliding_window: int | None
-    tie_word_embeddings: bool
-    dtype: str  # weight dtype, "bfloat16"
+    tie_word_embeddings: bool = _tagged("shape")
+    dtype: str = _tagged("shape")  # weight dtype, "bfloat16"
     bos_token_id: int | None
     eos_token_id: int | None
     router_aux_loss_coef: float
@@ -69,21 +78,7 @@ class ModelConfig:
 
     def validate(self) -> ModelConfig:
         """Check internal consistency; raise ``ValueError`` naming the offending field. Returns ``self``."""
-        positive = (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "head_dim",
-            "num_experts",
-            "num_experts_per_tok",
-            "moe_intermediate_size",
-            "intermediate_size",
-            "decoder_sparse_step",
-            "max_position_embeddings",
-        )
-        for field in positive:
+        for field in _POSITIVE_FIELDS:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{self.name}: {field} must be a positive int, got {value!r}")
@@ -165,6 +160,15 @@ class ModelConfig:
                 values[field.name] = _hf_value(d, field.name)
         values["mlp_only_layers"] = tuple(values["mlp_only_layers"])
         return cls(**values).validate()
+
+
+def _fields_tagged(tag: str) -> tuple[str, ...]:
+    """Names of the ModelConfig fields declared with `tag`, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if tag in f.metadata)
+
+
+_POSITIVE_FIELDS = _fields_tagged("positive")
+SHAPE_FIELDS = _fields_tagged("shape")  # must agree between an expected config and a checkpoint's config.json
 
 
 def _hf_value(d: Mapping[str, Any], field: str) -> Any:

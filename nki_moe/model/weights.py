@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from nki_moe.model.config import ModelConfig
+from nki_moe.model.config import SHAPE_FIELDS, ModelConfig
 
 __all__ = [
     "CheckpointError",
@@ -275,25 +275,9 @@ class Checkpoint:
 
 def _check_same_shapes(cfg: ModelConfig, file_cfg: ModelConfig) -> None:
     """Raise CheckpointError if the fields that define tensor shapes or the forward differ."""
-    fields = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "num_experts",
-        "num_experts_per_tok",
-        "moe_intermediate_size",
-        "norm_topk_prob",
-        "rope_theta",
-        "rms_norm_eps",
-        "tie_word_embeddings",
-        "dtype",
-    )
     diff = [
         f"{f}: config {getattr(cfg, f)!r} vs config.json {getattr(file_cfg, f)!r}"
-        for f in fields
+        for f in SHAPE_FIELDS
         if getattr(cfg, f) != getattr(file_cfg, f)
     ]
     if diff:

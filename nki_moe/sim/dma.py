@@ -114,15 +114,15 @@ def dma_copy(
                 value="psum",
             )
         ins.tensor("src", src, buffers=("sbuf", "hbm"), check_start=False)
-        if dge == _dge_mode.hwdge and dst.dtype != src.dtype:
-            ins.fail(
-                "hwdge DMA needs matching dtypes (use .view() to reinterpret)",
-                "dst",
-                limit=src.dtype,
-                value=dst.dtype,
-            )
-        if dst.size != src.size:
-            ins.fail("dst and src element counts must match", "dst", limit=src.size, value=dst.size)
+        if dge == _dge_mode.hwdge:
+            ins.same_dtype("dst", dst, src, "hwdge DMA needs matching dtypes (use .view() to reinterpret)")
+        ins.check(
+            dst.size == src.size,
+            "dst and src element counts must match",
+            "dst",
+            limit=src.size,
+            value=dst.size,
+        )
         same = dst.dtype == src.dtype
         queue = _queue(ins, dge, eng)
         nbytes = dst.size * ITEMSIZE[dst.dtype]
@@ -216,8 +216,7 @@ def dma_transpose(
         enum_arg(ins, oob_mode, _oob_mode, "oob_mode")
         ins.tensor("dst", dst, buffers=("sbuf",), check_start=False)
         ins.tensor("src", src, buffers=("sbuf", "hbm"), check_start=False)
-        if dst.dtype != src.dtype:
-            ins.fail("dma_transpose needs matching dtypes", "dst", limit=src.dtype, value=dst.dtype)
+        ins.same_dtype("dst", dst, src, "dma_transpose needs matching dtypes")
         nd = src.ndim
         axes = tuple(axes) if axes is not None else _DEFAULT_AXES.get(nd)
         if axes is None or sorted(axes) != list(range(nd)):

@@ -127,10 +127,6 @@ class Instr:
             location=self.location,
         )
 
-    def check(self, ok: bool, message: str, operand: str | None = None, limit=None, value=None) -> None:
-        if not ok:
-            self.fail(message, operand, limit, value)
-
     def engine_from(self, arg, default: str) -> str:
         """Map an nisa.engine argument (unknown/None -> default) to an engine name and adopt it."""
         if arg is None or arg == engine.unknown:
@@ -172,15 +168,92 @@ class Instr:
                     )
         return value
 
+    def tensors(self, buffers=_ON_CHIP_ARG, check_start: bool = True, **operands: NkiTensor) -> None:
+        """`tensor()` for each keyword operand, in order (`buffers`/`check_start` apply to all)."""
+        for name, t in operands.items():
+            self.tensor(name, t, buffers, check_start)
+
+    # ---- operand checks: each names the operand, the limit and the offending value -------------------
+    def check(
+        self,
+        ok: bool,
+        message: str,
+        operand: str | None = None,
+        limit=None,
+        value=None,
+        cls: type = NkiValidationError,
+    ) -> None:
+        """Fail unless ok. The arguments are evaluated first: keep them cheap (else test with `if`)."""
+        if not ok:
+            self.fail(message, operand, limit, value, cls)
+
+    def same_shape(self, ref_name: str, ref: NkiTensor, name: str, t: NkiTensor, elems=True) -> None:
+        """Same partition count as the reference operand (no implicit partition broadcast) and elements per
+        partition: the same (elems=True), any (None), or exactly `elems` (an int)."""
+        pr, fr = ref.pf()
+        p, f = t.pf()
+        if p != pr:
+            self.fail(
+                f"partition count differs from '{ref_name}' (no implicit partition broadcast)",
+                name,
+                limit=pr,
+                value=p,
+            )
+        if elems is True:
+            if f != fr:
+                self.fail(f"elements per partition differ from '{ref_name}'", name, limit=fr, value=f)
+        elif elems is not None:
+            self.elems(name, t, elems)
+
+    def elems(self, name: str, t: NkiTensor, want: int) -> None:
+        """Exactly `want` elements per partition."""
+        f = t.pf()[1]
+        if f != want:
+            self.fail("wrong number of elements per partition", name, limit=want, value=f)
+
+    def column(self, name: str, t: NkiTensor, P: int, message: str) -> None:
+        """A (P, 1) per-partition tile."""
+        p, f = t.pf()
+        if p != P or f != 1:
+            self.fail(message, name, limit=(P, 1), value=t.shape)
+
+    def dtype_in(self, name: str, t: NkiTensor, allowed: tuple, message: str) -> None:
+        """t.dtype is one of `allowed` (the limit shown is 'a/b/c')."""
+        if t.dtype not in allowed:
+            self.fail(message, name, limit="/".join(allowed), value=t.dtype)
+
+    def same_dtype(self, name: str, t: NkiTensor, ref: NkiTensor, message: str) -> None:
+        """No cast: t.dtype must equal ref.dtype."""
+        if t.dtype != ref.dtype:
+            self.fail(message, name, limit=ref.dtype, value=t.dtype)
+
+    def not_both_psum(self, a_name: str, a: NkiTensor, b_name: str, b) -> None:
+        """Two PSUM inputs are illegal (one PSUM read port); b may be a scalar."""
+        if isinstance(b, NkiTensor) and a.st.buffer == "psum" and b.st.buffer == "psum":
+            self.fail(
+                f"'{a_name}' and '{b_name}' cannot both be in PSUM",
+                b_name,
+                limit="at most one PSUM input",
+                value="psum",
+            )
+
+    def needs_nc(self, version: int, message: str, operand: str | None = None) -> None:
+        """The target must be NeuronCore-v`version`+ (3: trn2/trn3, 4: trn3); `{target}` in the message is
+        filled in."""
+        prog = self.prog
+        if prog.nc_version < version:
+            self.fail(
+                message.format(target=prog.target),
+                operand,
+                limit="trn3" if version >= 4 else "trn2/trn3",
+                value=prog.target,
+            )
+
     def scalar_or_vector(self, operand: str, v, P: int):
         """A compile-time scalar (-> float) or a (P, 1) SBUF/PSUM tensor (-> float32 (P, 1) array)."""
         if isinstance(v, NkiTensor):
             self.tensor(operand, v)
-            p, f = v.pf()
-            if p != P or f != 1:
-                self.fail(
-                    "expected a scalar or a (P, 1) per-partition vector", operand, limit=(P, 1), value=v.shape
-                )
+            self.column(operand, v, P, "expected a scalar or a (P, 1) per-partition vector")
             return self.read(operand, v)
         if isinstance(v, (bool, np.bool_)):
             return float(v)

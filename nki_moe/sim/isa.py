@@ -112,8 +112,7 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
                 limit=">= 2 programs",
                 value=launch.nprog,
             )
-        ins.tensor("src", src, buffers=("sbuf",), check_start=False)
-        ins.tensor("dst", dst, buffers=("sbuf",), check_start=False)
+        ins.tensors(("sbuf",), check_start=False, src=src, dst=dst)
         if src.shape != dst.shape or src.dtype != dst.dtype:
             ins.fail(
                 "src and dst must have the same shape and dtype",

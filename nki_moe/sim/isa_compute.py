@@ -90,39 +90,11 @@ def _alu_op(ins: Instr, operand: str, op: Any, arity: int | None = None) -> Op:
     return o
 
 
-def _same_shape(
-    ins: Instr, ref_name: str, ref: NkiTensor, name: str, t: NkiTensor, elements: bool = True
-) -> None:
-    """Same partition count (and elements per partition) as the reference operand."""
-    pr, fr = ref.pf()
-    p, f = t.pf()
-    if p != pr:
-        ins.fail(
-            f"partition count differs from '{ref_name}' (no implicit partition broadcast)",
-            name,
-            limit=pr,
-            value=p,
-        )
-    if elements and f != fr:
-        ins.fail(f"elements per partition differ from '{ref_name}'", name, limit=fr, value=f)
-
-
-def _elems(ins: Instr, name: str, t: NkiTensor, want: int) -> None:
-    """Exact elements-per-partition requirement."""
-    f = t.pf()[1]
-    if f != want:
-        ins.fail("wrong number of elements per partition", name, limit=want, value=f)
-
-
-def _not_both_psum(ins: Instr, a_name: str, a: NkiTensor, b_name: str, b: Any) -> None:
-    """Two PSUM inputs are illegal for this instruction (one PSUM read port)."""
-    if isinstance(b, NkiTensor) and a.st.buffer == "psum" and b.st.buffer == "psum":
-        ins.fail(
-            f"'{a_name}' and '{b_name}' cannot both be in PSUM",
-            b_name,
-            limit="at most one PSUM input",
-            value="psum",
-        )
+def _no_bitvec(ins: Instr, message: str, **ops: Op) -> None:
+    """Arithmetic ops only: a bitvec op fails with `message`."""
+    for name, o in ops.items():
+        if o.is_bitvec:
+            ins.fail(message, name, value=f"nl.{o.name}")
 
 
 def _int_dtypes(ins: Instr, what: str, **tensors: NkiTensor) -> None:
@@ -165,8 +137,8 @@ def _lanes(t: NkiTensor) -> slice:
 
 def _vec(ins: Instr, name: str, v: Any, p: int, fp32: bool = False) -> Any:
     """Scalar or (P, 1) vector operand; optionally the vector must be fp32."""
-    if isinstance(v, NkiTensor) and fp32 and v.dtype != "float32":
-        ins.fail("per-partition vector operand must be float32", name, limit="float32", value=v.dtype)
+    if fp32 and isinstance(v, NkiTensor):
+        ins.dtype_in(name, v, ("float32",), "per-partition vector operand must be float32")
     return ins.scalar_or_vector(name, v, p)
 
 
@@ -187,16 +159,18 @@ def _write_acc(ins: Instr, name: str, reduce_res: Any, acc: np.ndarray, lanes: s
     if reduce_res is None:
         return
     ins.tensor(name, reduce_res)
-    rp, rf = reduce_res.pf()
-    if rp != p or rf != 1:
-        ins.fail("reduce_res must be a (P, 1) tile", name, limit=(p, 1), value=reduce_res.shape)
+    ins.column(name, reduce_res, p, "reduce_res must be a (P, 1) tile")
     ins.write(name, reduce_res, acc[lanes].reshape(p, 1), taint="partition")
+
+
+def _is_number(v: Any) -> bool:
+    """A Python/NumPy int or float (not a bool)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _float_scalar(ins: Instr, name: str, v: Any) -> float:
     """A compile-time numeric scalar."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        ins.fail("expected a compile-time number", name, value=type(v).__name__)
+    ins.check(_is_number(v), "expected a compile-time number", name, value=type(v).__name__)
     return float(v)
 
 
@@ -208,19 +182,17 @@ def tensor_tensor(dst, data1, data2, op, engine=_engine.unknown, name=None, **kw
     with Instr("tensor_tensor", "dve") as ins:
         reject_kwargs(ins, kw)
         o = _alu_op(ins, "op", op, arity=2)
-        for n, t in (("dst", dst), ("data1", data1), ("data2", data2)):
-            ins.tensor(n, t)
-        _same_shape(ins, "data1", data1, "data2", data2)
-        _same_shape(ins, "data1", data1, "dst", dst)
-        _not_both_psum(ins, "data1", data1, "data2", data2)
+        ins.tensors(dst=dst, data1=data1, data2=data2)
+        ins.same_shape("data1", data1, "data2", data2)
+        ins.same_shape("data1", data1, "dst", dst)
+        ins.not_both_psum("data1", data1, "data2", data2)
         any_psum = any(t.st.buffer == "psum" for t in (dst, data1, data2))
         all_int32 = all(t.dtype in _INT32ISH for t in (dst, data1, data2))
         # power runs on GpSimd; all-int32 goes to GpSimd for exact integer math unless PSUM is involved.
         default = "pool" if (o.name == "power" or (all_int32 and not any_psum)) else "dve"
         eng = _engine_arg(ins, engine, default, ("dve", "pool"))
         if eng == "pool":
-            for n, t in (("dst", dst), ("data1", data1), ("data2", data2)):
-                ins.tensor(n, t, buffers=_SBUF)
+            ins.tensors(_SBUF, dst=dst, data1=data1, data2=data2)
         ins.note(op=o.name)
         if o.is_bitvec:
             _int_dtypes(ins, f"bitvec op nl.{o.name}", dst=dst, data1=data1, data2=data2)
@@ -236,14 +208,10 @@ def _bitvec_operand(ins: Instr, name: str, v: Any, p: int) -> Any:
     """Operand of a bitvec tensor_scalar: an integer scalar or a (P, 1) integer tile (raw bits)."""
     if isinstance(v, NkiTensor):
         ins.tensor(name, v)
-        vp, vf = v.pf()
-        if vp != p or vf != 1:
-            ins.fail("expected a scalar or a (P, 1) per-partition vector", name, limit=(p, 1), value=v.shape)
+        ins.column(name, v, p, "expected a scalar or a (P, 1) per-partition vector")
         _int_dtypes(ins, "bitvec operand", **{name: v})
         return ins.read_raw(name, v)
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, float, np.floating)):
-        ins.fail("bitvec operand must be an integer", name, value=v)
-    if float(v) != int(v):
+    if not _is_number(v) or float(v) != int(v):
         ins.fail("bitvec operand must be an integer", name, value=v)
     return int(v)
 
@@ -273,12 +241,14 @@ def tensor_scalar(
                 limit=f"same class as nl.{o0.name}",
                 value=f"nl.{o1.name}",
             )
-        if o1 is not None and operand1 is None and o1.arity == 2 and o1.name != "bypass":
-            ins.fail("op1 needs operand1", "operand1")
+        ins.check(
+            o1 is None or operand1 is not None or o1.arity != 2 or o1.name == "bypass",
+            "op1 needs operand1",
+            "operand1",
+        )
         eng = _engine_arg(ins, engine, "dve", ("dve", "act", "pool"))
-        ins.tensor("dst", dst, buffers=_buffers(eng))
-        ins.tensor("data", data, buffers=_buffers(eng))
-        _same_shape(ins, "data", data, "dst", dst)
+        ins.tensors(_buffers(eng), dst=dst, data=data)
+        ins.same_shape("data", data, "dst", dst)
         p = data.pf()[0]
         if eng == "act" and ins.state.nc_version <= 3:
             pair = (o0.name, None if o1 is None or o1.name == "bypass" else o1.name)
@@ -292,13 +262,13 @@ def tensor_scalar(
                 )
         ins.note(op0=o0.name, op1=None if o1 is None else o1.name)
         if o0.is_bitvec:
-            if eng != "dve":
-                ins.fail(
-                    "bitvec ops run on the Vector Engine only",
-                    "engine",
-                    limit="vector",
-                    value=_ENGINE_LABEL.get(eng, eng),
-                )
+            ins.check(
+                eng == "dve",
+                "bitvec ops run on the Vector Engine only",
+                "engine",
+                limit="vector",
+                value=_ENGINE_LABEL.get(eng, eng),
+            )
             _int_dtypes(ins, f"bitvec op nl.{o0.name}", dst=dst, data=data)
             v0 = _bitvec_operand(ins, "operand0", operand0, p)
             v1 = None if o1 is None else _bitvec_operand(ins, "operand1", operand1, p)
@@ -318,14 +288,11 @@ def scalar_tensor_tensor(
         reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
         o1 = _alu_op(ins, "op1", op1, arity=2)
-        for n, o in (("op0", o0), ("op1", o1)):
-            if o.is_bitvec:
-                ins.fail("only arithmetic ops are supported (no bitvec)", n, value=f"nl.{o.name}")
-        for n, t in (("dst", dst), ("data", data), ("operand1", operand1)):
-            ins.tensor(n, t)
-        _same_shape(ins, "data", data, "operand1", operand1)
-        _same_shape(ins, "data", data, "dst", dst)
-        _not_both_psum(ins, "data", data, "operand1", operand1)
+        _no_bitvec(ins, "only arithmetic ops are supported (no bitvec)", op0=o0, op1=o1)
+        ins.tensors(dst=dst, data=data, operand1=operand1)
+        ins.same_shape("data", data, "operand1", operand1)
+        ins.same_shape("data", data, "dst", dst)
+        ins.not_both_psum("data", data, "operand1", operand1)
         p = data.pf()[0]
         v0 = _vec(ins, "operand0", operand0, p)
         out = S.scalar_tensor_tensor(
@@ -340,25 +307,27 @@ def tensor_reduce(dst, op, data, axis, negate=False, keepdims=False, name=None, 
     with Instr("tensor_reduce", "dve") as ins:
         reject_kwargs(ins, kw)
         o = _alu_op(ins, "op", op, arity=2)
-        if not o.reducible:
-            ins.fail(
-                "not a legal reduction op",
-                "op",
-                limit="add/subtract/multiply/max/min/bitwise/logical",
-                value=f"nl.{o.name}",
-            )
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
+        ins.check(
+            o.reducible,
+            "not a legal reduction op",
+            "op",
+            limit="add/subtract/multiply/max/min/bitwise/logical",
+            value=f"nl.{o.name}",
+        )
+        ins.tensors(dst=dst, data=data)
         nd = data.ndim
         axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
         try:
             norm = sorted({int(a) + nd if int(a) < 0 else int(a) for a in axes})
         except (TypeError, ValueError):
             ins.fail("axis must be an int or a tuple of ints", "axis", value=axis)
-        if not norm or norm[0] <= 0:
-            ins.fail(
-                "cannot reduce along the partition axis 0", "axis", limit="trailing free axes", value=axis
-            )
+        ins.check(
+            norm and norm[0] > 0,
+            "cannot reduce along the partition axis 0",
+            "axis",
+            limit="trailing free axes",
+            value=axis,
+        )
         if norm != list(range(norm[0], nd)):
             ins.fail(
                 "axes must be the trailing free axes ending at the last dim",
@@ -366,14 +335,17 @@ def tensor_reduce(dst, op, data, axis, negate=False, keepdims=False, name=None, 
                 limit=f"e.g. ({nd - 1},) or ({', '.join(str(a) for a in range(1, nd))})",
                 value=axis,
             )
-        if negate and o.kind not in ("arith",):
-            ins.fail("negate applies to arithmetic reductions only", "negate", value=f"nl.{o.name}")
+        ins.check(
+            not negate or o.kind == "arith",
+            "negate applies to arithmetic reductions only",
+            "negate",
+            value=f"nl.{o.name}",
+        )
         if o.is_bitvec:
             _int_dtypes(ins, f"bitvec reduction nl.{o.name}", dst=dst, data=data)
         free = data.shape[1:]
         kept = int(np.prod(free[: norm[0] - 1], dtype=np.int64))
-        _same_shape(ins, "data", data, "dst", dst, elements=False)
-        _elems(ins, "dst", dst, kept)
+        ins.same_shape("data", data, "dst", dst, elems=kept)
         vals = ins.read_raw("data", data) if o.is_bitvec else ins.read("data", data)
         out = S.tensor_reduce(vals, o, free, norm, negate)
         ins.note(op=o.name, reduced=int(np.prod(free, dtype=np.int64)) // max(kept, 1))
@@ -390,14 +362,11 @@ def tensor_scalar_reduce(
     with Instr("tensor_scalar_reduce", "dve") as ins:
         reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
-        if o0.is_bitvec:
-            ins.fail("bitvec ops are not supported", "op0", value=f"nl.{o0.name}")
+        _no_bitvec(ins, "bitvec ops are not supported", op0=o0)
         r = _reduce_op(ins, "reduce_op", reduce_op, _RED4)
-        if reduce_res is None:
-            ins.fail("reduce_res is required", "reduce_res")
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
-        _same_shape(ins, "data", data, "dst", dst)
+        ins.check(reduce_res is not None, "reduce_res is required", "reduce_res")
+        ins.tensors(dst=dst, data=data)
+        ins.same_shape("data", data, "dst", dst)
         p = data.pf()[0]
         v0 = _vec(ins, "operand0", operand0, p)
         out = S.tensor_scalar(ins.read("data", data), o0, v0, reverse0)
@@ -410,6 +379,7 @@ def tensor_scalar_reduce(
 
 
 _CUM_OPS = ("add", "subtract", "multiply", "maximum", "minimum", "max", "min")
+_INT32_TF32 = ("int32", "uint32", "tfloat32")
 
 
 def tensor_scalar_cumulative(
@@ -419,25 +389,22 @@ def tensor_scalar_cumulative(
     with Instr("tensor_scalar_cumulative", "dve") as ins:
         reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0)
-        if o0.is_bitvec:
-            ins.fail("op0 must be an arithmetic op", "op0", value=f"nl.{o0.name}")
+        _no_bitvec(ins, "op0 must be an arithmetic op", op0=o0)
         o1 = _reduce_op(ins, "op1", op1, _CUM_OPS)
         cmd = _cmd(ins, reduce_cmd)
-        ins.tensor("dst", dst)
-        ins.tensor("src", src)
-        _same_shape(ins, "src", src, "dst", dst)
+        ins.tensors(dst=dst, src=src)
+        ins.same_shape("src", src, "dst", dst)
         for n, t in (("src", src), ("dst", dst)):
-            if t.dtype in _INT32ISH or t.dtype == "tfloat32":
-                ins.fail(
-                    "int32/uint32 are not supported (ISA limitation)",
-                    n,
-                    limit="bf16/fp16/fp32/fp8/u8/u16/i8/i16",
-                    value=t.dtype,
-                )
+            ins.check(
+                t.dtype not in _INT32_TF32,
+                "int32/uint32 are not supported (ISA limitation)",
+                n,
+                limit="bf16/fp16/fp32/fp8/u8/u16/i8/i16",
+                value=t.dtype,
+            )
         p = src.pf()[0]
         v0 = _vec(ins, "imm0", imm0, p)
-        if cmd == S.LOAD_REDUCE and imm1 is None:
-            ins.fail("reduce_cmd=load_reduce needs imm1", "imm1")
+        ins.check(cmd != S.LOAD_REDUCE or imm1 is not None, "reduce_cmd=load_reduce needs imm1", "imm1")
         v1 = None if imm1 is None else _vec(ins, "imm1", imm1, p)
         lanes = _lanes(src)
         acc = ins.state.dve_acc
@@ -457,14 +424,11 @@ def tensor_tensor_scan(
         reject_kwargs(ins, kw)
         o0 = _alu_op(ins, "op0", op0, arity=2)
         o1 = _alu_op(ins, "op1", op1, arity=2)
-        for n, o in (("op0", o0), ("op1", o1)):
-            if o.is_bitvec:
-                ins.fail("only arithmetic ops are supported", n, value=f"nl.{o.name}")
-        for n, t in (("dst", dst), ("data0", data0), ("data1", data1)):
-            ins.tensor(n, t)
-        _same_shape(ins, "data0", data0, "data1", data1)
-        _same_shape(ins, "data0", data0, "dst", dst)
-        _not_both_psum(ins, "data0", data0, "data1", data1)
+        _no_bitvec(ins, "only arithmetic ops are supported", op0=o0, op1=o1)
+        ins.tensors(dst=dst, data0=data0, data1=data1)
+        ins.same_shape("data0", data0, "data1", data1)
+        ins.same_shape("data0", data0, "dst", dst)
+        ins.not_both_psum("data0", data0, "data1", data1)
         p = data0.pf()[0]
         init = _vec(ins, "initial", initial, p)
         out = S.tensor_tensor_scan(
@@ -478,9 +442,8 @@ def reciprocal(dst, data, name=None, **kw) -> None:
     """dst = 1 / data in fp32 on the Vector Engine."""
     with Instr("reciprocal", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
-        _same_shape(ins, "data", data, "dst", dst)
+        ins.tensors(dst=dst, data=data)
+        ins.same_shape("data", data, "dst", dst)
         ins.write("dst", dst, S.reciprocal(ins.read("data", data)), taint="elementwise", owned=True)
 
 
@@ -489,17 +452,14 @@ def tensor_copy(dst, src, engine=_engine.unknown, name=None, **kw) -> None:
     with Instr("tensor_copy", "dve") as ins:
         reject_kwargs(ins, kw)
         eng = _engine_arg(ins, engine, "dve", ("dve", "act", "pool"))
-        if eng == "act" and ins.state.nc_version <= 2:
-            ins.fail(
-                f"tensor_copy on the Scalar Engine is unsupported on {ins.state.target} "
-                "(use activation(op=nl.copy))",
+        if eng == "act":
+            ins.needs_nc(
+                3,
+                "tensor_copy on the Scalar Engine is unsupported on {target} (use activation(op=nl.copy))",
                 "engine",
-                limit="trn2/trn3",
-                value=ins.state.target,
             )
-        ins.tensor("dst", dst, buffers=_buffers(eng))
-        ins.tensor("src", src, buffers=_buffers(eng))
-        _same_shape(ins, "src", src, "dst", dst)
+        ins.tensors(_buffers(eng), dst=dst, src=src)
+        ins.same_shape("src", src, "dst", dst)
         if src.dtype == dst.dtype:
             ins.write("dst", dst, ins.read_raw("src", src), taint="elementwise", raw=True)
         else:
@@ -513,23 +473,15 @@ def tensor_copy_predicated(dst, src, predicate, reverse_pred=False, name=None, *
     """dst = src where predicate is nonzero (zero if reverse_pred); other elements keep their value."""
     with Instr("tensor_copy_predicated", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("predicate", predicate)
-        _same_shape(ins, "dst", dst, "predicate", predicate)
-        if predicate.dtype not in _PRED_DTYPES:
-            ins.fail(
-                "predicate must be an unsigned integer tile",
-                "predicate",
-                limit="/".join(_PRED_DTYPES),
-                value=predicate.dtype,
-            )
+        ins.tensors(dst=dst, predicate=predicate)
+        ins.same_shape("dst", dst, "predicate", predicate)
+        ins.dtype_in("predicate", predicate, _PRED_DTYPES, "predicate must be an unsigned integer tile")
         p, f = dst.pf()
         if isinstance(src, NkiTensor):
             ins.tensor("src", src)
-            _same_shape(ins, "dst", dst, "src", src)
-            if src.dtype != dst.dtype:
-                ins.fail("src and dst must have the same dtype", "src", limit=dst.dtype, value=src.dtype)
-            _not_both_psum(ins, "src", src, "predicate", predicate)
+            ins.same_shape("dst", dst, "src", src)
+            ins.same_dtype("src", src, dst, "src and dst must have the same dtype")
+            ins.not_both_psum("src", src, "predicate", predicate)
             src_vals = ins.read_raw("src", src)
             src_taint = ins.last_taint
         else:
@@ -570,20 +522,17 @@ def select_reduce(
         reject_kwargs(ins, kw)
         cmd = _cmd(ins, reduce_cmd)
         r = _reduce_op(ins, "reduce_op", reduce_op, ("maximum", "max"))
-        for n, t in (("dst", dst), ("predicate", predicate), ("on_true", on_true)):
-            ins.tensor(n, t)
-        _same_shape(ins, "on_true", on_true, "predicate", predicate)
-        _same_shape(ins, "on_true", on_true, "dst", dst)
-        _not_both_psum(ins, "predicate", predicate, "on_true", on_true)
-        if predicate.dtype not in _SEL_PRED:
-            ins.fail(
-                "predicate dtype must be int8/uint8/int16/uint16",
-                "predicate",
-                limit="/".join(_SEL_PRED),
-                value=predicate.dtype,
-            )
-        if on_true.dtype in ("tfloat32", "int32", "uint32"):
-            ins.fail("on_true cannot be tfloat32/int32/uint32", "on_true", value=on_true.dtype)
+        ins.tensors(dst=dst, predicate=predicate, on_true=on_true)
+        ins.same_shape("on_true", on_true, "predicate", predicate)
+        ins.same_shape("on_true", on_true, "dst", dst)
+        ins.not_both_psum("predicate", predicate, "on_true", on_true)
+        ins.dtype_in("predicate", predicate, _SEL_PRED, "predicate dtype must be int8/uint8/int16/uint16")
+        ins.check(
+            on_true.dtype not in _INT32_TF32,
+            "on_true cannot be tfloat32/int32/uint32",
+            "on_true",
+            value=on_true.dtype,
+        )
         p = on_true.pf()[0]
         off = _vec(ins, "on_false", on_false, p)
         out = S.select_reduce(
@@ -617,27 +566,20 @@ def range_select(
     """Keep elements whose free index lies in the per-partition range, else FP32_MIN; max-reduce them."""
     with Instr("range_select", "dve") as ins:
         reject_kwargs(ins, kw)
-        if ins.state.nc_version < 3:
-            ins.fail(
-                f"range_select needs NeuronCore-v3+, the target is {ins.state.target}",
-                None,
-                limit="trn2/trn3",
-                value=ins.state.target,
-            )
+        ins.needs_nc(3, "range_select needs NeuronCore-v3+, the target is {target}")
         cmd = _cmd(ins, reduce_cmd)
         c0 = _reduce_op(ins, "comp_op0", comp_op0, _RANGE_CMP)
         c1 = _reduce_op(ins, "comp_op1", comp_op1, _RANGE_CMP)
         r = _reduce_op(ins, "reduce_op", reduce_op, ("maximum", "max"))
-        if float(np.float32(_float_scalar(ins, "on_false_value", on_false_value))) != _FP32_MIN:
-            ins.fail(
-                "on_false_value must be FP32_MIN (-3.4028235e+38)",
-                "on_false_value",
-                limit=_FP32_MIN,
-                value=on_false_value,
-            )
-        ins.tensor("dst", dst)
-        ins.tensor("on_true_tile", on_true_tile)
-        _same_shape(ins, "on_true_tile", on_true_tile, "dst", dst)
+        ins.check(
+            float(np.float32(_float_scalar(ins, "on_false_value", on_false_value))) == _FP32_MIN,
+            "on_false_value must be FP32_MIN (-3.4028235e+38)",
+            "on_false_value",
+            limit=_FP32_MIN,
+            value=on_false_value,
+        )
+        ins.tensors(dst=dst, on_true_tile=on_true_tile)
+        ins.same_shape("on_true_tile", on_true_tile, "dst", dst)
         p = on_true_tile.pf()[0]
         b0 = _vec(ins, "bound0", bound0, p, fp32=True)
         b1 = _vec(ins, "bound1", bound1, p, fp32=True)
@@ -664,8 +606,7 @@ def memset(dst, value, engine=_engine.unknown, name=None, **kw) -> None:
         eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
         ins.tensor("dst", dst, buffers=_buffers(eng))
         err = S.memset_value_error(value, dst.dtype)
-        if err is not None:
-            ins.fail(err, "value", limit=dst.dtype, value=value)
+        ins.check(err is None, err, "value", limit=dst.dtype, value=value)
         if numerics.is_int(dst.dtype) and not isinstance(value, (bool, np.bool_)):
             lo, hi = numerics.int_range(dst.dtype)
             if not lo <= int(value) <= hi:
@@ -684,16 +625,13 @@ def memset(dst, value, engine=_engine.unknown, name=None, **kw) -> None:
 def _act_operands(ins: Instr, op: Any, data: Any, dst: Any, bias: Any, scale: Any) -> tuple:
     """Validate activation op/data/dst/bias/scale; return (Op, bias value, scale value)."""
     o = _op(ins, "op", op)
-    if not o.act or o.arity != 1:
-        ins.fail("not a Scalar Engine activation function", "op", value=f"nl.{o.name}")
-    ins.tensor("dst", dst)
-    ins.tensor("data", data)
-    _same_shape(ins, "data", data, "dst", dst)
+    ins.check(o.act and o.arity == 1, "not a Scalar Engine activation function", "op", value=f"nl.{o.name}")
+    ins.tensors(dst=dst, data=data)
+    ins.same_shape("data", data, "dst", dst)
     p = data.pf()[0]
     if isinstance(bias, NkiTensor):
         ins.tensor("bias", bias)
-        if bias.dtype == "tfloat32":
-            ins.fail("bias cannot be tfloat32", "bias", value=bias.dtype)
+        ins.check(bias.dtype != "tfloat32", "bias cannot be tfloat32", "bias", value=bias.dtype)
     elif bias is not None and ins.state.nc_version < 3:
         ins.fail(
             f"a scalar bias needs NeuronCore-v3+, the target is {ins.state.target}; pass a (P, 1) tile",
@@ -723,13 +661,13 @@ def activation(
         reject_kwargs(ins, kw)
         cmd = _cmd(ins, reduce_cmd)
         r = alu.add if reduce_op is None else _reduce_op(ins, "reduce_op", reduce_op, ("add",))
-        if cmd == S.LOAD_REDUCE:
-            ins.fail(
-                "reduce_cmd=load_reduce needs an initial value, which activation does not take",
-                "reduce_cmd",
-                limit="idle/reset/reduce/reset_reduce",
-                value="load_reduce",
-            )
+        ins.check(
+            cmd != S.LOAD_REDUCE,
+            "reduce_cmd=load_reduce needs an initial value, which activation does not take",
+            "reduce_cmd",
+            limit="idle/reset/reduce/reset_reduce",
+            value="load_reduce",
+        )
         if reduce_res is not None and cmd == S.IDLE and reduce_op is not None:
             cmd = S.RESET_REDUCE  # 0.2-style call: reduce_op + reduce_res without a command
         o, b, s = _act_operands(ins, op, data, dst, bias, scale)
@@ -748,8 +686,7 @@ def activation_reduce(dst, op, data, reduce_op, reduce_res, bias=None, scale=1.0
         reject_kwargs(ins, kw)
         r = _reduce_op(ins, "reduce_op", reduce_op, ("add",))
         o, b, s = _act_operands(ins, op, data, dst, bias, scale)
-        if reduce_res is None:
-            ins.fail("reduce_res is required", "reduce_res")
+        ins.check(reduce_res is not None, "reduce_res is required", "reduce_res")
         out = S.activation(ins.read("data", data), o, s, b)
         lanes = _lanes(data)
         acc = ins.state.act_acc
@@ -765,17 +702,10 @@ def exponential(
     """dst = exp(src - max_value) with an optional sum into the Vector accumulators (trn3 only)."""
     with Instr("exponential", "dve") as ins:
         reject_kwargs(ins, kw)
-        if ins.state.nc_version < 4:
-            ins.fail(
-                f"exponential is a NeuronCore-v4 (trn3) instruction; the target is {ins.state.target}",
-                None,
-                limit="trn3",
-                value=ins.state.target,
-            )
+        ins.needs_nc(4, "exponential is a NeuronCore-v4 (trn3) instruction; the target is {target}")
         cmd = _cmd(ins, reduce_cmd)
-        ins.tensor("dst", dst)
-        ins.tensor("src", src)
-        _same_shape(ins, "src", src, "dst", dst)
+        ins.tensors(dst=dst, src=src)
+        ins.same_shape("src", src, "dst", dst)
         p = src.pf()[0]
         mv = _vec(ins, "max_value", max_value, p)
         init = _vec(ins, "reduce_init", reduce_init, p)
@@ -791,16 +721,25 @@ def exponential(
 # ---- GpSimd ------------------------------------------------------------------------------------------------
 
 
-def _pattern(ins: Instr, pattern: Any) -> list[list[int]]:
-    """Validate an [[step, num], ...] pattern (up to 4 pairs)."""
+def _pattern(ins: Instr, pattern: Any, dst: NkiTensor) -> list[list[int]]:
+    """Validate an [[step, num], ...] pattern (up to 4 pairs) covering dst's elements per partition."""
     try:
         pat = [[int(s), int(n)] for s, n in pattern]
     except (TypeError, ValueError):
         ins.fail("pattern must be a list of [step, num] pairs", "pattern", value=pattern)
-    if not 1 <= len(pat) <= 4:
-        ins.fail("pattern takes 1 to 4 [step, num] pairs", "pattern", limit=4, value=len(pat))
-    if any(n <= 0 for _, n in pat):
-        ins.fail("pattern sizes must be positive", "pattern", value=pattern)
+    ins.check(
+        1 <= len(pat) <= 4, "pattern takes 1 to 4 [step, num] pairs", "pattern", limit=4, value=len(pat)
+    )
+    ins.check(all(n > 0 for _, n in pat), "pattern sizes must be positive", "pattern", value=pattern)
+    f = dst.pf()[1]
+    count = int(np.prod([n for _, n in pat], dtype=np.int64))
+    ins.check(
+        count == f,
+        "pattern covers a different number of elements than dst has per partition",
+        "pattern",
+        limit=f,
+        value=count,
+    )
     return pat
 
 
@@ -809,17 +748,8 @@ def iota(dst, pattern, offset=0, channel_multiplier=0, name=None, **kw) -> None:
     with Instr("iota", "pool") as ins:
         reject_kwargs(ins, kw)
         ins.tensor("dst", dst, buffers=_SBUF)
-        pat = _pattern(ins, pattern)
-        p, f = dst.pf()
-        count = int(np.prod([n for _, n in pat], dtype=np.int64))
-        if count != f:
-            ins.fail(
-                "pattern covers a different number of elements than dst has per partition",
-                "pattern",
-                limit=f,
-                value=count,
-            )
-        vals = S.iota(pat, int(offset), int(channel_multiplier), p)
+        pat = _pattern(ins, pattern, dst)
+        vals = S.iota(pat, int(offset), int(channel_multiplier), dst.pf()[0])
         ins.write("dst", dst, vals, taint=None)
 
 
@@ -847,19 +777,10 @@ def affine_select(
                 offset if isinstance(offset, Op) else alu.equal,
             )
         c = _reduce_op(ins, "cmp_op", cmp_op, tuple(S.COMPARE_OPS))
-        ins.tensor("dst", dst, buffers=_SBUF)
-        ins.tensor("on_true_tile", on_true_tile, buffers=_SBUF)
-        _same_shape(ins, "on_true_tile", on_true_tile, "dst", dst)
-        pat = _pattern(ins, pattern)
+        ins.tensors(_SBUF, dst=dst, on_true_tile=on_true_tile)
+        ins.same_shape("on_true_tile", on_true_tile, "dst", dst)
+        pat = _pattern(ins, pattern, dst)
         p, f = dst.pf()
-        count = int(np.prod([n for _, n in pat], dtype=np.int64))
-        if count != f:
-            ins.fail(
-                "pattern covers a different number of elements than dst has per partition",
-                "pattern",
-                limit=f,
-                value=count,
-            )
         fv = _float_scalar(ins, "on_false_value", on_false_value)
         keep = (
             S.affine_select(pat, int(channel_multiplier), np.ones((p, f), np.float32), 0.0, c, int(offset))
@@ -883,44 +804,38 @@ def local_gather(dst, src_buffer, index, num_elem_per_idx=1, num_valid_indices=N
     """Each 16-partition GpSimd core gathers num_elem_per_idx-element runs of its rows at shared indices."""
     with Instr("local_gather", "pool") as ins:
         reject_kwargs(ins, kw)
-        for n, t in (("dst", dst), ("src_buffer", src_buffer), ("index", index)):
-            ins.tensor(n, t, buffers=_SBUF)
-        if index.dtype != "uint16":
-            ins.fail("index must be uint16", "index", limit="uint16", value=index.dtype)
+        ins.tensors(_SBUF, dst=dst, src_buffer=src_buffer, index=index)
+        ins.dtype_in("index", index, ("uint16",), "index must be uint16")
         p, f = src_buffer.pf()
-        _same_shape(ins, "src_buffer", src_buffer, "index", index, elements=False)
-        _same_shape(ins, "src_buffer", src_buffer, "dst", dst, elements=False)
-        if p % 16:
-            ins.fail(
-                "partition count must be a multiple of 16 (one GpSimd core per 16 partitions)",
-                "src_buffer",
-                limit="multiple of 16",
-                value=p,
-            )
-        if num_elem_per_idx not in _LG_ELEMS:
-            ins.fail(
-                "num_elem_per_idx must be 1, 2, 4, 8, 16 or 32",
-                "num_elem_per_idx",
-                limit=_LG_ELEMS,
-                value=num_elem_per_idx,
-            )
+        ins.same_shape("src_buffer", src_buffer, "index", index, elems=None)
+        ins.same_shape("src_buffer", src_buffer, "dst", dst, elems=None)
+        ins.check(
+            p % 16 == 0,
+            "partition count must be a multiple of 16 (one GpSimd core per 16 partitions)",
+            "src_buffer",
+            limit="multiple of 16",
+            value=p,
+        )
+        ins.check(
+            num_elem_per_idx in _LG_ELEMS,
+            "num_elem_per_idx must be 1, 2, 4, 8, 16 or 32",
+            "num_elem_per_idx",
+            limit=_LG_ELEMS,
+            value=num_elem_per_idx,
+        )
         per_core = 16 * index.pf()[1]
         nvalid = per_core if num_valid_indices is None else int(num_valid_indices)
-        if not 1 <= nvalid <= min(per_core, 4096):
-            ins.fail(
-                "num_valid_indices must be in [1, indices per core] and at most 4096",
-                "num_valid_indices",
-                limit=min(per_core, 4096),
-                value=nvalid,
-            )
-        if dst.dtype != src_buffer.dtype:
-            ins.fail(
-                "local_gather does not cast: dst.dtype must equal src_buffer.dtype",
-                "dst",
-                limit=src_buffer.dtype,
-                value=dst.dtype,
-            )
-        _elems(ins, "dst", dst, nvalid * num_elem_per_idx)
+        ins.check(
+            1 <= nvalid <= min(per_core, 4096),
+            "num_valid_indices must be in [1, indices per core] and at most 4096",
+            "num_valid_indices",
+            limit=min(per_core, 4096),
+            value=nvalid,
+        )
+        ins.same_dtype(
+            "dst", dst, src_buffer, "local_gather does not cast: dst.dtype must equal src_buffer.dtype"
+        )
+        ins.elems("dst", dst, nvalid * num_elem_per_idx)
         src = ins.read_raw("src_buffer", src_buffer)
         src_taint = ins.last_taint
         idx = ins.read_raw("index", index)
@@ -942,16 +857,17 @@ def nc_n_gather(dst, data, indices, name=None, **kw) -> None:
     """dst[p, k] = data[p, indices[p, k]] (flattened free dims), all in SBUF."""
     with Instr("nc_n_gather", "pool") as ins:
         reject_kwargs(ins, kw)
-        for n, t in (("dst", dst), ("data", data), ("indices", indices)):
-            ins.tensor(n, t, buffers=_SBUF)
-        if not numerics.is_int(indices.dtype) or indices.dtype == "bool_":
-            ins.fail(
-                "indices must be an integer (uint32) tile", "indices", limit="uint32", value=indices.dtype
-            )
-        if dst.dtype != data.dtype:
-            ins.fail("dst.dtype must equal data.dtype", "dst", limit=data.dtype, value=dst.dtype)
-        _same_shape(ins, "data", data, "indices", indices, elements=False)
-        _same_shape(ins, "indices", indices, "dst", dst)
+        ins.tensors(_SBUF, dst=dst, data=data, indices=indices)
+        ins.check(
+            numerics.is_int(indices.dtype) and indices.dtype != "bool_",
+            "indices must be an integer (uint32) tile",
+            "indices",
+            limit="uint32",
+            value=indices.dtype,
+        )
+        ins.same_dtype("dst", dst, data, "dst.dtype must equal data.dtype")
+        ins.same_shape("data", data, "indices", indices, elems=None)
+        ins.same_shape("indices", indices, "dst", dst)
         vals = ins.read_raw("data", data)
         vt = ins.last_taint
         idx = ins.read_raw("indices", indices)
@@ -976,11 +892,9 @@ def tensor_partition_reduce(dst, op, data, name=None, **kw) -> None:
     with Instr("tensor_partition_reduce", "pool") as ins:
         reject_kwargs(ins, kw)
         o = _reduce_op(ins, "op", op, _PART_RED)
-        ins.tensor("dst", dst, buffers=_SBUF)
-        ins.tensor("data", data, buffers=_SBUF)
-        if dst.pf()[0] != 1:
-            ins.fail("dst must have a single partition", "dst", limit=1, value=dst.pf()[0])
-        _elems(ins, "dst", dst, data.pf()[1])
+        ins.tensors(_SBUF, dst=dst, data=data)
+        ins.check(dst.pf()[0] == 1, "dst must have a single partition", "dst", limit=1, value=dst.pf()[0])
+        ins.elems("dst", dst, data.pf()[1])
         if o.is_bitvec:
             _int_dtypes(ins, f"bitvec reduction nl.{o.name}", dst=dst, data=data)
             vals = ins.read_raw("data", data)
@@ -994,18 +908,9 @@ def sequence_bounds(dst, segment_ids, name=None, **kw) -> None:
     """Per element: start and (exclusive) end of its segment run; padding id 0 gives (n, -1)."""
     with Instr("sequence_bounds", "pool") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst, buffers=_SBUF)
-        ins.tensor("segment_ids", segment_ids, buffers=_SBUF)
-        if segment_ids.dtype not in ("float32", "int32"):
-            ins.fail(
-                "segment_ids must be float32 or int32",
-                "segment_ids",
-                limit="float32/int32",
-                value=segment_ids.dtype,
-            )
-        _same_shape(ins, "segment_ids", segment_ids, "dst", dst, elements=False)
-        n = segment_ids.pf()[1]
-        _elems(ins, "dst", dst, 2 * n)
+        ins.tensors(_SBUF, dst=dst, segment_ids=segment_ids)
+        ins.dtype_in("segment_ids", segment_ids, ("float32", "int32"), "segment_ids must be float32 or int32")
+        ins.same_shape("segment_ids", segment_ids, "dst", dst, elems=2 * segment_ids.pf()[1])
         ins.write("dst", dst, S.sequence_bounds(ins.read("segment_ids", segment_ids)), taint="partition")
 
 
@@ -1014,40 +919,33 @@ def sequence_bounds(dst, segment_ids, name=None, **kw) -> None:
 
 def _top8_src(ins: Instr, name: str, t: NkiTensor) -> None:
     f = t.pf()[1]
-    if not 8 <= f <= 16384:
-        ins.fail("needs 8 to 16384 elements per partition", name, limit="[8, 16384]", value=f)
+    ins.check(8 <= f <= 16384, "needs 8 to 16384 elements per partition", name, limit="[8, 16384]", value=f)
 
 
 def max8(dst, src, name=None, **kw) -> None:
     """The 8 largest values of each partition, in descending order."""
     with Instr("max8", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("src", src)
+        ins.tensors(dst=dst, src=src)
         _top8_src(ins, "src", src)
-        _same_shape(ins, "src", src, "dst", dst, elements=False)
-        _elems(ins, "dst", dst, 8)
+        ins.same_shape("src", src, "dst", dst, elems=8)
         ins.write("dst", dst, S.max8(ins.read("src", src)), taint="partition")
 
 
 def _vals8(ins: Instr, vals: NkiTensor, data: NkiTensor) -> None:
     ins.tensor("vals", vals)
-    _same_shape(ins, "data", data, "vals", vals, elements=False)
-    _elems(ins, "vals", vals, 8)
+    ins.same_shape("data", data, "vals", vals, elems=8)
 
 
 def nc_find_index8(dst, data, vals, name=None, **kw) -> None:
     """Index of each of the 8 vals in data per partition (ties: successive occurrences, ascending)."""
     with Instr("nc_find_index8", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
+        ins.tensors(dst=dst, data=data)
         _top8_src(ins, "data", data)
         _vals8(ins, vals, data)
-        if dst.dtype not in ("uint16", "uint32"):
-            ins.fail("dst must be uint16 or uint32", "dst", limit="uint16/uint32", value=dst.dtype)
-        _same_shape(ins, "data", data, "dst", dst, elements=False)
-        _elems(ins, "dst", dst, 8)
+        ins.dtype_in("dst", dst, ("uint16", "uint32"), "dst must be uint16 or uint32")
+        ins.same_shape("data", data, "dst", dst, elems=8)
         idx = S.nc_find_index8(ins.read("data", data), ins.read("vals", vals))
         ins.write("dst", dst, idx.astype(np.int64), taint="partition")
 
@@ -1056,19 +954,20 @@ def nc_match_replace8(dst, data, vals, imm, dst_idx=None, name=None, **kw) -> No
     """Replace the first occurrence of each of the 8 vals with imm (vals visited 7..0); optional indices."""
     with Instr("nc_match_replace8", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
+        ins.tensors(dst=dst, data=data)
         _vals8(ins, vals, data)
-        _same_shape(ins, "data", data, "dst", dst)
+        ins.same_shape("data", data, "dst", dst)
         fimm = _float_scalar(ins, "imm", imm)
         if dst_idx is not None:
             ins.tensor("dst_idx", dst_idx)
-            _same_shape(ins, "data", data, "dst_idx", dst_idx, elements=False)
-            _elems(ins, "dst_idx", dst_idx, 8)
-            if not numerics.is_int(dst_idx.dtype):
-                ins.fail(
-                    "dst_idx must be an integer tile", "dst_idx", limit="uint16/uint32", value=dst_idx.dtype
-                )
+            ins.same_shape("data", data, "dst_idx", dst_idx, elems=8)
+            ins.check(
+                numerics.is_int(dst_idx.dtype),
+                "dst_idx must be an integer tile",
+                "dst_idx",
+                limit="uint16/uint32",
+                value=dst_idx.dtype,
+            )
         out, idx = S.nc_match_replace8(ins.read("data", data), ins.read("vals", vals), fimm)
         ins.write("dst", dst, out, taint="partition")
         if dst_idx is not None:
@@ -1080,8 +979,7 @@ def _shuffle_mask(ins: Instr, shuffle_mask: Any) -> list[int]:
         mask = [int(m) for m in shuffle_mask]
     except (TypeError, ValueError):
         ins.fail("shuffle_mask must be a list of 32 ints", "shuffle_mask", value=shuffle_mask)
-    if len(mask) != 32:
-        ins.fail("shuffle_mask must have 32 entries", "shuffle_mask", limit=32, value=len(mask))
+    ins.check(len(mask) == 32, "shuffle_mask must have 32 entries", "shuffle_mask", limit=32, value=len(mask))
     bad = [m for m in mask if not (0 <= m < 32 or m == S.SHUFFLE_KEEP)]
     if bad:
         ins.fail(
@@ -1098,24 +996,21 @@ def nc_stream_shuffle(dst, src, shuffle_mask, name=None, **kw) -> None:
     with Instr("nc_stream_shuffle", "dve") as ins:
         reject_kwargs(ins, kw)
         mask = _shuffle_mask(ins, shuffle_mask)
-        ins.tensor("dst", dst, check_start=False)
-        ins.tensor("src", src, check_start=False)
-        if src.dtype != dst.dtype:
-            ins.fail("src and dst must have the same dtype", "src", limit=dst.dtype, value=src.dtype)
+        ins.tensors(check_start=False, dst=dst, src=src)
+        ins.same_dtype("src", src, dst, "src and dst must have the same dtype")
         ps, fs = src.pf()
         pd, fd = dst.pf()
-        if fs != fd:
-            ins.fail("elements per partition differ from 'dst'", "src", limit=fd, value=fs)
+        ins.check(fs == fd, "elements per partition differ from 'dst'", "src", limit=fd, value=fs)
         span = -(-max(ps, pd) // 32) * 32
         starts = (0,) if span > 64 else ((0, 64) if span == 64 else (0, 32, 64, 96))
         for n, t in (("src", src), ("dst", dst)):
-            if t.p_start() not in starts:
-                ins.fail(
-                    f"with {span} partitions in play the start partition must be one of {starts}",
-                    n,
-                    limit=starts,
-                    value=t.p_start(),
-                )
+            ins.check(
+                t.p_start() in starts,
+                f"with {span} partitions in play the start partition must be one of {starts}",
+                n,
+                limit=starts,
+                value=t.p_start(),
+            )
         sources = S.stream_shuffle_sources(mask, pd)
         if np.any(sources >= ps):
             bad = int(np.flatnonzero(sources >= ps)[0])
@@ -1142,13 +1037,10 @@ def bn_stats(dst, data, name=None, **kw) -> None:
     """Per partition [count, mean, var*count] of the even- then odd-indexed elements (6 values)."""
     with Instr("bn_stats", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
+        ins.tensors(dst=dst, data=data)
         f = data.pf()[1]
-        if f > 512:
-            ins.fail("free size exceeds bn_stats_fmax", "data", limit=512, value=f)
-        _same_shape(ins, "data", data, "dst", dst, elements=False)
-        _elems(ins, "dst", dst, 6)
+        ins.check(f <= 512, "free size exceeds bn_stats_fmax", "data", limit=512, value=f)
+        ins.same_shape("data", data, "dst", dst, elems=6)
         ins.write("dst", dst, S.bn_stats(ins.read("data", data)), taint="partition")
 
 
@@ -1156,18 +1048,16 @@ def bn_aggr(dst, data, name=None, **kw) -> None:
     """Aggregate concatenated bn_stats tuples into [mean, variance] per partition."""
     with Instr("bn_aggr", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
+        ins.tensors(dst=dst, data=data)
         f = data.pf()[1]
-        if f % 3:
-            ins.fail(
-                "elements per partition must be a multiple of 3 (count, mean, var*count)",
-                "data",
-                limit="multiple of 3",
-                value=f,
-            )
-        _same_shape(ins, "data", data, "dst", dst, elements=False)
-        _elems(ins, "dst", dst, 2)
+        ins.check(
+            f % 3 == 0,
+            "elements per partition must be a multiple of 3 (count, mean, var*count)",
+            "data",
+            limit="multiple of 3",
+            value=f,
+        )
+        ins.same_shape("data", data, "dst", dst, elems=2)
         ins.write("dst", dst, S.bn_aggr(ins.read("data", data)), taint="partition")
 
 
@@ -1182,11 +1072,9 @@ def dropout(dst, data, prob, name=None, **kw) -> None:
     """Zero each element with probability prob (kept values are not rescaled)."""
     with Instr("dropout", "dve") as ins:
         reject_kwargs(ins, kw)
-        ins.tensor("dst", dst)
-        ins.tensor("data", data)
-        _same_shape(ins, "data", data, "dst", dst)
-        if dst.dtype != data.dtype:
-            ins.fail("dst.dtype must equal data.dtype", "dst", limit=data.dtype, value=dst.dtype)
+        ins.tensors(dst=dst, data=data)
+        ins.same_shape("data", data, "dst", dst)
+        ins.same_dtype("dst", dst, data, "dst.dtype must equal data.dtype")
         p, f = data.pf()
         pr = _vec(ins, "prob", prob, p, fp32=numerics.is_int(data.dtype))
         u = _rng(ins).random((p, f), dtype=np.float32)
@@ -1206,8 +1094,12 @@ def rng(dst, engine=_engine.unknown, name=None, **kw) -> None:
                 value="gpsimd",
             )
         ins.tensor("dst", dst, buffers=_buffers(eng))
-        if not numerics.is_int(dst.dtype):
-            ins.fail("rng writes integer bits; dst must be an integer tile", "dst", value=dst.dtype)
+        ins.check(
+            numerics.is_int(dst.dtype),
+            "rng writes integer bits; dst must be an integer tile",
+            "dst",
+            value=dst.dtype,
+        )
         p, f = dst.pf()
         bits = _rng(ins).integers(0, 2**32, size=(p, f), dtype=np.uint32)
         sdt = numerics.np_storage_dtype(dst.dtype)
@@ -1218,13 +1110,7 @@ def rand2(dst, min, max, name=None, **kw) -> None:
     """Uniform fp32 values in [min, max] (trn3 only)."""
     with Instr("rand2", "dve") as ins:
         reject_kwargs(ins, kw)
-        if ins.state.nc_version < 4:
-            ins.fail(
-                f"rand2 is a NeuronCore-v4 (trn3) instruction; the target is {ins.state.target}",
-                None,
-                limit="trn3",
-                value=ins.state.target,
-            )
+        ins.needs_nc(4, "rand2 is a NeuronCore-v4 (trn3) instruction; the target is {target}")
         ins.tensor("dst", dst)
         p, f = dst.pf()
         lo = _vec(ins, "min", min, p)
@@ -1243,8 +1129,13 @@ def rand_get_state(dst, engine=_engine.unknown, name=None, **kw) -> None:
         eng = _engine_arg(ins, engine, "dve", ("dve", "pool"))
         ins.tensor("dst", dst, buffers=_buffers(eng))
         p, f = dst.pf()
-        if f != _STATE_WORDS[eng]:
-            ins.fail("wrong number of state words per partition", "dst", limit=_STATE_WORDS[eng], value=f)
+        ins.check(
+            f == _STATE_WORDS[eng],
+            "wrong number of state words per partition",
+            "dst",
+            limit=_STATE_WORDS[eng],
+            value=f,
+        )
         words = _rng(ins).integers(0, 2**32, size=(p, f), dtype=np.uint32)
         # The emulator's stream continues from a generator seeded by the saved words, so writing them back
         # with rand_set_state replays exactly the values drawn after this point.
@@ -1267,12 +1158,12 @@ def set_rng_seed(src_seeds, name=None, **kw) -> None:
     with Instr("set_rng_seed", "dve") as ins:
         reject_kwargs(ins, kw)
         ins.tensor("src_seeds", src_seeds)
-        if src_seeds.size != 1 or numerics.itemsize(src_seeds.dtype) != 4:
-            ins.fail(
-                "src_seeds must be a [1, 1] 32-bit tensor",
-                "src_seeds",
-                limit="[1, 1] 32-bit",
-                value=(src_seeds.shape, src_seeds.dtype),
-            )
+        ins.check(
+            src_seeds.size == 1 and numerics.itemsize(src_seeds.dtype) == 4,
+            "src_seeds must be a [1, 1] 32-bit tensor",
+            "src_seeds",
+            limit="[1, 1] 32-bit",
+            value=(src_seeds.shape, src_seeds.dtype),
+        )
         word = ins.read_raw("src_seeds", src_seeds).reshape(-1).view(np.uint32)
         ins.state.rng = np.random.default_rng(word)

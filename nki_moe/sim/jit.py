@@ -215,29 +215,20 @@ def _collect_outputs(v, prog: Program, fn, torch_out: bool):
     st = v.st
     loc = f"{fn.__code__.co_filename}:{fn.__code__.co_firstlineno}"
     name = st.name or "output"
+    wrong = None
     if st.buffer in ON_CHIP:
-        raise NkiValidationError(
-            "kernels must return HBM tensors (allocate outputs with buffer=nl.shared_hbm)",
-            instruction="return",
-            operand=name,
-            limit="shared_hbm",
-            value=st.buffer,
-            location=loc,
-        )
-    if st.buffer == "private_hbm" and not st.is_input:
+        wrong = "kernels must return HBM tensors (allocate outputs with buffer=nl.shared_hbm)"
+    elif st.buffer == "private_hbm" and not st.is_input:
         if prog.compat == "0.2":
             warnings.warn(
                 f"{loc}: returning an nl.hbm tensor; NKI 0.3 requires nl.shared_hbm outputs", stacklevel=4
             )
         else:
-            raise NkiValidationError(
-                "returned tensors must be allocated in nl.shared_hbm (NKI 0.3)",
-                instruction="return",
-                operand=name,
-                limit="shared_hbm",
-                value=st.buffer,
-                location=loc,
-            )
+            wrong = "returned tensors must be allocated in nl.shared_hbm (NKI 0.3)"
+    if wrong is not None:
+        raise NkiValidationError(
+            wrong, instruction="return", operand=name, limit="shared_hbm", value=st.buffer, location=loc
+        )
     if st.fresh or st.unfilled:
         st.materialize()  # pending poison of never-written elements becomes observable now
     if prog.strict and st.taint is not None:

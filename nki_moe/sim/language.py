@@ -205,6 +205,11 @@ def program_ndim() -> int:
 # ---- tile_size: constants follow the target of the running kernel (or the default target) -----------
 
 
+def _of_target(get) -> property:
+    """A tile_size constant read from the running kernel's target (or the default target)."""
+    return property(lambda self: get(runtime.current_target()))
+
+
 class _TileSize:
     pmax = 128
     psum_fmax = 512
@@ -216,30 +221,12 @@ class _TileSize:
     psum_min_align = 4
     sbuf_min_align = 1
 
-    @property
-    def total_available_sbuf_size(self) -> int:
-        return runtime.current_target().sbuf_usable_bytes
-
-    @property
-    def sbuf_fmax_bytes(self) -> int:
-        return runtime.current_target().sbuf_usable_bytes
-
-    @property
-    def sbuf_fmax(self) -> int:
-        return runtime.current_target().sbuf_usable_bytes // 4
-
-    @property
-    def sbuf_size_bytes(self) -> int:
-        t = runtime.current_target()
-        return t.sbuf_bytes * t.partitions
-
-    @property
-    def psum_num_banks(self) -> int:
-        return runtime.current_target().psum_banks
-
-    @property
-    def gemm_moving_fmax_fp32(self) -> int:
-        return runtime.current_target().matmul_n_fp32
+    total_available_sbuf_size = _of_target(lambda t: t.sbuf_usable_bytes)
+    sbuf_fmax_bytes = _of_target(lambda t: t.sbuf_usable_bytes)
+    sbuf_fmax = _of_target(lambda t: t.sbuf_usable_bytes // 4)
+    sbuf_size_bytes = _of_target(lambda t: t.sbuf_bytes * t.partitions)
+    psum_num_banks = _of_target(lambda t: t.psum_banks)
+    gemm_moving_fmax_fp32 = _of_target(lambda t: t.matmul_n_fp32)
 
     def __repr__(self) -> str:
         return f"tile_size(target={runtime.current_target().name})"

@@ -78,13 +78,7 @@ def nc_matmul(
         Km, Fm = moving.pf()
         double = perf == _perf.double_row
         if double:
-            if prog.nc_version < 3:
-                ins.fail(
-                    "perf_mode=double_row needs NeuronCore-v3+",
-                    "perf_mode",
-                    limit="trn2/trn3",
-                    value=prog.target,
-                )
+            ins.needs_nc(3, "perf_mode=double_row needs NeuronCore-v3+", "perf_mode")
             if sd not in _FP8 or md not in _FP8:
                 ins.fail("perf_mode=double_row needs fp8 operands", "stationary", limit="fp8", value=(sd, md))
             if is_transpose or tile_position:
@@ -250,11 +244,9 @@ def nc_transpose(dst, data, engine=_engine.unknown, name=None, **kw) -> None:
             ins.tensor("data", data, buffers=("sbuf",))
             limit = 128
         else:
-            ins.tensor("dst", dst)
-            ins.tensor("data", data)
+            ins.tensors(dst=dst, data=data)
             limit = 32
-        if dst.dtype != data.dtype:
-            ins.fail("nc_transpose needs dst.dtype == data.dtype", "dst", limit=data.dtype, value=dst.dtype)
+        ins.same_dtype("dst", dst, data, "nc_transpose needs dst.dtype == data.dtype")
         P, F = data.pf()
         if P > limit or F > limit:
             ins.fail(

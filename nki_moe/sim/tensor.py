@@ -364,10 +364,9 @@ def _norm_index(i, n: int, dim: int, t) -> int:
     if j < 0:
         j += n
     if not 0 <= j < n:
-        raise NkiValidationError(
+        raise t._error(
             "index out of bounds",
-            instruction="indexing",
-            operand=t._label(),
+            "indexing",
             limit=f"[0, {n - 1}] (dim {dim})",
             value=i,
         )
@@ -380,17 +379,16 @@ def _slice(s: slice, n: int, dim: int, t) -> tuple[int, int]:
         return start, 1, stop - start  # the common a:b slice, already canonical
     step = 1 if s.step is None else operator.index(s.step)
     if step == 0:
-        raise NkiValidationError("slice step cannot be 0", instruction="indexing", operand=t._label())
+        raise t._error("slice step cannot be 0", "indexing")
     if step > 0:
         start = 0 if s.start is None else operator.index(s.start)
         stop = n if s.stop is None else operator.index(s.stop)
         start += n if start < 0 else 0
         stop += n if stop < 0 else 0
         if not (0 <= start <= n and 0 <= stop <= n):
-            raise NkiValidationError(
+            raise t._error(
                 "slice out of bounds",
-                instruction="indexing",
-                operand=t._label(),
+                "indexing",
                 limit=f"dimension {dim} of size {n}",
                 value=f"[{s.start}:{s.stop}]",
             )
@@ -401,19 +399,17 @@ def _slice(s: slice, n: int, dim: int, t) -> tuple[int, int]:
         if s.stop is not None and stop < 0:
             stop += n
         if not (0 <= start < n and -1 <= stop < n):
-            raise NkiValidationError(
+            raise t._error(
                 "slice out of bounds",
-                instruction="indexing",
-                operand=t._label(),
+                "indexing",
                 limit=f"dimension {dim} of size {n}",
                 value=f"[{s.start}:{s.stop}]",
             )
     num = len(range(start, stop, step))
     if num == 0:
-        raise NkiValidationError(
+        raise t._error(
             "empty slice",
-            instruction="indexing",
-            operand=t._label(),
+            "indexing",
             limit=f"dimension {dim} of size {n}",
             value=f"[{s.start}:{s.stop}:{s.step}]",
         )
@@ -523,6 +519,12 @@ class NkiTensor:
     def _label(self) -> str:
         return f"{self.st.name or 'tensor'}{list(self.shape)}"
 
+    def _error(self, message: str, instruction: str, limit=None, value=None) -> NkiValidationError:
+        """The error for an invalid view or layout operation on this tensor (the operand is its label)."""
+        return NkiValidationError(
+            message, instruction=instruction, operand=self._label(), limit=limit, value=value
+        )
+
     def __repr__(self) -> str:
         return (
             f"NkiTensor(shape={self.shape}, dtype={self.dtype}, buffer={self.st.buffer}, "
@@ -539,10 +541,9 @@ class NkiTensor:
         raise TypeError("NKI tensors are not iterable; index them with slices")
 
     def __setitem__(self, key, value):
-        raise NkiValidationError(
+        raise self._error(
             "Updating a tile with lvalue assignment is not allowed; write with nisa.tensor_copy/dma_copy",
-            instruction="__setitem__",
-            operand=self._label(),
+            "__setitem__",
         )
 
     # ---- layout helpers ------------------------------------------------------------------------------
@@ -604,11 +605,10 @@ class NkiTensor:
         if raw.dtype == sdt:
             return raw
         if sdt.itemsize != ITEMSIZE[self.dtype] or raw.dtype.itemsize != numerics.itemsize(self.st.dtype):
-            raise NkiValidationError(
+            raise self._error(
                 f"bit reinterpretation {self.st.dtype} -> {self.dtype} needs precise storage mode "
                 "(fp32 mode stores low-precision floats widened)",
-                instruction="view",
-                operand=self._label(),
+                "view",
             )
         return raw.view(sdt)
 
@@ -667,12 +667,8 @@ class NkiTensor:
         lo = self.off + sum(min(0, s * (n - 1)) for s, n in self.pat)
         hi = self.off + sum(max(0, s * (n - 1)) for s, n in self.pat)
         if lo < 0 or hi >= total:
-            raise NkiValidationError(
-                f"{what} outside its tensor",
-                instruction="ap",
-                operand=self._label(),
-                limit=f"elements [0, {total - 1}]",
-                value=f"[{lo}, {hi}]",
+            raise self._error(
+                f"{what} outside its tensor", "ap", limit=f"elements [0, {total - 1}]", value=f"[{lo}, {hi}]"
             )
 
     # ---- views -------------------------------------------------------------------------------------
@@ -681,11 +677,7 @@ class NkiTensor:
 
     def __getitem__(self, key) -> NkiTensor:
         if self.dyn is not None:
-            raise NkiValidationError(
-                "cannot index a dynamic (.ap with scalar/vector offset) view",
-                instruction="indexing",
-                operand=self._label(),
-            )
+            raise self._error("cannot index a dynamic (.ap with scalar/vector offset) view", "indexing")
         if not isinstance(key, tuple):
             key = (key,)
         n_real = len(key)
@@ -694,10 +686,9 @@ class NkiTensor:
                 n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
                 break
         if n_real > len(self.pat):
-            raise NkiValidationError(
+            raise self._error(
                 "too many indices",
-                instruction="indexing",
-                operand=self._label(),
+                "indexing",
                 limit=len(self.pat),
                 value=n_real,
             )
@@ -719,12 +710,8 @@ class NkiTensor:
             if isinstance(k, slice):
                 start, sstep, cnt = _slice(k, num, dim, self)
                 if on_chip and dim == 0 and sstep != 1:
-                    raise NkiValidationError(
-                        "partition dimension cannot be strided",
-                        instruction="indexing",
-                        operand=self._label(),
-                        limit="step 1",
-                        value=sstep,
+                    raise self._error(
+                        "partition dimension cannot be strided", "indexing", limit="step 1", value=sstep
                     )
                 off += start * step
                 pat.append((step * sstep, cnt))
@@ -734,11 +721,10 @@ class NkiTensor:
                 if on_chip and dim == 0:
                     pat.append((step, 1))  # on-chip tensors keep their partition dim
             else:
-                raise NkiValidationError(
+                raise self._error(
                     f"unsupported index {type(k).__name__}: NKI 2 takes ints, slices, nl.ds and '...'; use "
                     ".ap(scalar_offset=/vector_offset=) for dynamic indices",
-                    instruction="indexing",
-                    operand=self._label(),
+                    "indexing",
                 )
             dim += 1
         pat.extend(self.pat[dim:])
@@ -754,42 +740,16 @@ class NkiTensor:
             shape[shape.index(-1)] = total // known if known else 0
         shape = tuple(shape)
         if math.prod(shape) != total or any(s <= 0 for s in shape):
-            raise NkiValidationError(
-                "reshape changes the element count",
-                instruction="reshape",
-                operand=self._label(),
-                limit=total,
-                value=shape,
+            raise self._error("reshape changes the element count", "reshape", limit=total, value=shape)
+        kept = 1 if self.on_chip else 0  # on chip the partition dim stays as it is
+        if kept and shape[0] != self.pat[0][1]:
+            raise self._error(
+                "on-chip reshape must keep the partition dim", "reshape", limit=self.pat[0][1], value=shape[0]
             )
-        if self.on_chip:
-            if shape[0] != self.pat[0][1]:
-                raise NkiValidationError(
-                    "on-chip reshape must keep the partition dim",
-                    instruction="reshape",
-                    operand=self._label(),
-                    limit=self.pat[0][1],
-                    value=shape[0],
-                )
-            steps = _reshape_steps([(n, s) for s, n in self.pat[1:]], shape[1:])
-            if steps is None:
-                raise NkiValidationError(
-                    "reshape of a non-contiguous view",
-                    instruction="reshape",
-                    operand=self._label(),
-                    value=shape,
-                )
-            pat = [self.pat[0]] + list(zip(steps, shape[1:]))
-        else:
-            steps = _reshape_steps([(n, s) for s, n in self.pat], shape)
-            if steps is None:
-                raise NkiValidationError(
-                    "reshape of a non-contiguous view",
-                    instruction="reshape",
-                    operand=self._label(),
-                    value=shape,
-                )
-            pat = list(zip(steps, shape))
-        return self._new(pat, self.off)
+        steps = _reshape_steps([(n, s) for s, n in self.pat[kept:]], shape[kept:])
+        if steps is None:
+            raise self._error("reshape of a non-contiguous view", "reshape", value=shape)
+        return self._new(list(self.pat[:kept]) + list(zip(steps, shape[kept:])), self.off)
 
     def view(self, dtype) -> NkiTensor:
         """Reinterpret the bytes as `dtype`; the last dim scales by the itemsize ratio."""
@@ -799,18 +759,11 @@ class NkiTensor:
             return self._new(self.pat, self.off, dtype)
         last_step, last_num = self.pat[-1]
         if last_step != 1 and last_num != 1:
-            raise NkiValidationError(
-                "view() with a different itemsize needs a contiguous last dim",
-                instruction="view",
-                operand=self._label(),
-            )
+            raise self._error("view() with a different itemsize needs a contiguous last dim", "view")
         nbytes_last = last_num * a
         if nbytes_last % b or (self.off * a) % b or any((s * a) % b for s, _ in self.pat[:-1]):
-            raise NkiValidationError(
-                f"view as {dtype} does not align with the {self.dtype} layout",
-                instruction="view",
-                operand=self._label(),
-                value=self.shape,
+            raise self._error(
+                f"view as {dtype} does not align with the {self.dtype} layout", "view", value=self.shape
             )
         pat = [(s * a // b, n) for s, n in self.pat[:-1]] + [(1, nbytes_last // b)]
         out = self._new(pat, self.off * a // b, dtype)
@@ -828,24 +781,18 @@ class NkiTensor:
             pat = tuple((operator.index(s), operator.index(n)) for s, n in pattern)
             offset = operator.index(offset)
         except (TypeError, ValueError):
-            raise NkiValidationError(
-                "pattern must be [[step, num], ...] of ints and offset an int",
-                instruction="ap",
-                operand=self._label(),
-                value=pattern,
+            raise self._error(
+                "pattern must be [[step, num], ...] of ints and offset an int", "ap", value=pattern
             ) from None
         if not pat or any(n <= 0 for _, n in pat):
-            raise NkiValidationError(
-                "pattern needs positive counts", instruction="ap", operand=self._label(), value=pattern
-            )
+            raise self._error("pattern needs positive counts", "ap", value=pattern)
         out = NkiTensor(st, dtype, pat, offset)
         if st.buffer in ON_CHIP:
             fsz = st.F * ratio_num // ratio_den
             if pat[0][0] != fsz and pat[0][1] != 1:
-                raise NkiValidationError(
+                raise self._error(
                     "the partition step of an on-chip .ap must equal the tensor's free size",
-                    instruction="ap",
-                    operand=self._label(),
+                    "ap",
                     limit=fsz,
                     value=pat[0][0],
                 )
@@ -861,12 +808,7 @@ class NkiTensor:
                     value=indirect_dim,
                 )
             if st.buffer in ON_CHIP:
-                raise NkiValidationError(
-                    "vector_offset indirection needs an HBM tensor",
-                    instruction="ap",
-                    operand=self._label(),
-                    value=st.buffer,
-                )
+                raise self._error("vector_offset indirection needs an HBM tensor", "ap", value=st.buffer)
             row = math.prod(st.shape[1:]) * ratio_num // ratio_den
             out.dyn = ("vector", vector_offset, row, st.shape[0])
         elif scalar_offset is not None:
@@ -888,12 +830,7 @@ class NkiTensor:
     def permute(self, dims) -> NkiTensor:
         dims = tuple(dims)
         if sorted(dims) != list(range(self.ndim)) or (self.on_chip and dims[0] != 0):
-            raise NkiValidationError(
-                "invalid permutation (on-chip dim 0 must stay first)",
-                instruction="permute",
-                operand=self._label(),
-                value=dims,
-            )
+            raise self._error("invalid permutation (on-chip dim 0 must stay first)", "permute", value=dims)
         return self._new([self.pat[d] for d in dims], self.off)
 
     def slice(self, dim: int, start: int, end: int, step: int = 1) -> NkiTensor:
@@ -908,12 +845,7 @@ class NkiTensor:
 
     def broadcast(self, dim: int, size: int) -> NkiTensor:
         if self.pat[dim][1] != 1 or (self.on_chip and dim == 0):
-            raise NkiValidationError(
-                "broadcast needs a size-1, non-partition dim",
-                instruction="broadcast",
-                operand=self._label(),
-                value=self.shape,
-            )
+            raise self._error("broadcast needs a size-1, non-partition dim", "broadcast", value=self.shape)
         pat = list(self.pat)
         pat[dim] = (0, size)
         return self._new(pat, self.off)
@@ -925,12 +857,7 @@ class NkiTensor:
 
     def squeeze_dim(self, dim: int) -> NkiTensor:
         if self.pat[dim][1] != 1:
-            raise NkiValidationError(
-                "squeeze of a dim whose size is not 1",
-                instruction="squeeze_dim",
-                operand=self._label(),
-                value=self.shape,
-            )
+            raise self._error("squeeze of a dim whose size is not 1", "squeeze_dim", value=self.shape)
         pat = list(self.pat)
         del pat[dim]
         return self._new(pat, self.off)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nki_moe.model.config import CONFIGS, ModelConfig, get_config
+from nki_moe.model.config import CONFIGS, SHAPE_FIELDS, ModelConfig, get_config
 
 REAL = get_config("qwen3-30b-a3b")
 
@@ -61,20 +61,9 @@ def test_real_width_2layer_and_tiny():
     diff = {f.name for f in dataclasses.fields(ModelConfig) if getattr(two, f.name) != getattr(REAL, f.name)}
     assert diff == {"name", "num_hidden_layers", "max_window_layers"} and two.num_hidden_layers == 2
     tiny = get_config("tiny")  # qwen3-moe.md §6.2
-    fields = (
-        "num_hidden_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "num_experts",
-        "num_experts_per_tok",
-        "moe_intermediate_size",
-        "vocab_size",
-        "norm_topk_prob",
-        "rope_theta",
-    )
-    assert [getattr(tiny, f) for f in fields] == [2, 128, 4, 2, 32, 8, 2, 64, 512, True, 1e6]
+    # SHAPE_FIELDS: V, H, L, n_q, n_kv, d, E, k, I, norm_topk_prob, rope_theta, rms_norm_eps, tied, dtype
+    want = (512, 128, 2, 4, 2, 32, 8, 2, 64, True, 1e6, 1e-6, False, "bfloat16")
+    assert tuple(getattr(tiny, f) for f in SHAPE_FIELDS) == want
 
 
 def test_unknown_name_lists_known():
