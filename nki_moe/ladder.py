@@ -33,6 +33,7 @@ from nki_moe.check import CheckResult, ErrorRatio, check_close, error_ratio
 __all__ = ["TARGETS", "Version", "Ladder", "Checked", "Sweep", "exact", "ratio", "busiest_engine"]
 
 TARGETS = ("trn2", "trn3")
+_AXIS = {"T": "tokens T", "N": "output features N", "L": "cached positions L"}  # sweep x-axis labels
 Outcome = ErrorRatio | CheckResult
 
 
@@ -188,7 +189,7 @@ class Ladder:
         lnc: int | None = None,
         **shape,
     ):
-        """Emulate version ``v`` (strict) on ``args`` (default: seeded inputs of ``shape``); a ``SimResult``."""
+        """Emulate version ``v`` (strict) on ``args`` (default: seeded inputs of ``shape``): a SimResult."""
         import nki_moe.sim as sim
 
         ver = self.version(v)
@@ -366,7 +367,7 @@ class Sweep:
         return format_table(body, ["version", self.key, "µs (est.)", "floor µs", "% roof"], floatfmt=floatfmt)
 
     def final(self, version: str, sizes: Sequence) -> dict:
-        """{"<target>_<key><size>": {latency_us, pct_roofline, roofline_us}} of one version, for results JSON."""
+        """{"<target>_<key><size>": {latency_us, pct_roofline, roofline_us}} of one version (results JSON)."""
         keys = ("latency_us", "pct_roofline", "roofline_us")
         return {
             f"{r['target']}_{self.key}{r[self.key]}": {k: r[k] for k in keys}
@@ -412,7 +413,7 @@ class Sweep:
                 xscale="log",
                 yscale="log",
             )
-            axes[1, col].set(xlabel=f"size {key}", ylabel="% of roofline", ylim=(0, 105))
+            axes[1, col].set(xlabel=_AXIS.get(key, key), ylabel="% of roofline", ylim=(0, 105))
             axes[1, col].axhline(70, color="0.6", lw=1, ls=":")
             for ax in axes[:, col]:
                 ax.grid(True, which="both", alpha=0.3)
@@ -421,7 +422,7 @@ class Sweep:
         return fig, {k: [r[k] for r in self.rows] for k in keys}
 
     def roofline_points(self, size, target: str) -> list:
-        """``RooflinePoint`` of every version at ``size`` on ``target`` (achieved FLOP/s = FLOPs / latency)."""
+        """``RooflinePoint`` of each version at ``size`` on ``target`` (achieved FLOP/s = FLOPs / latency)."""
         from nki_moe.perf.roofline import RooflinePoint
 
         # one colour per version (the same in every call), one marker per size, so overlaps stay legible

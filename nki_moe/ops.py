@@ -1,4 +1,4 @@
-"""The registry of ops: for each, its kernel module, reference, cost, inputs, versions, notebook, figures, tests.
+"""The registry of ops: each op's kernel module, reference, cost, inputs, versions, notebook, figures, tests.
 
 A newcomer finds kernel → reference → notebook → figure by the op's name alone::
 
@@ -47,7 +47,8 @@ def _add_norm_args(seed: int, T: int, H: int = HIDDEN) -> tuple:
     return x, residual, w, eps
 
 
-def _compare_norm(out, lowp, fp32):
+def _compare_y(out, lowp, fp32):
+    """The one output y by its 3-way error ratio."""
     return [ratio(out[0], lowp[0], fp32[0])]
 
 
@@ -71,10 +72,6 @@ def _tiled(args: tuple, lnc: int) -> tuple:
     """(x, w) → (x, w pre-tiled for ``lnc`` cores, N): the load-time layout of matmul_v5/v6."""
     x, w = args
     return x, tile_weight(w, n_prog=lnc), w.shape[1]
-
-
-def _compare_matmul(out, lowp, fp32):
-    return [ratio(out[0], lowp[0], fp32[0])]
 
 
 # ---- router ----------------------------------------------------------------------------------------------
@@ -102,6 +99,12 @@ def _compare_router(out, lowp, fp32):
     return got
 
 
+def _versions(kernel: str, lnc: tuple[int, ...], layout: tuple | None = None) -> tuple[Version, ...]:
+    """v0 … vN of ``<kernel>_vI`` with each version's LNC degree (and host-side layout)."""
+    layout = layout or (None,) * len(lnc)
+    return tuple(Version(f"v{i}", f"{kernel}_v{i}", n, lay) for i, (n, lay) in enumerate(zip(lnc, layout)))
+
+
 OPS: dict[str, Ladder] = {
     op.name: op
     for op in (
@@ -112,13 +115,8 @@ OPS: dict[str, Ladder] = {
             make_args=_norm_args,
             reference=rms_norm,
             cost=lambda T, H=HIDDEN: rms_norm_cost(T, H),
-            compare=_compare_norm,
-            versions=(
-                Version("v0", "rmsnorm_v0"),
-                Version("v1", "rmsnorm_v1"),
-                Version("v2", "rmsnorm_v2", 2),
-                Version("v3", "rmsnorm_v3", 2),
-            ),
+            compare=_compare_y,
+            versions=_versions("rmsnorm", lnc=(1, 1, 2, 2)),
             notebook="notebooks/01_rmsnorm.py",
             figures=("01_rmsnorm_sweep", "01_rmsnorm_roofline"),
             tests=("tests/kernels/test_rmsnorm.py",),
@@ -131,12 +129,7 @@ OPS: dict[str, Ladder] = {
             reference=add_rms_norm,
             cost=lambda T, H=HIDDEN: add_rms_norm_cost(T, H),
             compare=_compare_add_norm,
-            versions=(
-                Version("v0", "add_rmsnorm_v0"),
-                Version("v1", "add_rmsnorm_v1"),
-                Version("v2", "add_rmsnorm_v2", 2),
-                Version("v3", "add_rmsnorm_v3", 2),
-            ),
+            versions=_versions("add_rmsnorm", lnc=(1, 1, 2, 2)),
             notebook="notebooks/01_rmsnorm.py",
             tests=("tests/kernels/test_rmsnorm.py",),
         ),
@@ -147,8 +140,8 @@ OPS: dict[str, Ladder] = {
             make_args=_matmul_args,
             reference=linear,
             cost=_matmul_cost,
-            compare=_compare_matmul,
-            versions=tuple(Version(f"v{i}", f"matmul_v{i}", 2, _tiled if i >= 5 else None) for i in range(7)),
+            compare=_compare_y,
+            versions=_versions("matmul", lnc=(2,) * 7, layout=(None,) * 5 + (_tiled, _tiled)),
             notebook="notebooks/02_projection_matmul.py",
             figures=("02_projection_matmul_sweep", "02_projection_matmul_roofline"),
             tests=("tests/kernels/test_matmul.py",),
@@ -161,7 +154,7 @@ OPS: dict[str, Ladder] = {
             reference=routing,
             cost=_router_cost,
             compare=_compare_router,
-            versions=(Version("v0", "router_v0"), Version("v1", "router_v1", 2), Version("v2", "router_v2")),
+            versions=_versions("router", lnc=(1, 2, 1)),
             notebook="notebooks/03_router_top8.py",
             figures=("03_router_top8_sweep", "03_router_top8_roofline"),
             tests=("tests/kernels/test_router.py",),
