@@ -13,7 +13,7 @@ too: on a shared machine it is the steadier of the two.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -24,15 +24,10 @@ import nki_moe.sim as sim
 from nki_moe.sim import blas
 
 sim.install("sim")
-KERNELS = Path(__file__).resolve().parent.parent / "tests" / "sim" / "kernels"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.sim.kernels
+from tests.sim.kernels import matmul, rmsnorm, topk  # noqa: E402
+
 BF16 = ml_dtypes.bfloat16
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_kernels_{name}", KERNELS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _time(fn) -> tuple[float, float]:
@@ -45,7 +40,7 @@ def _time(fn) -> tuple[float, float]:
 def cases():
     """(name, emulated callable, reference callable, what the reference computes)."""
     rng = np.random.default_rng(0)
-    rms, mm, top = _load("rmsnorm"), _load("matmul"), _load("topk")
+    rms, mm, top = rmsnorm, matmul, topk
     x = rng.standard_normal((640, 2048)).astype(np.float32)
     w = rng.standard_normal(2048).astype(np.float32)
     yield (

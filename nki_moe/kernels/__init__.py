@@ -1,4 +1,5 @@
-"""NKI kernels, one op family per module (versions ``<op>_v0 ... <op>_vN``).
+"""NKI kernels, one op family per module (versions ``<op>_v0 ... <op>_vN``); ``layouts`` holds their host-side
+weight layouts and ``calibration/`` the cost model's re-creations of published kernels (not workbook kernels).
 
 Kernel modules import only the NKI API (``nki``, ``nki.language``, ``nki.isa``). Importing this package
 binds that API: the real Neuron SDK on a Trainium host, the ``nki_moe.sim`` emulator elsewhere

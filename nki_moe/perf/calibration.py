@@ -1,7 +1,7 @@
-"""Calibration of the cost model against published Trainium measurements (trainium.md §5).
+"""Calibration of the cost model against published Trainium measurements ([DMA-INTRO], [AUTOTUNE], [MEGA]).
 
 ``MEASUREMENTS`` is the table as data; :func:`predict` re-runs the matching calibration kernel
-(:mod:`nki_moe.perf.calibration_kernels`, NKI 2 code with the published structure and shapes) in the
+(:mod:`nki_moe.kernels.calibration`, NKI 2 code with the published structure and shapes) in the
 emulator and returns the model's estimate in the same unit; :func:`calibration_table` joins both with the
 signed relative error. Traces are cached per process (the kernels are deterministic).
 """
@@ -37,7 +37,7 @@ class Measurement:
 
     key: str
     description: str
-    source: str  # trainium.md §5 id + source tag
+    source: str  # calibration-point id (docs/sources.md) + source tag
     hardware: str
     measured: float
     unit: str  # 'ns' | 'us' | 'MFU %'
@@ -50,7 +50,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement(
         "dma_32k_1engine",
         "32 KiB HBM→SBUF DMA on 4 partitions (one engine), transfer time",
-        "§3 DMA example, [DMA-INTRO]",
+        "DMA example [DMA-INTRO]",
         "trn2",
         1416.0,
         "ns",
@@ -192,8 +192,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         "us",
         "pe_active",
         "moe_bf16",
-        "the profiler shows each nc_matmul as LoadStationary + MultiplyMoving (nki-api.md §3.2); model: "
-        "Σ (max(M,64)/4 + max(N,64)) cycles (trainium.md §3), not the throughput max(min(64,M),N)",
+        "the profiler shows each nc_matmul as LoadStationary + MultiplyMoving ([NKI-ISA]); model: "
+        "Σ (max(M,64)/4 + max(N,64)) cycles ([NKI-T1], [PERF]), not the throughput max(min(64,M),N)",
     ),
     Measurement(
         "moe_fp8_trn3_pe",
@@ -288,10 +288,12 @@ def _attention_inputs(rng, bf, H=2048, HQ=8, D=128, S=640, pos=320):
 
 
 def _kernel(kernel: str):
+    import nki_moe.kernels  # noqa: F401  binds its default backend now, so the emulator install below wins
     import nki_moe.sim as sim
 
     sim.install("sim")
-    from nki_moe.perf.calibration_kernels import attention, dma, matmul, moe
+    # perf → kernels: the one accepted exception to the one-way arrows, lazy so importing perf binds no NKI
+    from nki_moe.kernels.calibration import attention, dma, matmul, moe
 
     table = {
         "attn": attention.attention_decode_block,

@@ -15,7 +15,7 @@ from nki_moe.perf.profile import profile
 @pytest.fixture(scope="module")
 def kernels():
     sim.install("sim")
-    from nki_moe.perf.calibration_kernels import dma
+    from nki_moe.kernels.calibration import dma
 
     return dma
 

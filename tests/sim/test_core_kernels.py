@@ -5,15 +5,14 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from sim_kernels import load_kernels
 
 import nki_moe.sim as sim
+from tests.sim.kernels import matmul as mm_k
+from tests.sim.kernels import rmsnorm as rms_k
+from tests.sim.kernels import tensor_add as add_k
+from tests.sim.kernels import topk as top_k
 
 BF16 = ml_dtypes.bfloat16
-add_k = load_kernels("tensor_add")
-mm_k = load_kernels("matmul")
-rms_k = load_kernels("rmsnorm")
-top_k = load_kernels("topk")
 
 
 @pytest.mark.parametrize("rows", [128, 300, 37])

@@ -10,13 +10,11 @@ import nki.isa as nisa
 import nki.language as nl
 import numpy as np
 import pytest
-from sim_kernels import load_kernels
 
 import nki_moe.sim as sim
 from nki_moe.sim import NkiBackendError, NkiValidationError, run
-
-add_k = load_kernels("tensor_add")
-mm_k = load_kernels("matmul")
+from tests.sim.kernels import matmul as mm_k
+from tests.sim.kernels import tensor_add as add_k
 
 
 def test_lnc2_splits_work_by_program_id():

@@ -11,14 +11,13 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from sim_kernels import load_kernels
 
 import nki_moe.sim as sim
+from tests.sim.kernels import rmsnorm as norm_k
+from tests.sim.kernels import softmax as soft_k
 
 BF16 = ml_dtypes.bfloat16
 BF16_EPS = 2.0**-7
-norm_k = load_kernels("rmsnorm_shuffle")
-soft_k = load_kernels("softmax")
 SHAPES = [(128, 256), (200, 512), (37, 1000), (384, 64)]
 
 

@@ -1,7 +1,7 @@
 """Fused MoE decode (TKG) layer of Qwen3-30B-A3B at TP=4, LNC=2: [MEGA] moe_fused_optimization_log.md.
 
 One token: RMSNorm → router (H × E) → softmax top-8 → 8 expert MLPs (gate/up [H, 2I], SiLU·up,
-down [I, H]) → weighted sum. Structure of the published best version (98.15 µs on Trn2, BF16; trainium.md §5
+down [I, H]) → weighted sum. Structure of the published best version (98.15 µs on Trn2, BF16; [MEGA]
 K13/K13b/K13c): both cores compute the gate/up projection of every selected expert (each reads the full
 [H, 2I] weights), each core computes its half of the H outputs of the down projection; experts run in two
 waves of four with four SBUF buffer sets; expert weights come in by software-DGE DMAs (the original uses

@@ -1,4 +1,4 @@
-"""2048³ BF16 matmul MFU ladder of [AUTOTUNE] learnings.md (trainium.md §5 K2c), one NeuronCore.
+"""2048³ BF16 matmul MFU ladder of [AUTOTUNE] learnings.md (K2c), one NeuronCore.
 
 result[M, N] = lhsT[K, M]^T @ rhs[K, N]; every version issues the same 1,024 nc_matmuls
 (stationary [128, 128] × moving [128, 512]); they differ only in where loads happen and how many buffers

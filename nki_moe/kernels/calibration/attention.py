@@ -2,7 +2,7 @@
 
 One token, one rank: QKV projections (8 Q heads, 1 KV head, d=128) → per-head RMSNorm of q and k → RoPE →
 two-pass decode attention over S_prior cached tokens + the new one → O-projection to H. Structure of the
-published v13_BC (59.47 µs on Trn2 at LNC=2, trainium.md §5 K15; 53.71 µs for the v13bc variant on Trn3,
+published v13_BC (59.47 µs on Trn2 at LNC=2, [MEGA] K15; 53.71 µs for the v13bc variant on Trn3,
 K15b): a single program (the published kernel has no SPMD grid); all 8 Wq head tiles and 8 Wo head tiles
 are loaded as [128, 2048] DMAs (512 KiB each, 4 KiB contiguous per partition), all with hardware DGE; vectors
 live as columns [d, heads]; cross-partition sums are matmuls with an all-ones matrix; [P, 1] → [P, n]
