@@ -2,7 +2,7 @@
 
 No public source gives the GpSimd cost of writing a software-DGE descriptor. It is fitted here over the
 three published fused-MoE TKG latencies whose expert weights move by software-DGE DMAs
-(``calibration.FITTED_KEYS``: trainium.md §5 K13 BF16/trn2, K13b FP8/trn2, K13c FP8/trn3) by minimising
+(``calibration.FITTED_KEYS``: K13 BF16/trn2, K13b FP8/trn2, K13c FP8/trn3, [MEGA]) by minimising
 the summed squared log error; every other constant of the model comes from a cited source. Because those
 three points are in-sample for the full fit, the script also fits leave-one-out (on two, predict the
 third), which gives their out-of-sample errors (reported in docs/cost-model.md).

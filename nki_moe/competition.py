@@ -1,9 +1,9 @@
 """The nki-moe competition (MLSys 2026, Qwen3-30B-A3B): prompts, published baselines, score formula, results.
 
-Sources (trainium.md §7): [MOE-REPO] ``prompt_data_trn2.csv`` (commit c92219f) and ``prompt_data_trn3.csv``
+Sources: [MOE-REPO] ``prompt_data_trn2.csv`` (commit c92219f) and ``prompt_data_trn3.csv``
 (commit 097ad9b), the scoring in ``main.py``; [WIN1] the 1st-place Trn3 records (thustorage/NKI-MoE).
 Latency is the end-to-end p99 in ms; throughput is the NxDI benchmark throughput in tokens/s
-(= 640 / mean e2e seconds, trainium.md §7.1).
+(= 640 / mean e2e seconds in the CSVs, derived).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Prompt:
 
     id: int
     context_len: int
-    seq_col: int  # the CSVs' "seq" column; main.py does not read it (trainium.md §7.2)
+    seq_col: int  # the CSVs' "seq" column; main.py does not read it ([MOE-REPO])
 
     @property
     def generated_tokens(self) -> int:
@@ -89,7 +89,7 @@ BASELINES: dict[str, tuple[Baseline, ...]] = {
     ),
 }
 
-# [WIN1] thustorage/NKI-MoE, qwen3-30b-a3b-trn3_score_records.csv (trainium.md §7.3).
+# [WIN1] thustorage/NKI-MoE, qwen3-30b-a3b-trn3_score_records.csv.
 FIRST_PLACE_TRN3 = Submission(
     team="thustorage/NKI-MoE (1st place)",
     platform="trn3",

@@ -71,7 +71,7 @@ SWEEP_S = (1, 18, 126, 640) if SMOKE else (1, 2, 4, 8, 18, 43, 126, 183, 402, 64
 
 # %% [markdown]
 # ## The model
-# Every field of the Hugging Face config.json is explicit in `ModelConfig` (qwen3-moe.md §1.1). The ones
+# Every field of the Hugging Face config.json is explicit in `ModelConfig` ([QWEN3-CONFIG]). The ones
 # that matter for counting: note `head_dim` = 128 although hidden / heads = 64.
 
 # %%
@@ -92,7 +92,7 @@ assert round((total - parts["embed_tokens"] - parts["lm_head"]) / 1e9, 1) == 29.
 
 # %% [markdown]
 # ## Work per token: MACs, bytes, arithmetic intensity
-# MACs follow qwen3-moe.md §5: 3,041,656,832 + 393,216·T per decode token attending T positions.
+# MACs (derived from [QWEN3-CONFIG]): 3,041,656,832 + 393,216·T per decode token attending T positions.
 # Attention over the context is a small share at the competition's lengths (T ≤ 640).
 
 # %%
@@ -127,7 +127,7 @@ decode_total = sum(decode.values())
 rows = [(f, b, 100 * b / decode_total) for f, b in decode.items()] + [("total", decode_total, 100.0)]
 print(format_table(rows, ["family", "bytes", "%"], floatfmt=".2f"))
 assert sum(weights.values()) == 6_083_739_648
-# trainium.md §6 [derived] quotes ≈ 6.05 GB from experts + attention + LM head (router and norms left out)
+# The usual napkin estimate (derived) counts ≈ 6.05 GB: experts + attention + LM head (no router, norms)
 assert abs((weights["experts"] + weights["attention"] + weights["lm_head"]) / 1e9 - 6.05) < 0.01
 assert counts.kv_cache_bytes_per_token(cfg) == 98_304
 
@@ -149,7 +149,7 @@ for h in HARDWARE.values():
 headers = ["chip", "scope", "cores", "BF16 TF/s", "FP8 TF/s", "HBM GB/s", "BF16 FLOP/B", "SBUF MiB usable",
            "DMA GB/s"]
 print(format_table(rows, headers, floatfmt=",.1f"))
-assert [round(h.machine_balance("bf16")) for h in CHIPS.values()] == [230, 137]  # trainium.md §1.2, §2.2
+assert [round(h.machine_balance("bf16")) for h in CHIPS.values()] == [230, 137]  # [T2-ARCH], [T3-ARCH]
 
 # %% [markdown]
 # Inside one physical core of the `TARGET` chip: engine clocks and widths, on-chip memory per partition
@@ -172,7 +172,7 @@ print(format_table(rows, ["per core", "physical", "usable"], floatfmt="g"))
 # ## Decode floor vs published measurements
 # Floor = bytes per decode token / chip HBM bandwidth; the "alt" column uses the conflicting bandwidth of
 # the NKI architecture guides (3.0 TB/s Trn2, 4.7 TB/s Trn3). Measured points are TKG step times at batch 1
-# (trainium.md §6), all running the model on one chip at TP=4.
+# ([SNU], [MEGA]), all running the model on one chip at TP=4.
 
 # %%
 floors_ms = {n: 1e3 * memory_time(decode_total, h) for n, h in CHIPS.items()}
@@ -184,7 +184,7 @@ print(format_table(rows, ["chip", "floor ms", "alt floor ms", "measured", "ms/to
 assert 2.0 < floors_ms["trn2"] < 2.2 and 1.2 < floors_ms["trn3"] < 1.3
 over_floor = {f"{m.hardware} {m.label}": m.ms_per_token / floors_ms[m.hardware]
               for m in QWEN3_DECODE_MEASURED}
-# trainium.md §6 says "5–12× above the HBM roofline" (from 6.05 GB); with router, norms and the KV cache
+# Against 6.05 GB the measured steps are 5–12× above the HBM roofline; with router, norms and the KV cache
 # at T = 640 the Trn2 ratio is 4.98
 assert all(4.5 < r < 12 for r in over_floor.values())
 
@@ -234,7 +234,7 @@ save_figure(fig, "00_decode_bytes_breakdown", data=data)
 # ## The competition
 # Five prompts, each generated to 640 tokens in total; score per prompt =
 # accuracy × (base latency / latency) × (throughput / base throughput) × (1 + NKI MAC ratio).
-# Published baselines (trainium.md §7.2): the Trn3 baseline is ~1.3–1.4× slower than the Trn2 one.
+# Published baselines ([MOE-REPO] prompt CSVs): the Trn3 baseline is ~1.3–1.4× slower than the Trn2 one.
 
 # %%
 rows = [(p.id, p.context_len, p.generated_tokens, b2.latency_ms, b2.throughput, b3.latency_ms, b3.throughput,
@@ -257,13 +257,13 @@ print(format_table(rows, ["prompt", "latency ms", "tok/s", "score (ours)", "scor
                    floatfmt=".4g"))
 assert [round(s, 2) for s in scores] == list(FIRST_PLACE_TRN3.published_scores)
 first_ms_per_token = FIRST_PLACE_TRN3.latency_ms[0] / PROMPTS[0].generated_tokens
-assert 6 < first_ms_per_token < 7  # trainium.md §7.3 [derived] ≈ 6.5 ms per generated token
+assert 6 < first_ms_per_token < 7  # derived from [WIN1]: ≈ 6.5 ms per generated token
 
 # %% [markdown]
 # ## How good are the time estimates? — the cost model's calibration
 # Every kernel time in later notebooks is an *estimate* of `nki_moe.perf` (published per-instruction costs
-# over the emulator's trace). To know how far to trust it, each published measurement of trainium.md §5
-# is re-created as an NKI kernel with the same structure and shapes (`nki_moe.perf.calibration_kernels`)
+# over the emulator's trace). To know how far to trust it, each published kernel measurement ([MEGA] …)
+# is re-created as an NKI kernel with the same structure and shapes (`nki_moe.kernels.calibration`)
 # and estimated. Goal: median |error| ≤ 25 %, none above 50 %. One constant is fitted (software-DGE time
 # per descriptor, over the three MoE latencies: hollow markers); every other point is out of sample.
 # SMOKE estimates only the cheap kernels (DMA example, attention block).

@@ -23,9 +23,9 @@
 #   reads 16.8 MB → 23 µs.
 # - Prefill T = 640, q: 10.7 GFLOP over 24.6 MB = 436 FLOP/byte, above the 218 FLOP/byte BF16 ridge of a Trn2
 #   core → compute-bound, floor 68 µs on two cores (79 TFLOP/s each).
-# - Levers (trainium.md §3–4): ≥ 2–4 KiB per partition per DMA, x reused across column tiles, PSUM banks
-#   double-buffered so the PE never waits on evictions, and for GEMV the weights as the *stationary* operand
-#   (fast weight load; one 128-column matmul issues every ~64 cycles instead of one 512-column one every 512).
+# - Levers ([DMA-BW], [PERF], [NKI-T1]): ≥ 2–4 KiB per partition per DMA, x reused across column tiles, PSUM
+#   banks double-buffered so the PE never waits on evictions, and for GEMV the weights as the *stationary*
+#   operand (fast weight load; a 128-column matmul issues every ~64 cycles, a 512-column one every 512).
 # - Decode floor vs fixed costs: every launch pays ≥ one DMA fixed cost (~1.9 µs on Trn2: 0.6 µs descriptor
 #   generation + 1.3 µs semaphore-to-start) before its first weight byte and another for its last store, so
 #   a projection whose floor is a few µs (k/v: 2.9 µs) cannot reach 70 % of it — computed below.

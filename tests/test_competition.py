@@ -1,4 +1,4 @@
-"""Competition data (trainium.md §7.2–§7.3) and the score formula."""
+"""Competition data ([MOE-REPO], [WIN1]) and the score formula."""
 
 from __future__ import annotations
 

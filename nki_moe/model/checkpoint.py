@@ -10,7 +10,7 @@ depend on the sharding):
 - norm weights 1 + N(0, 0.1²), so a reference that forgot a norm weight would be caught;
 - a router that routes decisively. With i.i.d. router weights the gap between a token's k-th and
   (k+1)-th router logit is a continuous random variable with density at 0, so over enough tokens some
-  gaps fall within bf16 noise and top-k flips between two correct implementations (qwen3-moe.md §3.4);
+  gaps fall within bf16 noise and top-k flips between two correct implementations (docs/reference-model.md);
   scaling the router does not help, because bf16 noise scales with the logits. Instead routing is made a
   function of a discrete code: the embedding carries, in r = ceil(log2(E/k)) reserved hidden dims, a ±c
   code selecting one of E/k expert groups (k experts each, a different random partition per layer).

@@ -3,7 +3,7 @@
 Shape legend used across the package: T tokens, L layers, H hidden, n_q/n_kv query/KV heads, d head_dim,
 E experts, k top-k, I moe_intermediate, V vocab.
 
-Every field of the real model is set explicitly (qwen3-moe.md §1.2: the ``Qwen3MoeConfig`` defaults are a
+Every field of the real model is set explicitly ([HF-QWEN3MOE]: the ``Qwen3MoeConfig`` defaults are a
 different, 24-layer model with ``norm_topk_prob=False``). The target checkpoint is the April 2025
 ``Qwen/Qwen3-30B-A3B`` release (RoPE θ 1e6, context 40,960), not the ``-2507`` releases (θ 1e7, 262,144).
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["ModelConfig", "CONFIGS", "SHAPE_FIELDS", "get_config"]
 
-# Keys of the 4.51-style config.json that transformers 5 renames (qwen3-moe.md §3.2): old name -> new name.
+# Keys of the 4.51-style config.json that transformers 5 renames ([HF-QWEN3MOE]): old name -> new name.
 _HF_RENAMES = {"num_experts": "num_local_experts", "torch_dtype": "dtype"}
 
 
@@ -120,7 +120,7 @@ class ModelConfig:
         """A complete Hugging Face config.json dict in the 4.51 layout the checkpoint ships with.
 
         Written as transformers 4.51 does (``num_experts``, ``torch_dtype``, top-level ``rope_theta``), which
-        transformers 5 also loads (qwen3-moe.md §3.2); a v5-only ``num_local_experts`` would make 4.x tools
+        transformers 5 also loads ([HF-QWEN3MOE]); a v5-only ``num_local_experts`` would make 4.x tools
         silently fall back to 128 experts.
 
         Returns:
@@ -189,7 +189,7 @@ def _hf_value(d: Mapping[str, Any], field: str) -> Any:
     return next(iter(found.values()))
 
 
-# Qwen/Qwen3-30B-A3B config.json, qwen3-moe.md §1.1 (every value from the verbatim public copy cited there).
+# Qwen/Qwen3-30B-A3B config.json, every value as published ([QWEN3-CONFIG]).
 QWEN3_30B_A3B = ModelConfig(
     name="qwen3-30b-a3b",
     vocab_size=151936,
@@ -225,10 +225,10 @@ QWEN3_30B_A3B = ModelConfig(
     use_cache=True,  # not listed in §1.1; the Qwen3MoeConfig default (checked in tests/model)
 ).validate()
 
-# Real widths, 2 layers: one real-width layer is ~1.2 GiB bf16 (qwen3-moe.md §6.3), small enough for CPU CI.
+# Real widths, 2 layers: one real-width layer is ~1.2 GiB bf16 (623,120,640 params × 2 B), fits CPU CI.
 REAL_WIDTH_2LAYER = QWEN3_30B_A3B.replace(name="real-width-2layer", num_hidden_layers=2, max_window_layers=2)
 
-# The tiny random test model of qwen3-moe.md §6.2 (625,408 params).
+# The tiny random test model (625,408 params).
 TINY = QWEN3_30B_A3B.replace(
     name="tiny",
     vocab_size=512,

@@ -2,7 +2,7 @@
 
 Symbols: L layers, H hidden, n_q/n_kv heads, d head_dim, E experts, k top-k, I moe_intermediate, V vocab,
 T attended positions (decode context, the new token included), S prefill tokens, b bytes per weight element.
-Formulas and reference values: qwen3-moe.md §4 (parameters, KV cache) and §5 (MACs). 1 MAC = 2 FLOP. Norms,
+Formulas derived from the config [QWEN3-CONFIG]; totals match [QWEN3-CARD]. 1 MAC = 2 FLOP. Norms,
 RoPE, softmax, SiLU and top-k are not counted as MACs (< 0.1 %). Byte counts are HBM reads of weights and of
 the KV cache; activations are ignored (a few KiB per token at batch 1).
 """
@@ -54,7 +54,7 @@ def _expert_params(cfg: ModelConfig) -> int:
 
 
 def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
-    """Stored parameters by part (qwen3-moe.md §4).
+    """Stored parameters by part (derived from [QWEN3-CONFIG]).
 
     Args:
         cfg: model config (every layer MoE).

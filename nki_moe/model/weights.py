@@ -3,7 +3,7 @@
 Shape legend: V vocab, H hidden, n_q/n_kv heads, d head_dim, E experts, I moe_intermediate.
 On disk experts are per-expert 2-D tensors (``mlp.experts.{e}.gate_proj.weight`` [I, H] …); in memory we
 stack them the way transformers 5 does, ``gate_up`` [E, 2I, H] (gate rows first) and ``down`` [E, H, I]
-(qwen3-moe.md §3.1). Arrays are float32 (bf16 weights convert exactly), so the NumPy reference can run
+([HF-QWEN3MOE]). Arrays are float32 (bf16 weights convert exactly), so the NumPy reference can run
 BLAS matmuls; the embedding table stays in its stored dtype because only looked-up rows are needed.
 
 The whole header set is validated when a :class:`Checkpoint` is opened — every missing, unexpected,

@@ -1,10 +1,10 @@
 """Per-instruction cost formulas of the compute engines (TensorE, VectorE, ScalarE, GpSimdE): an estimate.
 
-Every formula is the published NC-v2 "estimated instruction cost" of [ISA-OLD] (trainium.md §3), with the
+Every formula is the published NC-v2 "estimated instruction cost" of [ISA-OLD], with the
 NC-v3/v4 perf-mode multipliers of [NKI-T2]/[NKI-T3] applied on top and the engine clocks of
 :mod:`nki_moe.perf.hardware`. Costs are in cycles of the executing engine; :func:`compute_cost` turns them
-into nanoseconds. N is the number of elements per partition of the main input tile. Source tags refer to
-/work/shared/reference/trainium.md §0; ``derived`` marks arithmetic or a reading of the published rules
+into nanoseconds. N is the number of elements per partition of the main input tile. Source tags resolve in
+docs/sources.md; ``derived`` marks arithmetic or a reading of the published rules
 that the sources do not state outright. No constant here is fitted.
 """
 
@@ -36,8 +36,8 @@ REDUCE_TAIL = 64  # [ISA-OLD]: activation_reduce / tensor_scalar_reduce add MIN_
 FP32_MATMUL_FACTOR = 4  # [ISA-OLD], [NKI-T1]: fp32 matmul inputs run 4× slower
 STATIONARY_CAP = 64  # [ISA-OLD]: max(min(64, N_stationary), N_moving) (fast LoadStationary, [PERF] Opt #7)
 # Profiler-style PE activity (see pe_active_cycles): every nc_matmul is shown as a LoadStationary plus a
-# MultiplyMoving instruction (nki-api.md §3.2). MultiplyMoving issues every ≈ max(N_moving, 64) cycles
-# ([NKI-T1], [PERF]; trainium.md §3 "TensorE pipeline"); fast LoadStationary is "up to 4× faster than an MM of
+# MultiplyMoving instruction ([NKI-ISA]). MultiplyMoving issues every ≈ max(N_moving, 64) cycles
+# ([NKI-T1], [PERF]); fast LoadStationary is "up to 4× faster than an MM of
 # equal free size: a 128-column LS takes ~32 cycles" ([PERF] Opt #7).
 MM_ISSUE_MIN = 64  # [NKI-T1], [PERF]: MultiplyMoving issue interval floor, cycles
 LS_SPEEDUP = 4  # [PERF] Opt #7: LoadStationary vs an MM of the same free size
@@ -121,9 +121,9 @@ def pe_active_cycles(
     """PE cycles the profiler shows as *active* for one nc_matmul: LoadStationary + MultiplyMoving.
 
     The profiler shows each nc_matmul as two PE instructions, LoadStationary (LS) and MultiplyMoving (MM)
-    (nki-api.md §3.2), and counts both durations as PE activity, although the throughput formula
+    ([NKI-ISA]), and counts both durations as PE activity, although the throughput formula
     ``max(min(64, M), N)`` of :func:`matmul_cycles` (used by the latency schedule) hides LS behind the
-    previous MM. Published durations (trainium.md §3, "TensorE pipeline"):
+    previous MM. Published durations ([NKI-T1], [PERF]):
 
     * MM: issues every ≈ ``max(N_moving, 64)`` cycles ([NKI-T1], [PERF]);
     * LS: fast LoadStationary is up to 4× faster than an MM of equal free size, a 128-column LS ~32 cycles
@@ -230,7 +230,7 @@ def _vector_cycles(rec, engine: str, N: int) -> tuple[float, str]:
         both_sbuf = all(a.buffer == "sbuf" for a in acc)
         return (max(MIN_II, 2 * N), "max(MIN_II,2N)") if both_sbuf else (max(MIN_II, N), "max(MIN_II,N)")
     if op in ("max8", "nc_find_index8", "nc_match_replace8"):
-        return max(MIN_II, N), "max(MIN_II,N)"  # [ISA-OLD] gives N (min() read as max(), trainium.md §3)
+        return max(MIN_II, N), "max(MIN_II,N)"  # [ISA-OLD] gives N (min() read as max(), derived)
     if op == "exponential":
         # [NKI-T3]: VectorE exponential has 4× the throughput of ScalarE activation(exp) (N cycles).
         return max(MIN_II, N / 4), "max(MIN_II,N/4) exponential"

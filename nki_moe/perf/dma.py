@@ -1,6 +1,6 @@
 """DMA cost model: fixed issue latency, 16 engines per core, efficiency by contiguous bytes, HBM share.
 
-An estimate built from published figures (trainium.md §1.2, §3; source tags in §0):
+An estimate built from published figures (source tags in docs/sources.md):
 
 * descriptor generation: ~600 ns per hwdge DMA instruction on one of 2 DGE instances per core
   ([DGE], [NKI-T2]); software DGE (``queue == 'pool'``) runs on GpSimd, charged the same time there

@@ -1,14 +1,14 @@
 """Cited hardware specs of Trainium chips (trn1, trn2, trn3) and the roofline arithmetic on them.
 
-Every number carries its source tag from /work/shared/reference/trainium.md §0 (e.g. ``[T2-ARCH]``); the
-usable-SBUF figures come from the KLR compiler front end via nki-api.md §2.3 (``[KLR]``). ``# derived:``
+Every number carries its source tag in docs/sources.md (e.g. ``[T2-ARCH]``); the
+usable-SBUF figures come from the KLR compiler front end (``[KLR]``). ``# derived:``
 marks arithmetic on cited numbers. Units: clocks in GHz, FLOP rates in TFLOP/s and bandwidths in GB/s or
 TB/s in the tables; the helper methods return SI base units (FLOP/s, B/s, bytes).
 
 Scopes: ``"core"`` = one physical NeuronCore; ``"logical_core"`` = ``lnc`` physical cores acting as one
 (LNC=2 on Trn2/Trn3 by default [LNC]); ``"chip"`` = the whole device (8 physical = 4 logical cores on
 Trn2/Trn3). Chip compute peaks are the published chip figures, which are not exactly 8 × the per-core
-figures (Trn2 BF16: 667 vs 8 × 79 = 632 TFLOP/s; trainium.md §9); for kernel modelling use the per-core ones.
+figures (Trn2 BF16: 667 [T2-ARCH] vs 8 × 79 = 632 TFLOP/s [NC3]); for kernel modelling use the per-core ones.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ TRN1 = HardwareSpec(
     # [NKI-T1]: "92 TFLOPS" BF16/FP16/TF32/cFP8 and 23 FP32 per core
     tensor_tflops_core={"bf16": 92.0, "fp8": 92.0, "fp32": 23.0},
     tensor_tflops_chip={
-        "bf16": 190.0,  # [NKI-T1], [T2-ARCH] comparison table (2 × 92 = 184; trainium.md §8)
+        "bf16": 190.0,  # [NKI-T1], [T2-ARCH] comparison table (2 × 92 = 184)
         "fp8": 184.0,  # derived: 2 cores × 92 (no chip figure published)
         "fp32": 46.0,  # derived: 2 cores × 23 (no chip figure published)
     },
@@ -151,16 +151,16 @@ TRN1 = HardwareSpec(
     hbm_gib=32,  # [NKI-T1]
     sbuf_partitions=128,  # [NKI-T1]
     sbuf_bytes_per_partition=192 * _KIB,  # [NKI-T1]: 24 MiB = 128 × 192 KiB
-    sbuf_usable_bytes_per_partition=180224,  # [KLR] nki-api.md §2.3: 192 KiB − 16 KiB compiler reserve
+    sbuf_usable_bytes_per_partition=180224,  # [KLR]: 192 KiB − 16 KiB compiler reserve
     sbuf_mib_chip=48,  # [T2-ARCH] comparison ("Trn1: 48")
     psum_bytes_per_partition=16 * _KIB,  # [NKI-T1]: 2 MiB = 128 × 16 KiB
     psum_banks=8,  # [NKI-T1]: 8 banks × 2 KiB
     dma_engines_per_core=16,  # [NKI-T1]
     dma_gbs_per_engine=17.0,  # [DMA-BW]: 17 B/ns → 272 GB/s per core
     dma_gbs_per_engine_theoretical=27.2,  # [DMA-INTRO]: 27.2 GB/s on v2 and v3
-    dma_tbs_chip=1.0,  # [NKI-T1], trainium.md §8
+    dma_tbs_chip=1.0,  # [NKI-T1]
     dma_semaphore_us=1.3,  # [DMA-BW]: "~1300 ns cross-engine"
-    dma_hwdge_us=None,  # not given for NC-v2 in trainium.md
+    dma_hwdge_us=None,  # not published for NC-v2
 )
 
 TRN2 = HardwareSpec(
@@ -181,7 +181,7 @@ TRN2 = HardwareSpec(
     hbm_gib=96,  # [T2-ARCH], [NKI-T2]: 4 stacks of 24 GB
     sbuf_partitions=128,  # [NKI-T2]
     sbuf_bytes_per_partition=224 * _KIB,  # [NKI-T2]: 28 MiB = 128 × 224 KiB
-    sbuf_usable_bytes_per_partition=212984,  # [KLR] nki-api.md §2.3
+    sbuf_usable_bytes_per_partition=212984,  # [KLR]
     sbuf_mib_chip=224,  # [T2-ARCH]
     psum_bytes_per_partition=16 * _KIB,  # [NKI-T2]: 2 MiB = 128 × 16 KiB
     psum_banks=8,  # [NKI-T2]: 8 banks × 2 KiB = 512 fp32
@@ -221,7 +221,7 @@ TRN3 = HardwareSpec(
     hbm_gib=144,  # [T3-ARCH], [NKI-T3]
     sbuf_partitions=128,  # [NKI-T3]
     sbuf_bytes_per_partition=256 * _KIB,  # derived: 32 MiB per core [NKI-T3], [NC4] / 128 partitions
-    sbuf_usable_bytes_per_partition=245752,  # [KLR] nki-api.md §2.3
+    sbuf_usable_bytes_per_partition=245752,  # [KLR]
     sbuf_mib_chip=256,  # [T3-ARCH]
     psum_bytes_per_partition=16 * _KIB,  # [NKI-T3]: 2 MiB per core, unchanged
     psum_banks=8,  # [NKI-T3]

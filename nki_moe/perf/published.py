@@ -1,4 +1,4 @@
-"""Published model-level decode measurements of Qwen3-30B-A3B on one chip (trainium.md §6).
+"""Published model-level decode measurements of Qwen3-30B-A3B on one chip ([SNU], [MEGA]).
 
 Data only: every point is a measured time per generated token at batch 1, quoted with its source tag.
 """

@@ -1,6 +1,6 @@
 """Dependency-aware list scheduler over an emulator trace: an estimated timeline of every engine.
 
-Rules (trainium.md §4.5): each compute engine (PE, ACT, DVE, POOL, SP) of each physical core runs its
+Rules ([PERF], [NKI-T1]): each compute engine (PE, ACT, DVE, POOL, SP) of each physical core runs its
 instructions in program order; engines run concurrently; an instruction waits for every earlier instruction
 whose memory region overlaps its own (read-after-write, write-after-read, write-after-write on the same
 allocation, partitions × byte ranges in SBUF/PSUM, byte ranges in HBM). DMAs go through a queue (in order),
@@ -202,7 +202,7 @@ class Schedule:
         Unlike :meth:`busy_ns` (throughput occupancy, what the latency schedule uses):
 
         * PE: Σ over instructions of the profiler's instruction durations; every nc_matmul counts its
-          LoadStationary *and* its MultiplyMoving (nki-api.md §3.2, durations from trainium.md §3,
+          LoadStationary *and* its MultiplyMoving ([NKI-ISA], durations from [NKI-T1], [PERF],
           :func:`nki_moe.perf.costs.pe_active_cycles`), although the schedule hides LS behind the previous MM;
         * DMA: per core, the union over DMAs of [descriptors handed to the DMA queue, last byte]: the DMA
           side's per-transfer work ("descriptor setup, synchronisation and semaphore-to-start latency",

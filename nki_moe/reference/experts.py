@@ -123,7 +123,7 @@ def moe_block(
         k: experts per token; norm_topk_prob: renormalise the selected probabilities.
         dtype: rounding mode.
         routing: optional (idx [T, k], weights [T, k]) to use instead of the router's own choice, so an
-            expert kernel can be checked on exactly the reference's routing (qwen3-moe.md §3.4).
+            expert kernel can be checked on exactly the reference's routing (docs/reference-model.md).
     Returns:
         (out [T, H], idx [T, k], weights [T, k]).
     """

@@ -2,7 +2,7 @@
 
 Shape legend: T tokens, H hidden, n heads, d head_dim.
 HF computes ``x·rsqrt(mean(x²)+eps)`` in fp32, casts that back to the activation dtype and only then
-multiplies by the weight, so in bf16 there are two roundings (qwen3-moe.md §2.3).
+multiplies by the weight, so in bf16 there are two roundings ([HF-QWEN3MOE]).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class OpCost:
 
     ``macs`` counts multiply-adds done as matrix products only (what a tensor engine does); elementwise
     work (norms, RoPE, softmax, SiLU, top-k) is 0 here, matching the convention of
-    ``nki_moe.model.counts`` (qwen3-moe.md §5). ``weight_bytes`` are parameter bytes read once;
+    ``nki_moe.model.counts``. ``weight_bytes`` are parameter bytes read once;
     ``act_bytes`` are activation / KV-cache bytes read plus written.
     """
 

@@ -3,14 +3,14 @@
 One object serves both as the ISA `op=` enum and, through `Op.__call__`, as the 0.3 high-level function
 (`nl.exp(tile)`); the emulator's language module installs the latter in `HIGHLEVEL`.
 
-Kinds (nki-api.md §4.4):
+Kinds ([SHARED]):
 - 'arith'      Vector/GpSimd ALU arithmetic, fp32 in and out (add, multiply, rsqrt, abs, power, ...).
 - 'compare'    ALU comparisons; 1.0 where true, else 0.0.
 - 'logical'    ALU logical ops on "nonzero"; 1.0 / 0.0.
 - 'bitvec'     ALU bit operations on raw integers (no fp32 round trip).
 - 'activation' Scalar Engine functions (exp, gelu, ...), fp32 in and out.
 `alu` marks ops the Vector/GpSimd ALU can run; `act` marks functions `nisa.activation` accepts.
-Activations use the textbook definitions (hardware uses piecewise approximations; see nki-api.md §2.6).
+Activations use the textbook definitions (hardware uses piecewise approximations; see [SHARED]).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _softplus64(x: np.ndarray) -> np.ndarray:
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GELU_SIGMOID_K = 1.702  # the usual sigmoid-GELU constant; NKI docs do not state it (nki-api.md §4.4)
+_GELU_SIGMOID_K = 1.702  # the usual sigmoid-GELU constant; NKI docs do not state it ([SHARED])
 
 
 def _gelu64(x: np.ndarray) -> np.ndarray:
@@ -279,7 +279,7 @@ invert = _reg(Op("invert", "bitvec", 1, _bits(np.invert)), "bitwise_not")
 left_shift = _reg(
     Op("left_shift", "bitvec", 2, _bits(_shift_left)), "logical_shift_left", "arithmetic_shift_left"
 )
-# NKI's right_shift is logical (nki-api.md §4.4: there is no arithmetic right shift on the ALU).
+# NKI's right_shift is logical ([SHARED]: there is no arithmetic right shift on the ALU).
 right_shift = _reg(
     Op("right_shift", "bitvec", 2, _bits(_shift_right_logical)), "right_shift_logical", "logical_shift_right"
 )

@@ -1,4 +1,4 @@
-"""nki.isa enums (values from the 0.3 stubs, nki-api.md §3.1)."""
+"""nki.isa enums (values from the 0.3 stubs, [NKI-ISA])."""
 
 from __future__ import annotations
 

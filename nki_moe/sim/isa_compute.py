@@ -1,6 +1,6 @@
 """nki.isa compute instructions (Vector, Scalar and GpSimd engines), NKI 0.3 signatures.
 
-Each instruction validates its operands (nki-api.md §3.3-3.5 and §5), reads them as (P, F) arrays through
+Each instruction validates its operands ([NKI-ISA]; errors as [NKI-SIM]), reads them as (P, F) arrays through
 `Instr`, computes with `semantics`, and writes through `Instr` (which casts to dst.dtype, records the trace
 and propagates the uninitialised-data taint). Errors name the instruction, the operand and the kernel line.
 """

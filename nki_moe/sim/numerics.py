@@ -1,11 +1,11 @@
 """Dtype table, hardware casts and type promotion for the NKI emulator.
 
 Every non-matmul engine computes in fp32: inputs are widened with `to_f32`, the result is narrowed with
-`cast`. The casts follow the hardware rules of nki-api.md §2.5–2.6: float -> narrower float rounds to
+`cast`. The casts follow the hardware rules of [SHARED] and [NKI-SIM]: float -> narrower float rounds to
 nearest even (ml_dtypes), tfloat32 keeps 10 mantissa bits (RNE) inside a float32 container, float -> int
 rounds half to even and saturates (NaN -> 0), int -> int saturates.
 
-Storage mode (nki-api.md §1.1, `NKI_PRECISE_FP`): in precise mode (the default from NKI 0.4) bf16/fp8/fp16
+Storage mode ([NKI-SIM], `NKI_PRECISE_FP`): in precise mode (the default from NKI 0.4) bf16/fp8/fp16
 tensors are stored in their own format; in fp32 mode they are stored as float32 and `cast` does not round
 them, like the 0.3 simulator.
 """
@@ -267,7 +267,7 @@ def to_f32(raw: np.ndarray) -> np.ndarray:
         return np.asarray(raw).astype(np.float32)
 
 
-# ---- type promotion for high-level nl.* ops (nki-api.md §2.5) ----------------------------------------
+# ---- type promotion for high-level nl.* ops ([NKI1-SHARED]) -----------------------------------------
 
 _FLOAT_RANK = {"float32": 4, "tfloat32": 3, "bfloat16": 2, "float16": 2}
 _FP8 = frozenset({"float8_e4m3", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"})

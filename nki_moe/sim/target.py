@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-# KLR Trace.lean kernelEnv / nki-api.md §2.3-2.4.
+# [KLR] Trace.lean kernelEnv.
 _ALIASES = {
     "trn1": "trn1",
     "gen2": "trn1",

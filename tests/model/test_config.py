@@ -19,7 +19,7 @@ def test_named_configs():
 
 
 def test_real_config_exact_hf_values():
-    # qwen3-moe.md §1.1
+    # [QWEN3-CONFIG]
     expected = dict(
         hidden_size=2048,
         num_hidden_layers=48,
@@ -60,7 +60,7 @@ def test_real_width_2layer_and_tiny():
     two = get_config("real-width-2layer")
     diff = {f.name for f in dataclasses.fields(ModelConfig) if getattr(two, f.name) != getattr(REAL, f.name)}
     assert diff == {"name", "num_hidden_layers", "max_window_layers"} and two.num_hidden_layers == 2
-    tiny = get_config("tiny")  # qwen3-moe.md §6.2
+    tiny = get_config("tiny")  # the tiny random test model
     # SHAPE_FIELDS: V, H, L, n_q, n_kv, d, E, k, I, norm_topk_prob, rope_theta, rms_norm_eps, tied, dtype
     want = (512, 128, 2, 4, 2, 32, 8, 2, 64, True, 1e6, 1e-6, False, "bfloat16")
     assert tuple(getattr(tiny, f) for f in SHAPE_FIELDS) == want
@@ -91,7 +91,7 @@ def test_validate_names_the_field(changes, field):
 def test_to_hf_dict_is_complete_4_51_layout():
     d = REAL.to_hf_dict()
     assert d["model_type"] == "qwen3_moe" and d["architectures"] == ["Qwen3MoeForCausalLM"]
-    assert d["num_experts"] == 128 and "num_local_experts" not in d  # 4.51 spelling (qwen3-moe.md §3.2)
+    assert d["num_experts"] == 128 and "num_local_experts" not in d  # 4.51 spelling ([HF-QWEN3MOE])
     assert d["torch_dtype"] == "bfloat16" and d["rope_theta"] == 1e6 and d["rope_scaling"] is None
     assert d["mlp_only_layers"] == [] and d["transformers_version"] == "4.51.0"
     fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "dtype"}

@@ -1,4 +1,4 @@
-"""Calibration table: the model against published measurements (trainium.md §5), within the agreed error."""
+"""Calibration table: the model against published measurements (docs/sources.md), within the agreed error."""
 
 from __future__ import annotations
 

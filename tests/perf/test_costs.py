@@ -1,4 +1,4 @@
-"""Per-instruction cost formulas against hand-computed cycles (trainium.md §3)."""
+"""Per-instruction cost formulas against hand-computed cycles ([ISA-OLD], [NKI-T1], [PERF])."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cited hardware figures and the per-core / logical-core / chip arithmetic (trainium.md, nki-api.md §2.3)."""
+"""Cited hardware figures and the per-core / logical-core / chip arithmetic ([T2-ARCH], [KLR])."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_peak_flops():
     assert TRN1.peak_flops("bf16", "core") == 92e12 and TRN1.peak_flops("bf16") == 190e12
     with pytest.raises(KeyError, match="mxfp8"):
         TRN2.peak_flops("mxfp8")
-    # trainium.md §1.2 [derived]: 128 × 128 × 2 × 2.4 GHz = 78.6 TFLOP/s ≈ the published 79
+    # derived: 128 × 128 × 2 × 2.4 GHz ([NKI-T2]) = 78.6 TFLOP/s ≈ the published 79 ([NC3])
     assert TRN2.pe_formula_flops_core() == pytest.approx(78.6432e12)
     assert TRN2.peak_flops("bf16", "core") * 8 == 632e12 != TRN2.peak_flops("bf16", "chip")  # §9 conflict
 
@@ -58,7 +58,7 @@ def test_hbm():
 
 
 def test_machine_balance():
-    # trainium.md §1.2 / §2.2 [derived]
+    # derived from [T2-ARCH], [T3-ARCH], [NC3]
     assert TRN2.machine_balance("bf16", "chip") == pytest.approx(230, abs=0.5)
     assert TRN2.machine_balance("bf16", "core") == pytest.approx(218, abs=0.5)
     assert TRN2.machine_balance("fp8", "chip") == pytest.approx(448, abs=0.5)
