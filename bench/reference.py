@@ -139,7 +139,9 @@ def main() -> None:
             cache.lengths[0] = S  # back to S cached positions
             return out
 
-        return (lambda: decoder_layer(x_np[:S], ours, CFG, cos[:S], sin[:S], None, 0, dtype)), decode
+        return (
+            lambda: decoder_layer(x_np[:S], ours, CFG, cos[:S], sin[:S], cache=None, layer=0, dtype=dtype)
+        ), decode
 
     # The machine may be shared: implementations are timed in rotation, so a burst of outside load hits
     # all of them alike, and medians are taken per implementation.

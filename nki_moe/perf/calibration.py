@@ -362,7 +362,7 @@ def _metric(m: Measurement, prof: ProfileResult) -> float:
 
 def predict(m: Measurement) -> float:
     """Model estimate of one measurement, in its unit (runs the calibration kernel; traces cached)."""
-    prof = profile_trace(run_calibration_kernel(m.kernel, m.hardware), m.hardware, m.key)
+    prof = profile_trace(run_calibration_kernel(m.kernel, m.hardware), m.hardware, name=m.key)
     return _metric(m, prof)
 
 

@@ -118,6 +118,7 @@ class ProfileResult:
 def profile_trace(
     trace,
     target: str | HardwareSpec = "trn2",
+    *,
     name: str = "kernel",
     trace_path: str | Path | None = None,
     flops: float | None = None,
@@ -220,4 +221,6 @@ def profile(
         trace_path = out_dir("build") / "traces" / f"{safe}_{target}.json"
     elif trace_path is False:
         trace_path = None
-    return profile_trace(res.trace, target, label, trace_path, flops, hbm_bytes)
+    return profile_trace(
+        res.trace, target, name=label, trace_path=trace_path, flops=flops, hbm_bytes=hbm_bytes
+    )

@@ -182,6 +182,27 @@ class Schedule:
     active_dur: np.ndarray | None = None
     dma_queue_start: np.ndarray | None = None
 
+    @classmethod
+    def empty(cls, hw: HardwareSpec, n: int) -> Schedule:
+        """A schedule of ``n`` records, all zero, for the scheduler to fill in place."""
+        return cls(
+            hw=hw,
+            start=np.zeros(n),
+            end=np.zeros(n),
+            busy_start=np.zeros(n),
+            engine=[""] * n,
+            track=[""] * n,
+            pid=np.zeros(n, np.int64),
+            pred=np.full(n, -1, np.int64),
+            pred_kind=[""] * n,
+            rules=[""] * n,
+            dma_bytes=np.zeros(n, np.int64),
+            hbm_bytes=np.zeros(n, np.int64),
+            dma_engines_busy_ns=defaultdict(float),
+            active_dur=np.zeros(n),
+            dma_queue_start=np.zeros(n),
+        )
+
     @property
     def latency_ns(self) -> float:
         """Estimated kernel latency: last completion (the launch starts at 0)."""
@@ -353,42 +374,58 @@ def schedule_trace(
     records = list(trace)
     allocs = getattr(trace, "allocs", None)
     phys = physical_buffers(records, allocs, rotation) if allocs and rotation else {}
-    n = len(records)
-    start = np.zeros(n)
-    end = np.zeros(n)
-    busy_start = np.zeros(n)
-    pid = np.zeros(n, np.int64)
-    pred = np.full(n, -1, np.int64)
-    pred_kind = [""] * n
-    engine = [""] * n
-    track = [""] * n
-    rules = [""] * n
-    dma_bytes = np.zeros(n, np.int64)
-    hbm_bytes = np.zeros(n, np.int64)
-    active_dur = np.zeros(n)
-    dma_queue_start = np.zeros(n)
+    return _Scheduler(records, hw, phys).run()
 
-    writes: dict = defaultdict(_Regions)
-    reads: dict = defaultdict(_Regions)
-    eng_free: dict = defaultdict(float)  # (pid, resource) -> free time
-    eng_last: dict = defaultdict(lambda: -1)  # (pid, resource) -> last record
-    floor: dict = defaultdict(float)  # pid -> barrier floor
-    pid_last_end: dict = defaultdict(float)
-    barriers: dict = defaultdict(list)  # barrier ordinal -> record indices
-    barrier_count: dict = defaultdict(int)
-    n_programs = len({r.pid for r in records}) or 1
-    dma_busy: dict = defaultdict(float)
-    # per core: the 16 DMA engines' busy intervals; engines with identical histories share one object
-    lanes: dict = defaultdict(lambda: [_Timeline()] * 16)
-    dep_lat_ns = {e: DEP_LATENCY_CYCLES[e] / engine_clock_ghz(e, hw) for e in COMPUTE_ENGINES}
-    sem_ns = getattr(hw, _BARRIER_SEM_NS_ATTR) * 1e3
 
-    for i in _epoch_order(records):
-        rec = records[i]
-        p = rec.pid
-        pid[i] = p
-        rects = [(a.mode, *_rect(a, phys)) for a in rec.accesses]
-        # ---- dependencies -------------------------------------------------------------------------
+class _Scheduler:
+    """One pass over the records in epoch order; each record: its dependencies, then its resources.
+
+    Concerns, one method each: :meth:`_dependency` (RAW/WAR/WAW over the region index), :meth:`_dma`
+    (queue → descriptor generator → the core's 16 DMA engines), :meth:`_compute` (one in-order compute
+    engine), :meth:`_barrier` (``core_barrier`` joins the programs), :meth:`_record` (the region index).
+    The result is filled in place: ``self.sched`` (a :class:`Schedule`).
+    """
+
+    def __init__(self, records, hw: HardwareSpec, phys: dict):
+        self.records, self.hw, self.phys = records, hw, phys
+        self.sched = Schedule.empty(hw, len(records))
+        self.writes: dict = defaultdict(_Regions)
+        self.reads: dict = defaultdict(_Regions)
+        self.free: dict = defaultdict(float)  # (pid, resource) -> time it is free
+        self.last: dict = defaultdict(lambda: -1)  # (pid, resource) -> last record on it
+        self.floor: dict = defaultdict(float)  # pid -> release time of its last barrier
+        self.pid_last_end: dict = defaultdict(float)
+        self.barriers: dict = defaultdict(list)  # barrier ordinal -> record indices
+        self.barrier_count: dict = defaultdict(int)
+        self.n_programs = len({r.pid for r in records}) or 1
+        # per core: the 16 DMA engines' busy intervals; engines with identical histories share one object
+        self.lanes: dict = defaultdict(lambda: [_Timeline()] * 16)
+        self.dep_lat_ns = {e: DEP_LATENCY_CYCLES[e] / engine_clock_ghz(e, hw) for e in COMPUTE_ENGINES}
+        self.sem_ns = getattr(hw, _BARRIER_SEM_NS_ATTR) * 1e3
+
+    def run(self) -> Schedule:
+        sched = self.sched
+        for i in _epoch_order(self.records):
+            rec = self.records[i]
+            p = rec.pid
+            sched.pid[i] = p
+            rects = [(a.mode, *_rect(a, self.phys)) for a in rec.accesses]
+            dep_t, dep_i = self._dependency(rects)
+            if rec.engine == "dma":
+                pred = self._dma(i, rec, dep_t, dep_i)
+            else:
+                pred = self._compute(i, rec, dep_t, dep_i)
+                if rec.opcode == "core_barrier" and self.n_programs > 1:
+                    self._barrier(i, p)
+            sched.pred[i], sched.pred_kind[i] = pred
+            self.pid_last_end[p] = max(self.pid_last_end[p], sched.end[i])
+            self._record(i, rects)
+        sched.dma_engines_busy_ns = dict(sched.dma_engines_busy_ns)
+        return sched
+
+    def _dependency(self, rects) -> tuple[float, int]:
+        """(finish time, index) of the latest earlier record this one must wait for; (-1, -1) if none."""
+        writes, reads = self.writes, self.reads
         dep_t, dep_i = -1.0, -1
         for mode, key, p0, p1, lo, hi in rects:
             t, j = writes[key].latest_overlap(p0, p1, lo, hi) if key in writes else (-1.0, -1)
@@ -398,93 +435,111 @@ def schedule_trace(
                 t, j = reads[key].latest_overlap(p0, p1, lo, hi)
                 if t > dep_t:
                     dep_t, dep_i = t, j
-        base = floor[p]
-        eng = rec.engine
-        if eng == "dma":
-            c = dma_cost(rec, hw)
-            ready, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
-            if dep_t > ready:
-                ready, r_pred, r_kind = dep_t, dep_i, "dep"
-            queue = str(rec.info.get("queue", "q0"))
-            qkey = (p, "queue:" + queue)
-            if eng_free[qkey] > ready:
-                ready, r_pred, r_kind = eng_free[qkey], eng_last[qkey], "queue"
-            if queue == "pool":
-                dge_key = (p, "pool")  # software DGE: descriptors written by GpSimd
-            elif queue == "act":
-                dge_key = (p, "dge1")
-            elif queue == "sp":
-                dge_key = (p, "dge0")
-            else:
-                dge_key = min(((p, "dge0"), (p, "dge1")), key=lambda k: eng_free[k])
-            s = ready
-            if eng_free[dge_key] > s:
-                s, r_pred, r_kind = eng_free[dge_key], eng_last[dge_key], "dge"
-            dge_end = s + c.dge_ns
-            dma_queue_start[i] = dge_end
-            eng_free[dge_key] = dge_end
-            eng_last[dge_key] = i
-            eng_free[qkey] = dge_end
-            eng_last[qkey] = i
-            xfer_ready = dge_end + c.latency_ns
-            first, last = float("inf"), xfer_ready
-            core_lanes = lanes[p]
-            groups: dict = {}
-            for e in c.engines:  # engines sharing one timeline object are filled once
-                groups.setdefault(id(core_lanes[e]), []).append(e)
-            for members in groups.values():
-                tl = core_lanes[members[0]]
-                if sum(1 for x in core_lanes if x is tl) != len(members):
-                    tl = tl.clone()  # copy-on-write: this subset of engines diverges from the others
-                    for e in members:
-                        core_lanes[e] = tl
-                s_e, e_end = tl.fill(xfer_ready, c.ns_per_engine)
+        return dep_t, dep_i
+
+    def _dge(self, p, queue: str) -> tuple:
+        """The descriptor generator serving ``queue`` (software DGE on GpSimd for the pool queue)."""
+        if queue == "pool":
+            return (p, "pool")
+        if queue == "act":
+            return (p, "dge1")
+        if queue == "sp":
+            return (p, "dge0")
+        return min(((p, "dge0"), (p, "dge1")), key=lambda k: self.free[k])
+
+    def _dma(self, i: int, rec, dep_t: float, dep_i: int) -> tuple[int, str]:
+        """Queue (in order) → descriptor generation → transfer on the engines; returns (pred, kind)."""
+        sched, free, last, p = self.sched, self.free, self.last, rec.pid
+        c = dma_cost(rec, self.hw)
+        base = self.floor[p]
+        ready, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
+        if dep_t > ready:
+            ready, r_pred, r_kind = dep_t, dep_i, "dep"
+        queue = str(rec.info.get("queue", "q0"))
+        qkey = (p, "queue:" + queue)
+        if free[qkey] > ready:
+            ready, r_pred, r_kind = free[qkey], last[qkey], "queue"
+        dge_key = self._dge(p, queue)
+        s = ready
+        if free[dge_key] > s:
+            s, r_pred, r_kind = free[dge_key], last[dge_key], "dge"
+        dge_end = s + c.dge_ns
+        sched.dma_queue_start[i] = dge_end
+        free[dge_key] = free[qkey] = dge_end
+        last[dge_key] = last[qkey] = i
+        xfer_ready = dge_end + c.latency_ns
+        first, end = float("inf"), xfer_ready
+        core_lanes = self.lanes[p]
+        groups: dict = {}
+        for e in c.engines:  # engines sharing one timeline object are filled once
+            groups.setdefault(id(core_lanes[e]), []).append(e)
+        for members in groups.values():
+            tl = core_lanes[members[0]]
+            if sum(1 for x in core_lanes if x is tl) != len(members):
+                tl = tl.clone()  # copy-on-write: this subset of engines diverges from the others
                 for e in members:
-                    ekey = (p, e)
-                    if e_end - xfer_ready > c.ns_per_engine + 1e-6 and e_end > last:
-                        r_pred, r_kind = eng_last[ekey], "dma_engine"
-                    eng_last[ekey] = i
-                    dma_busy[ekey] += c.ns_per_engine
-                first = min(first, s_e)
-                last = max(last, e_end)
-            start[i], busy_start[i], end[i] = s, (first if c.engines else xfer_ready), last
-            active_dur[i] = last - dge_end
-            engine[i], track[i] = "dma", "dma:" + queue
-            rules[i] = f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
-            dma_bytes[i] = c.nbytes
-            hbm_bytes[i] = c.nbytes if c.touches_hbm else 0
-        else:
-            cost = compute_cost(rec, hw)
-            ekey = (p, eng)
-            s, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
-            # PE accumulation chains into one PSUM bank stream back to back ([NKI-T1]: peak needs
-            # back-to-back matmuls), so a PE→PE dependency pays no extra latency.
-            lat = 0.0 if eng == "pe" and dep_i >= 0 and records[dep_i].engine == "pe" else dep_lat_ns[eng]
-            if dep_t >= 0 and dep_t + lat > s:
-                s, r_pred, r_kind = dep_t + lat, dep_i, "dep"
-            if eng_free[ekey] > s:
-                s, r_pred, r_kind = eng_free[ekey], eng_last[ekey], "engine"
-            start[i] = busy_start[i] = dma_queue_start[i] = s
-            end[i] = s + cost.ns
-            active_dur[i] = cost.active_ns
-            eng_free[ekey] = end[i]
-            eng_last[ekey] = i
-            engine[i], track[i], rules[i] = eng, eng, cost.rule
-            if rec.opcode == "core_barrier" and n_programs > 1:
-                k = barrier_count[p]
-                barrier_count[p] += 1
-                barriers[k].append(i)
-                if len(barriers[k]) == n_programs:
-                    # Every program has arrived: release all after one cross-core semaphore hop.
-                    members = barriers[k]
-                    release = max(max(pid_last_end[int(pid[j])] for j in members), end[i]) + sem_ns
-                    for j in members:
-                        end[j] = max(end[j], release)
-                        floor[int(pid[j])] = release
-        pred[i], pred_kind[i] = r_pred, r_kind
-        pid_last_end[p] = max(pid_last_end[p], end[i])
-        # ---- record the regions ------------------------------------------------------------------
-        fin = end[i]
+                    core_lanes[e] = tl
+            s_e, e_end = tl.fill(xfer_ready, c.ns_per_engine)
+            for e in members:
+                ekey = (p, e)
+                if e_end - xfer_ready > c.ns_per_engine + 1e-6 and e_end > end:
+                    r_pred, r_kind = last[ekey], "dma_engine"
+                last[ekey] = i
+                sched.dma_engines_busy_ns[ekey] += c.ns_per_engine
+            first = min(first, s_e)
+            end = max(end, e_end)
+        sched.start[i], sched.busy_start[i], sched.end[i] = s, (first if c.engines else xfer_ready), end
+        sched.active_dur[i] = end - dge_end
+        sched.engine[i], sched.track[i] = "dma", "dma:" + queue
+        sched.rules[i] = (
+            f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
+        )
+        sched.dma_bytes[i] = c.nbytes
+        sched.hbm_bytes[i] = c.nbytes if c.touches_hbm else 0
+        return r_pred, r_kind
+
+    def _compute(self, i: int, rec, dep_t: float, dep_i: int) -> tuple[int, str]:
+        """One compute engine, in program order, after its dependencies; returns (pred, kind)."""
+        sched, p, eng = self.sched, rec.pid, rec.engine
+        cost = compute_cost(rec, self.hw)
+        ekey = (p, eng)
+        base = self.floor[p]
+        s, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
+        # PE accumulation chains into one PSUM bank stream back to back ([NKI-T1]: peak needs
+        # back-to-back matmuls), so a PE→PE dependency pays no extra latency.
+        pe_chain = eng == "pe" and dep_i >= 0 and self.records[dep_i].engine == "pe"
+        lat = 0.0 if pe_chain else self.dep_lat_ns[eng]
+        if dep_t >= 0 and dep_t + lat > s:
+            s, r_pred, r_kind = dep_t + lat, dep_i, "dep"
+        if self.free[ekey] > s:
+            s, r_pred, r_kind = self.free[ekey], self.last[ekey], "engine"
+        sched.start[i] = sched.busy_start[i] = sched.dma_queue_start[i] = s
+        sched.end[i] = s + cost.ns
+        sched.active_dur[i] = cost.active_ns
+        self.free[ekey] = sched.end[i]
+        self.last[ekey] = i
+        sched.engine[i], sched.track[i], sched.rules[i] = eng, eng, cost.rule
+        return r_pred, r_kind
+
+    def _barrier(self, i: int, p) -> None:
+        """A ``core_barrier``: when every program has arrived, release all after one semaphore hop."""
+        sched = self.sched
+        k = self.barrier_count[p]
+        self.barrier_count[p] += 1
+        members = self.barriers[k]
+        members.append(i)
+        if len(members) == self.n_programs:
+            release = (
+                max(max(self.pid_last_end[int(sched.pid[j])] for j in members), sched.end[i]) + self.sem_ns
+            )
+            for j in members:
+                sched.end[j] = max(sched.end[j], release)
+                self.floor[int(sched.pid[j])] = release
+
+    def _record(self, i: int, rects) -> None:
+        """Enter the record's regions (finishing at its end) into the index; writes retire what they cover."""
+        fin = self.sched.end[i]
+        writes, reads = self.writes, self.reads
         for mode, key, p0, p1, lo, hi in rects:
             if mode == "w":
                 if key in writes:
@@ -494,21 +549,3 @@ def schedule_trace(
                 writes[key].add(p0, p1, lo, hi, fin, i)
             else:
                 reads[key].add(p0, p1, lo, hi, fin, i)
-
-    return Schedule(
-        hw,
-        start,
-        end,
-        busy_start,
-        engine,
-        track,
-        pid,
-        pred,
-        pred_kind,
-        rules,
-        dma_bytes,
-        hbm_bytes,
-        dict(dma_busy),
-        active_dur,
-        dma_queue_start,
-    )

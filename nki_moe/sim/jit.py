@@ -49,7 +49,7 @@ class Kernel:
     """A jitted kernel. `kernel(*args)` runs it; `kernel[2](*args)` runs an LNC=2 launch."""
 
     def __init__(
-        self, fn, lnc: int | None = None, platform_target: str | None = None, compat: str | None = None
+        self, fn, lnc: int | None = None, *, platform_target: str | None = None, compat: str | None = None
     ):
         self.fn = fn
         self.lnc = lnc
@@ -75,7 +75,7 @@ class Kernel:
                 limit="1 or 2",
                 value=n,
             )
-        return Kernel(self.fn, n, self.platform_target, self.compat)
+        return Kernel(self.fn, n, platform_target=self.platform_target, compat=self.compat)
 
     def __call__(self, *args, **kwargs):
         if runtime.current() is not None:
@@ -107,7 +107,7 @@ def jit(func=None, mode: str = "auto", **kwargs):
             compat = "0.2"
         if isinstance(fn, Kernel):
             return fn
-        return Kernel(fn, None, platform_target, compat)
+        return Kernel(fn, platform_target=platform_target, compat=compat)
 
     return wrap(func) if func is not None else wrap
 
