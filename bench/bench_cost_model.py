@@ -79,25 +79,22 @@ def synthetic_layer(n_steps: int = 12000) -> list[Record]:
     return out
 
 
-def main() -> None:
-    trace = synthetic_layer()
+def _time_schedule(label: str, trace) -> None:
+    """Schedule ``trace`` on trn2; print the instruction rate and the estimated latency."""
     t = time.perf_counter()
     s = schedule_trace(trace, "trn2")
     dt = time.perf_counter() - t
     print(
-        f"synthetic layer: {len(trace)} instructions scheduled in {dt:.2f} s "
-        f"({len(trace) / dt:,.0f} instr/s); estimated latency {s.latency_ns / 1e3:.1f} us"
+        f"{label}: {len(trace)} instructions scheduled in {dt:.2f} s ({len(trace) / dt:,.0f} instr/s); "
+        f"estimated latency {s.latency_ns / 1e3:.1f} us"
     )
+
+
+def main() -> None:
     from nki_moe.perf.calibration import run_calibration_kernel
 
-    tr = run_calibration_kernel("mm_v1", "trn2")
-    t = time.perf_counter()
-    s = schedule_trace(tr, "trn2")
-    dt = time.perf_counter() - t
-    print(
-        f"matmul_v1 emulator trace: {len(tr)} instructions scheduled in {dt:.2f} s "
-        f"({len(tr) / dt:,.0f} instr/s)"
-    )
+    _time_schedule("synthetic layer", synthetic_layer())
+    _time_schedule("matmul_v1 emulator trace", run_calibration_kernel("mm_v1", "trn2"))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def engine_clock_ghz(engine: str, hw: HardwareSpec) -> float:
 
 
 def matmul_cycles(
-    K: int, M: int, N: int, dtype: str, is_transpose: bool = False, perf_mode: str = "none"
+    K: int, M: int, N: int, dtype: str, *, is_transpose: bool = False, perf_mode: str = "none"
 ) -> tuple[float, str]:
     """PE cycles of one nc_matmul: ``max(min(64, M), N)`` ([ISA-OLD]), ×4 for fp32 inputs.
 
@@ -116,7 +116,7 @@ def matmul_cycles(
 
 
 def pe_active_cycles(
-    K: int, M: int, N: int, dtype: str, is_transpose: bool = False, perf_mode: str = "none"
+    K: int, M: int, N: int, dtype: str, *, is_transpose: bool = False, perf_mode: str = "none"
 ) -> float:
     """PE cycles the profiler shows as *active* for one nc_matmul: LoadStationary + MultiplyMoving.
 
@@ -243,7 +243,7 @@ def _vector_cycles(rec, engine: str, N: int) -> tuple[float, str]:
     return max(MIN_II, mult * N), rule
 
 
-def compute_cost(rec, hw: HardwareSpec, nc_version: int | None = None) -> InstrCost:
+def compute_cost(rec, hw: HardwareSpec, *, nc_version: int | None = None) -> InstrCost:
     """Estimated duration of one non-DMA trace record on its engine.
 
     Args:
@@ -261,16 +261,10 @@ def compute_cost(rec, hw: HardwareSpec, nc_version: int | None = None) -> InstrC
     if engine == "pe":
         info = rec.info
         if "K" in info:
-            shape = (
-                info["K"],
-                info["M"],
-                info["N"],
-                info.get("dtype", "bfloat16"),
-                bool(info.get("is_transpose")),
-                info.get("perf_mode", "none"),
-            )
-            cycles, rule = matmul_cycles(*shape)
-            return InstrCost(engine, cycles, cycles / clock, rule, pe_active_cycles(*shape))
+            shape = (info["K"], info["M"], info["N"], info.get("dtype", "bfloat16"))
+            mode = dict(is_transpose=bool(info.get("is_transpose")), perf_mode=info.get("perf_mode", "none"))
+            cycles, rule = matmul_cycles(*shape, **mode)
+            return InstrCost(engine, cycles, cycles / clock, rule, pe_active_cycles(*shape, **mode))
         return InstrCost(engine, float(MIN_II), MIN_II / clock, "MIN_II")
     N = main_elements(rec)
     cycles, rule = _vector_cycles(rec, engine, N)

@@ -123,20 +123,22 @@ def dma_cost(rec, hw: HardwareSpec) -> DmaCost:
     if rec.info.get("queue") == "pool":
         dge += descriptors * SWDGE_NS_PER_DESCRIPTOR
     return DmaCost(
-        nbytes,
-        engines,
-        ns,
-        dge,
-        hw.dma_semaphore_us * 1e3,
-        int(chunk),
-        descriptors,
-        eff,
-        rate_eff,
-        touches_hbm,
+        nbytes=nbytes,
+        engines=engines,
+        ns_per_engine=ns,
+        dge_ns=dge,
+        latency_ns=hw.dma_semaphore_us * 1e3,
+        chunk_bytes=int(chunk),
+        descriptors=descriptors,
+        efficiency=eff,
+        rate_bytes_per_ns=rate_eff,
+        touches_hbm=touches_hbm,
     )
 
 
-def transfer_ns(nbytes: int, partitions: int, chunk_bytes: int, hw: HardwareSpec, hbm: bool = True) -> float:
+def transfer_ns(
+    nbytes: int, partitions: int, chunk_bytes: int, hw: HardwareSpec, *, hbm: bool = True
+) -> float:
     """Transfer time of an isolated DMA (no issue latency), ns: a hand-check helper for tests and notes."""
     n_eng = max(1, min(16, math.ceil(partitions / PARTITIONS_PER_ENGINE)))
     rate = hw.dma_gbs_per_engine

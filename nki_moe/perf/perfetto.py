@@ -22,7 +22,7 @@ def _short(path: str) -> str:
     return os.path.basename(path) if path else "?"
 
 
-def to_trace_events(sched: Schedule, trace, name: str = "kernel") -> dict:
+def to_trace_events(sched: Schedule, trace, *, name: str = "kernel") -> dict:
     """Build the trace-event JSON object (``{"traceEvents": [...], ...}``).
 
     Args:
@@ -145,11 +145,11 @@ def validate_trace_events(obj: dict) -> None:
         last[key] = (ev["ts"], ev["ts"] + ev["dur"])
 
 
-def write_perfetto(sched: Schedule, trace, path: str | Path, name: str = "kernel") -> Path:
+def write_perfetto(sched: Schedule, trace, path: str | Path, *, name: str = "kernel") -> Path:
     """Write the trace-event JSON to ``path`` (parents created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    obj = to_trace_events(sched, trace, name)
+    obj = to_trace_events(sched, trace, name=name)
     validate_trace_events(obj)
     path.write_text(json.dumps(obj, separators=(",", ":")))
     return path

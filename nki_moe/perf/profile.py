@@ -153,7 +153,7 @@ def profile_trace(
     roof_s = max(roofline_time(f, b, hw, dtype, "core") / scope_cores, 0.0)
     path = None
     if trace_path is not None:
-        path = write_perfetto(sched, trace, trace_path, name)
+        path = write_perfetto(sched, trace, trace_path, name=name)
     return ProfileResult(
         name=name,
         target=hw.name,

@@ -69,6 +69,7 @@ def plot_roofline(
     ax,
     hw: HardwareSpec,
     points: Sequence[RooflinePoint],
+    *,
     dtypes: Sequence[str] = ("bf16", "fp8"),
     scope: str = "chip",
     intensity_range: tuple[float, float] = (0.3, 3000.0),

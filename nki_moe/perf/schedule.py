@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -176,11 +176,11 @@ class Schedule:
     rules: list[str]  # cost rule applied
     dma_bytes: np.ndarray
     hbm_bytes: np.ndarray  # bytes read or written in HBM by each DMA
-    dma_engines_busy_ns: dict = field(default_factory=dict)  # (pid, engine index) -> busy ns
+    dma_engines_busy_ns: dict  # (pid, engine index) -> busy ns
     # Profiler-style activity (see active_ns): compute records, the instruction's active duration (PE
     # matmuls: LoadStationary + MultiplyMoving); DMA records, when the descriptors reach the DMA queue.
-    active_dur: np.ndarray | None = None
-    dma_queue_start: np.ndarray | None = None
+    active_dur: np.ndarray
+    dma_queue_start: np.ndarray
 
     @classmethod
     def empty(cls, hw: HardwareSpec, n: int) -> Schedule:
@@ -231,8 +231,6 @@ class Schedule:
           instructions), which happens before the queue has anything to process;
         * ACT/DVE/POOL/SP: no documented difference, = :meth:`busy_ns`.
         """
-        if self.active_dur is None or self.dma_queue_start is None:
-            return self.busy_ns(engine, pid)
         sel = [i for i, e in enumerate(self.engine) if e == engine and (pid is None or self.pid[i] == pid)]
         if not sel:
             return 0.0
@@ -286,7 +284,7 @@ def _union_per_pid(pid: np.ndarray, sel: list[int], lo: np.ndarray, hi: np.ndarr
     return float(total)
 
 
-def physical_buffers(records, allocs: dict, rotation: int = DEFAULT_ROTATION) -> dict[int, tuple]:
+def physical_buffers(records, allocs: dict, *, rotation: int = DEFAULT_ROTATION) -> dict[int, tuple]:
     """Physical buffer of every on-chip allocation: serial -> (pid, buffer, file, line, callers, slot).
 
     Args:
@@ -357,7 +355,7 @@ def _epoch_order(records) -> list[int]:
 
 
 def schedule_trace(
-    trace, hw: HardwareSpec | str = "trn2", rotation: int | None = DEFAULT_ROTATION
+    trace, hw: HardwareSpec | str = "trn2", *, rotation: int | None = DEFAULT_ROTATION
 ) -> Schedule:
     """Estimate the start and end time of every record of an emulator trace.
 
@@ -373,17 +371,18 @@ def schedule_trace(
     hw = get_hardware(hw) if isinstance(hw, str) else hw
     records = list(trace)
     allocs = getattr(trace, "allocs", None)
-    phys = physical_buffers(records, allocs, rotation) if allocs and rotation else {}
+    phys = physical_buffers(records, allocs, rotation=rotation) if allocs and rotation else {}
     return _Scheduler(records, hw, phys).run()
 
 
 class _Scheduler:
     """One pass over the records in epoch order; each record: its dependencies, then its resources.
 
-    Concerns, one method each: :meth:`_dependency` (RAW/WAR/WAW over the region index), :meth:`_dma`
-    (queue → descriptor generator → the core's 16 DMA engines), :meth:`_compute` (one in-order compute
-    engine), :meth:`_barrier` (``core_barrier`` joins the programs), :meth:`_record` (the region index).
-    The result is filled in place: ``self.sched`` (a :class:`Schedule`).
+    Concerns, one method each: :meth:`_dependency` (RAW/WAR/WAW over the region index), :meth:`_dma_issue`
+    (the DMA queue, in order, then a descriptor generator), :meth:`_dma_engines` (the core's 16 DMA
+    engines), :meth:`_compute` (one in-order compute engine), :meth:`_barrier` (``core_barrier`` joins the
+    programs), :meth:`_record` (the region index); :meth:`_dma` puts a DMA's parts together. The result is
+    filled in place: ``self.sched`` (a :class:`Schedule`).
     """
 
     def __init__(self, records, hw: HardwareSpec, phys: dict):
@@ -404,6 +403,7 @@ class _Scheduler:
         self.sem_ns = getattr(hw, _BARRIER_SEM_NS_ATTR) * 1e3
 
     def run(self) -> Schedule:
+        """Schedule every record (epoch order) and return the filled :class:`Schedule`."""
         sched = self.sched
         for i in _epoch_order(self.records):
             rec = self.records[i]
@@ -449,26 +449,47 @@ class _Scheduler:
 
     def _dma(self, i: int, rec, dep_t: float, dep_i: int) -> tuple[int, str]:
         """Queue (in order) → descriptor generation → transfer on the engines; returns (pred, kind)."""
-        sched, free, last, p = self.sched, self.free, self.last, rec.pid
+        sched, p = self.sched, rec.pid
         c = dma_cost(rec, self.hw)
-        base = self.floor[p]
-        ready, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
-        if dep_t > ready:
-            ready, r_pred, r_kind = dep_t, dep_i, "dep"
         queue = str(rec.info.get("queue", "q0"))
+        s, dge_end, pred = self._dma_issue(i, p, queue, c.dge_ns, dep_t, dep_i)
+        xfer_ready = dge_end + c.latency_ns
+        first, end, pred = self._dma_engines(i, p, c, xfer_ready, pred)
+        sched.start[i], sched.busy_start[i], sched.end[i] = s, first, end
+        sched.dma_queue_start[i] = dge_end
+        sched.active_dur[i] = end - dge_end
+        sched.engine[i], sched.track[i] = "dma", "dma:" + queue
+        sched.rules[i] = (
+            f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
+        )
+        sched.dma_bytes[i] = c.nbytes
+        sched.hbm_bytes[i] = c.nbytes if c.touches_hbm else 0
+        return pred
+
+    def _dma_issue(
+        self, i: int, p, queue: str, dge_ns: float, dep_t: float, dep_i: int
+    ) -> tuple[float, float, tuple[int, str]]:
+        """The DMA queue (in order), then a descriptor generator: (generation start, end, (pred, kind))."""
+        free, last = self.free, self.last
+        base = self.floor[p]
+        ready, pred = base, (-1, "barrier" if base > 0 else "")
+        if dep_t > ready:
+            ready, pred = dep_t, (dep_i, "dep")
         qkey = (p, "queue:" + queue)
         if free[qkey] > ready:
-            ready, r_pred, r_kind = free[qkey], last[qkey], "queue"
+            ready, pred = free[qkey], (last[qkey], "queue")
         dge_key = self._dge(p, queue)
-        s = ready
-        if free[dge_key] > s:
-            s, r_pred, r_kind = free[dge_key], last[dge_key], "dge"
-        dge_end = s + c.dge_ns
-        sched.dma_queue_start[i] = dge_end
+        if free[dge_key] > ready:
+            ready, pred = free[dge_key], (last[dge_key], "dge")
+        dge_end = ready + dge_ns
         free[dge_key] = free[qkey] = dge_end
         last[dge_key] = last[qkey] = i
-        xfer_ready = dge_end + c.latency_ns
-        first, end = float("inf"), xfer_ready
+        return ready, dge_end, pred
+
+    def _dma_engines(self, i: int, p, c, ready: float, pred: tuple) -> tuple[float, float, tuple[int, str]]:
+        """The core's 16 DMA engines move the bytes from ``ready`` on: (first, last byte, (pred, kind))."""
+        last, busy = self.last, self.sched.dma_engines_busy_ns
+        first, end = float("inf"), ready
         core_lanes = self.lanes[p]
         groups: dict = {}
         for e in c.engines:  # engines sharing one timeline object are filled once
@@ -479,24 +500,16 @@ class _Scheduler:
                 tl = tl.clone()  # copy-on-write: this subset of engines diverges from the others
                 for e in members:
                     core_lanes[e] = tl
-            s_e, e_end = tl.fill(xfer_ready, c.ns_per_engine)
+            s_e, e_end = tl.fill(ready, c.ns_per_engine)
             for e in members:
                 ekey = (p, e)
-                if e_end - xfer_ready > c.ns_per_engine + 1e-6 and e_end > end:
-                    r_pred, r_kind = last[ekey], "dma_engine"
+                if e_end - ready > c.ns_per_engine + 1e-6 and e_end > end:
+                    pred = (last[ekey], "dma_engine")
                 last[ekey] = i
-                sched.dma_engines_busy_ns[ekey] += c.ns_per_engine
+                busy[ekey] += c.ns_per_engine
             first = min(first, s_e)
             end = max(end, e_end)
-        sched.start[i], sched.busy_start[i], sched.end[i] = s, (first if c.engines else xfer_ready), end
-        sched.active_dur[i] = end - dge_end
-        sched.engine[i], sched.track[i] = "dma", "dma:" + queue
-        sched.rules[i] = (
-            f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
-        )
-        sched.dma_bytes[i] = c.nbytes
-        sched.hbm_bytes[i] = c.nbytes if c.touches_hbm else 0
-        return r_pred, r_kind
+        return (first if c.engines else ready), end, pred
 
     def _compute(self, i: int, rec, dep_t: float, dep_i: int) -> tuple[int, str]:
         """One compute engine, in program order, after its dependencies; returns (pred, kind)."""
@@ -504,22 +517,22 @@ class _Scheduler:
         cost = compute_cost(rec, self.hw)
         ekey = (p, eng)
         base = self.floor[p]
-        s, r_pred, r_kind = base, -1, "barrier" if base > 0 else ""
+        s, pred = base, (-1, "barrier" if base > 0 else "")
         # PE accumulation chains into one PSUM bank stream back to back ([NKI-T1]: peak needs
         # back-to-back matmuls), so a PE→PE dependency pays no extra latency.
         pe_chain = eng == "pe" and dep_i >= 0 and self.records[dep_i].engine == "pe"
         lat = 0.0 if pe_chain else self.dep_lat_ns[eng]
         if dep_t >= 0 and dep_t + lat > s:
-            s, r_pred, r_kind = dep_t + lat, dep_i, "dep"
+            s, pred = dep_t + lat, (dep_i, "dep")
         if self.free[ekey] > s:
-            s, r_pred, r_kind = self.free[ekey], self.last[ekey], "engine"
+            s, pred = self.free[ekey], (self.last[ekey], "engine")
         sched.start[i] = sched.busy_start[i] = sched.dma_queue_start[i] = s
         sched.end[i] = s + cost.ns
         sched.active_dur[i] = cost.active_ns
         self.free[ekey] = sched.end[i]
         self.last[ekey] = i
         sched.engine[i], sched.track[i], sched.rules[i] = eng, eng, cost.rule
-        return r_pred, r_kind
+        return pred
 
     def _barrier(self, i: int, p) -> None:
         """A ``core_barrier``: when every program has arrived, release all after one semaphore hop."""

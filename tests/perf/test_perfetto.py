@@ -41,7 +41,7 @@ def _trace():
 def test_trace_events_schema(tmp_path):
     trace = _trace()
     sched = schedule_trace(trace, "trn2")
-    obj = to_trace_events(sched, trace, "t")
+    obj = to_trace_events(sched, trace, name="t")
     validate_trace_events(obj)
     xs = [e for e in obj["traceEvents"] if e["ph"] == "X"]
     assert len(xs) == len(trace)
@@ -49,7 +49,7 @@ def test_trace_events_schema(tmp_path):
     assert {"pe", "dve"} <= names and any(n.startswith("dma:q0") for n in names)
     assert len([n for n in names if n.startswith("dma:q0")]) >= 2  # overlapping DMAs of q0 get lanes
     assert all("loc" in e["args"] and e["args"]["loc"].startswith("synthetic.py") for e in xs)
-    path = write_perfetto(sched, trace, tmp_path / "t.json", "t")
+    path = write_perfetto(sched, trace, tmp_path / "t.json", name="t")
     assert json.loads(path.read_text())["traceEvents"]
 
 

@@ -166,7 +166,7 @@ def test_physical_buffers_rotate_lru_and_keep_live_allocations_apart():
     loads = [_load(10 + k, 100 + k) for k in range(4)]
     reads = [rec("tensor_copy", "dve", [sb("src", "r", 10 + k), sb("dst", "w", 60 + k)]) for k in range(4)]
     tr2 = _SiteTrace(loads + reads, range(10, 14))
-    assert sorted(v[-1] for v in physical_buffers(list(tr2), tr2.allocs, 2).values()) == [0, 1, 2, 3]
+    assert sorted(v[-1] for v in physical_buffers(list(tr2), tr2.allocs, rotation=2).values()) == [0, 1, 2, 3]
 
 
 def test_rotation_adds_war_across_iterations():
