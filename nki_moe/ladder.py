@@ -57,6 +57,7 @@ class Checked:
     expected: tuple  # the reference at the kernel's precision
     outcomes: tuple[Outcome, ...]
     macs: int
+    trace: Any = None  # the emulator trace, for costing without a second run
 
     @property
     def ratio(self) -> float | None:
@@ -229,24 +230,22 @@ class Ladder:
         if shape:
             want = self.cost(**shape).macs
             assert macs == want, f"{label}: trace has {macs} MACs, the op's cost function {want}"
-        return Checked(self.version(v).name, dict(shape), outputs, lowp, outcomes, macs)
+        return Checked(self.version(v).name, dict(shape), outputs, lowp, outcomes, macs, res.trace)
 
-    def profile(self, v: str | Version, target: str | None = None, trace_path=True, **shape):
-        """Cost-model profile (an ESTIMATE) of ``v`` at ``shape``; writes a Perfetto trace by default."""
-        from nki_moe.perf.profile import profile
+    def profile(self, v: str | Version, target: str | None = None, trace_path=True, trace=None, **shape):
+        """Cost-model profile (an ESTIMATE) of ``v`` at ``shape``; writes a Perfetto trace by default.
+
+        ``trace``: an emulator trace of this version and shape already at hand (e.g. ``Checked.trace``);
+        otherwise the version is emulated on the op's seeded inputs.
+        """
+        from nki_moe.perf.profile import profile_trace
 
         ver = self.version(v)
+        trace = self.run(ver, **shape).trace if trace is None else trace
         flops, nbytes = self.flops_bytes(**shape)
         name = f"{self.name}_{ver.name}_{'_'.join(f'{k}{x}' for k, x in shape.items())}"
-        return profile(
-            self.kernel(ver),
-            *self.version_args(ver, self.args(**shape)),
-            target=target or self.target,
-            lnc=ver.lnc,
-            name=name,
-            trace_path=trace_path,
-            flops=flops,
-            hbm_bytes=nbytes,
+        return profile_trace(
+            trace, target or self.target, name=name, trace_path=trace_path, flops=flops, hbm_bytes=nbytes
         )
 
     def step(self, v: str | Version, show_source: bool = True, **shape):
@@ -255,7 +254,7 @@ class Ladder:
             print(self.source(v))
         checked = self.check(v, **shape)
         print(checked.message)
-        prof = self.profile(v, **shape)
+        prof = self.profile(v, trace=checked.trace, **shape)
         print(prof.summary())
         return checked, prof
 
@@ -272,12 +271,13 @@ class Ladder:
         swept = [k for k, x in shape.items() if isinstance(x, (list, tuple, range))]
         assert len(swept) == 1, f"sweep needs exactly one sequence-valued shape entry, got {shape}"
         key = swept[0]
+        ladder = [self.version(v) for v in versions] if versions else list(self.versions)
         rows = []
         for value in shape[key]:
             point = {**shape, key: value}
             args = self.args(**point)
             flops, nbytes = self.flops_bytes(**point)
-            for ver in [self.version(v) for v in (versions or [x.name for x in self.versions])]:
+            for ver in ladder:
                 trace = self.run(ver, args).trace
                 for target in targets:
                     p = profile_trace(trace, target, name=ver.name, flops=flops, hbm_bytes=nbytes)

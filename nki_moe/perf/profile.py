@@ -120,7 +120,7 @@ def profile_trace(
     target: str | HardwareSpec = "trn2",
     *,
     name: str = "kernel",
-    trace_path: str | Path | None = None,
+    trace_path: str | Path | bool | None = None,
     flops: float | None = None,
     hbm_bytes: float | None = None,
 ) -> ProfileResult:
@@ -130,12 +130,21 @@ def profile_trace(
         trace: :class:`nki_moe.sim.trace.Trace`.
         target: 'trn1', 'trn2', 'trn3' or a spec.
         name: label.
-        trace_path: where to write the Perfetto JSON (None: not written).
+        trace_path: where to write the Perfetto JSON; True: ``build/traces/<name>_<target>.json``;
+            None/False: not written.
         flops, hbm_bytes: the op's analytic counts for the roofline (default: counted from the trace).
     Returns:
         :class:`ProfileResult`.
     """
     hw = get_hardware(target) if isinstance(target, str) else target
+    if trace_path is True:
+        from nki_moe.paths import out_dir
+
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        tag = target if isinstance(target, str) else hw.name
+        trace_path = out_dir("build") / "traces" / f"{safe}_{tag}.json"
+    elif trace_path is False:
+        trace_path = None
     sched = schedule_trace(trace, hw)
     programs = len({int(p) for p in sched.pid}) or 1
     lat_ns = max(sched.latency_ns, 1e-9)
@@ -214,13 +223,6 @@ def profile(
     res = run(kernel, *args, target=target, lnc=lnc, **kwargs)
     fn = getattr(kernel, "fn", kernel)
     label = name or getattr(fn, "__name__", "kernel")
-    if trace_path is True:
-        from nki_moe.paths import out_dir
-
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", label)
-        trace_path = out_dir("build") / "traces" / f"{safe}_{target}.json"
-    elif trace_path is False:
-        trace_path = None
     return profile_trace(
         res.trace, target, name=label, trace_path=trace_path, flops=flops, hbm_bytes=hbm_bytes
     )
