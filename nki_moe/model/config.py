@@ -11,14 +11,48 @@ different, 24-layer model with ``norm_topk_prob=False``). The target checkpoint 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import json
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelConfig", "CONFIGS", "SHAPE_FIELDS", "get_config"]
+__all__ = ["ModelConfig", "ConfigError", "CONFIGS", "DTYPES", "SHAPE_FIELDS", "get_config", "load_config"]
+
+# Weight dtypes a config may name (config.json ``torch_dtype`` / ``dtype``).
+DTYPES = ("bfloat16", "float16", "float32")
 
 # Keys of the 4.51-style config.json that transformers 5 renames ([HF-QWEN3MOE]): old name -> new name.
 _HF_RENAMES = {"num_experts": "num_local_experts", "torch_dtype": "dtype"}
+
+
+class ConfigError(ValueError):
+    """A config that is malformed or inconsistent: the message names the field (and the file, when read from
+    one)."""
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer: bool is an int subclass in Python but not an integer in config.json."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ModelConfig annotation -> (what config.json must hold, check). As transformers 5's strict config
+# ([HF-QWEN3MOE]): 2048.0 is not an int, 1 and "false" are not bools. An integer is accepted wherever a float
+# is expected (Python's numeric tower; "rope_theta": 1000000 is common), while transformers 5.24 accepts it
+# for rope_theta and attention_dropout but rejects it for rms_norm_eps and router_aux_loss_coef.
+_TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", _is_int),
+    "int | None": ("an integer or null", lambda v: v is None or _is_int(v)),
+    "float": (
+        "a finite number",
+        lambda v: isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v),
+    ),
+    "bool": ("a boolean (true/false)", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "tuple[int, ...]": ("a list of integers", lambda v: isinstance(v, tuple) and all(map(_is_int, v))),
+    "Mapping[str, Any] | None": ("an object or null", lambda v: v is None or isinstance(v, Mapping)),
+}
 
 
 def _tagged(*tags: str) -> Any:
@@ -77,36 +111,51 @@ class ModelConfig:
         return self.num_attention_heads // self.num_key_value_heads
 
     def validate(self) -> ModelConfig:
-        """Check internal consistency; raise ``ValueError`` naming the offending field. Returns ``self``."""
+        """Check types and internal consistency; raise :class:`ConfigError` naming the offending field.
+
+        Returns ``self``.
+        """
+        for field in dataclasses.fields(self):
+            what, ok = _TYPE_CHECKS[field.type]
+            value = getattr(self, field.name)
+            if not ok(value):
+                raise ConfigError(
+                    f"{self.name}: {field.name} must be {what}, got {value!r} ({type(value).__name__})"
+                )
         for field in _POSITIVE_FIELDS:
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{self.name}: {field} must be a positive int, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"{self.name}: {field} must be a positive int, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"{self.name}: dtype (config.json torch_dtype) must be one of {', '.join(DTYPES)}, "
+                f"got {self.dtype!r}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name}: num_attention_heads={self.num_attention_heads} is not divisible "
                 f"by num_key_value_heads={self.num_key_value_heads}"
             )
         if self.num_experts_per_tok > self.num_experts:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name}: num_experts_per_tok={self.num_experts_per_tok} exceeds "
                 f"num_experts={self.num_experts}"
             )
         if self.head_dim % 2:
-            raise ValueError(f"{self.name}: head_dim={self.head_dim} must be even (rotate_half RoPE)")
+            raise ConfigError(f"{self.name}: head_dim={self.head_dim} must be even (rotate_half RoPE)")
         if not self.rope_theta > 0:
-            raise ValueError(f"{self.name}: rope_theta must be > 0, got {self.rope_theta!r}")
+            raise ConfigError(f"{self.name}: rope_theta must be > 0, got {self.rope_theta!r}")
         if not self.rms_norm_eps > 0:
-            raise ValueError(f"{self.name}: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+            raise ConfigError(f"{self.name}: rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         for field in ("bos_token_id", "eos_token_id"):
             token = getattr(self, field)
             if token is not None and not 0 <= token < self.vocab_size:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.name}: {field}={token} is outside the vocabulary [0, {self.vocab_size})"
                 )
         bad_layers = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
         if bad_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name}: mlp_only_layers has indices {bad_layers} outside "
                 f"[0, num_hidden_layers={self.num_hidden_layers})"
             )
@@ -149,16 +198,24 @@ class ModelConfig:
                 when both are present they must agree.
             name: name given to the resulting config.
         Returns:
-            The config. Raises ``ValueError`` naming the config field that is missing or inconsistent.
+            The config. Raises :class:`ConfigError` naming the config field that is missing, inconsistent
+            or of the wrong type.
         """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a config.json must hold a JSON object, got {type(d).__name__}")
+        if not isinstance(d.get("rope_parameters", {}), Mapping):
+            raise ConfigError(
+                f"config field 'rope_parameters' must be an object, got {d['rope_parameters']!r}"
+            )
         model_type = d.get("model_type")
         if model_type != "qwen3_moe":
-            raise ValueError(f"model_type must be 'qwen3_moe', got {model_type!r}")
+            raise ConfigError(f"model_type must be 'qwen3_moe', got {model_type!r}")
         values: dict[str, Any] = {"name": name}
         for field in dataclasses.fields(cls):
             if field.name != "name":
                 values[field.name] = _hf_value(d, field.name)
-        values["mlp_only_layers"] = tuple(values["mlp_only_layers"])
+        if isinstance(values["mlp_only_layers"], list):  # anything else is left for validate() to name
+            values["mlp_only_layers"] = tuple(values["mlp_only_layers"])
         return cls(**values).validate()
 
 
@@ -182,10 +239,10 @@ def _hf_value(d: Mapping[str, Any], field: str) -> Any:
         found["rope_parameters.rope_type"] = None if rope_type == "default" else dict(d["rope_parameters"])
     if not found:
         looked_for = " / ".join(dict.fromkeys(spellings))
-        raise ValueError(f"config field {field!r} is missing (looked for {looked_for})")
+        raise ConfigError(f"config field {field!r} is missing (looked for {looked_for})")
     distinct = {repr(v) for v in found.values()}
     if len(distinct) > 1:
-        raise ValueError(f"config field {field!r} is inconsistent: {found}")
+        raise ConfigError(f"config field {field!r} is inconsistent: {found}")
     return next(iter(found.values()))
 
 
@@ -247,6 +304,28 @@ TINY = QWEN3_30B_A3B.replace(
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (QWEN3_30B_A3B, REAL_WIDTH_2LAYER, TINY)}
+
+
+def load_config(path: str | Path, name: str | None = None) -> ModelConfig:
+    """Read and validate a Hugging Face config.json.
+
+    Args:
+        path: the config.json file.
+        name: name given to the config; defaults to the name of the file's directory.
+    Returns:
+        The config.
+    Raises:
+        ConfigError: naming the file, and the field (or, for invalid JSON, the line and column).
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    try:
+        return ModelConfig.from_hf_dict(d, name=path.parent.name if name is None else name)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def get_config(name: str) -> ModelConfig:

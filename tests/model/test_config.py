@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
-from nki_moe.model.config import CONFIGS, SHAPE_FIELDS, ModelConfig, get_config
+from nki_moe.model.config import (
+    CONFIGS,
+    DTYPES,
+    SHAPE_FIELDS,
+    ConfigError,
+    ModelConfig,
+    get_config,
+    load_config,
+)
 
 REAL = get_config("qwen3-30b-a3b")
 
@@ -138,3 +147,76 @@ def test_transformers_reads_the_dict():
     assert ModelConfig.from_hf_dict(hf.to_dict(), name="qwen3-30b-a3b") == REAL
     defaults = transformers.Qwen3MoeConfig()
     assert (defaults.attention_dropout, defaults.use_cache) == (REAL.attention_dropout, REAL.use_cache)
+
+
+def _config_file(tmp_path, **changes):
+    """config.json of the tiny config with some keys changed, in a directory of its own."""
+    path = tmp_path / "ck" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**get_config("tiny").to_hf_dict(), **changes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("rope_theta", "abc", "rope_theta must be a finite number, got 'abc' (str)"),
+        ("rms_norm_eps", "small", "rms_norm_eps must be a finite number, got 'small' (str)"),
+        ("rope_theta", float("nan"), "rope_theta must be a finite number, got nan"),
+        ("rms_norm_eps", float("inf"), "rms_norm_eps must be a finite number, got inf"),
+        ("router_aux_loss_coef", True, "router_aux_loss_coef must be a finite number, got True (bool)"),
+        ("torch_dtype", "float8", "must be one of bfloat16, float16, float32, got 'float8'"),
+        ("torch_dtype", 16, "dtype must be a string, got 16 (int)"),
+        ("norm_topk_prob", "false", "norm_topk_prob must be a boolean (true/false), got 'false' (str)"),
+        ("norm_topk_prob", 1, "norm_topk_prob must be a boolean (true/false), got 1 (int)"),
+        ("tie_word_embeddings", 0, "tie_word_embeddings must be a boolean (true/false), got 0 (int)"),
+        ("hidden_size", 128.0, "hidden_size must be an integer, got 128.0 (float)"),
+        ("hidden_size", True, "hidden_size must be an integer, got True (bool)"),
+        ("num_experts", "8", "num_experts must be an integer, got '8' (str)"),
+        ("max_window_layers", 2.0, "max_window_layers must be an integer, got 2.0 (float)"),
+        ("sliding_window", 4096.0, "sliding_window must be an integer or null, got 4096.0 (float)"),
+        ("bos_token_id", 1.0, "bos_token_id must be an integer or null, got 1.0 (float)"),
+        ("mlp_only_layers", [1.0], "mlp_only_layers must be a list of integers, got (1.0,) (tuple)"),
+        ("mlp_only_layers", 5, "mlp_only_layers must be a list of integers, got 5 (int)"),
+        ("hidden_act", 5, "hidden_act must be a string, got 5 (int)"),
+        ("rope_scaling", "yarn", "rope_scaling must be an object or null, got 'yarn' (str)"),
+        ("rope_parameters", "default", "'rope_parameters' must be an object, got 'default'"),
+    ],
+)
+def test_wrong_types_name_file_and_field(tmp_path, key, value, message):
+    path = _config_file(tmp_path, **{key: value})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '{"model_type": "qwen3_moe",',
+            "not valid JSON: Expecting property name enclosed in double quotes: line 1",
+        ),
+        ("", "not valid JSON: Expecting value: line 1 column 1"),
+        ("\udcff", "not valid JSON"),
+        ("[]", "a config.json must hold a JSON object, got list"),
+    ],
+)
+def test_unreadable_config_json_names_the_file(tmp_path, text, message):
+    path = tmp_path / "config.json"
+    path.write_text(text, errors="surrogateescape")  # "\udcff" writes the single byte 0xff
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_config(path)
+
+
+def test_json_integers_are_accepted_as_floats(tmp_path):
+    """An integer where a float is expected (``"rope_theta": 1000000``) is the same number."""
+    cfg = load_config(_config_file(tmp_path, rope_theta=1000000, rms_norm_eps=1, attention_dropout=0))
+    assert cfg == get_config("tiny").replace(name="ck", rms_norm_eps=1.0)
+    assert cfg.rope_theta == 1e6
+
+
+def test_replace_checks_types_too():
+    with pytest.raises(ConfigError, match="norm_topk_prob must be a boolean"):
+        REAL.replace(norm_topk_prob="false")
+    assert issubclass(ConfigError, ValueError) and DTYPES == ("bfloat16", "float16", "float32")

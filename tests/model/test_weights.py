@@ -10,9 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from nki_moe.model import weights
 from nki_moe.model.checkpoint import routing_plan, write_random_checkpoint
-from nki_moe.model.config import get_config
-from nki_moe.model.weights import INDEX_NAME, SINGLE_NAME, Checkpoint, CheckpointError, expected_tensors
+from nki_moe.model.config import DTYPES, get_config
+from nki_moe.model.weights import (
+    INDEX_NAME,
+    SAFETENSORS_DTYPES,
+    SINGLE_NAME,
+    Checkpoint,
+    CheckpointError,
+    expected_tensors,
+)
 from nki_moe.reference import ReferenceModel, topk_margin
 
 TINY = get_config("tiny")
@@ -120,6 +128,61 @@ def test_missing_shard_and_config_mismatch(sharded, tmp_path):
         Checkpoint(sharded, cfg=TINY.replace(num_experts=16))
     with pytest.raises(CheckpointError, match="config.json is missing"):
         Checkpoint(tmp_path)
+
+
+def test_every_config_dtype_has_a_safetensors_dtype():
+    assert tuple(SAFETENSORS_DTYPES) == DTYPES
+
+
+NAN_KEY = "model.layers.0.mlp.experts.3.down_proj.weight"
+INF_KEY = "model.layers.1.self_attn.k_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def non_finite(single, tmp_path_factory):
+    """The single-file checkpoint with one NaN in layer 0 and one inf in layer 1."""
+
+    def poison(t):
+        t[NAN_KEY][5, 7] = float("nan")
+        t[INF_KEY][0, 1] = float("inf")
+
+    return _rewrite(single, tmp_path_factory.mktemp("non_finite") / "ck", poison)
+
+
+def test_verify_names_nan_and_inf_when_their_layer_loads(non_finite):
+    ck = Checkpoint(non_finite, verify=True)  # opening scans nothing
+    assert ck.globals.final_norm.shape == (128,)  # clean tensors load under verify
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{SINGLE_NAME}: tensor '{NAN_KEY}' has 1 NaN and 0 ±inf values \(first at index \[5, 7\]\)",
+    ):
+        ck.layer(0)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{SINGLE_NAME}: tensor '{INF_KEY}' has 0 NaN and 1 ±inf values \(first at index \[0, 1\]\)",
+    ):
+        ck.layer(1)
+
+
+def test_without_verify_non_finite_values_load_unscanned(non_finite, monkeypatch):
+    def no_scan(*args):
+        raise AssertionError("verify=False must not scan tensors")
+
+    monkeypatch.setattr(weights, "_check_finite", no_scan)
+    ck = Checkpoint(non_finite)
+    assert np.isnan(ck.layer(0).down[3, 5, 7]) and np.isinf(ck.layer(1).wk[0, 1])
+    assert np.isfinite(ck.layer(0).wq).all()
+
+
+def test_file_changed_after_open_names_file_and_key(single, tmp_path):
+    ck_dir = shutil.copytree(single, tmp_path / "ck")
+    ck = Checkpoint(ck_dir)  # validated; no data read yet
+    file = ck_dir / SINGLE_NAME
+    file.write_bytes(file.read_bytes()[:-100])
+    with pytest.raises(
+        CheckpointError, match=rf"{SINGLE_NAME}: cannot read tensor 'model.layers.0.input_layernorm.weight'"
+    ):
+        ck.layer(0)
 
 
 def test_writer_is_deterministic_and_independent_of_sharding(single, sharded, tmp_path):
