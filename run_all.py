@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Run every workbook notebook headless and build the HTML report.
 
-Discovers ``notebooks/NN_*.py`` (jupytext percent format) in numeric order, converts each to ``.ipynb``,
-executes it with papermill on the project's Jupyter kernel and writes the executed copy to
-``build/executed/``. Figures land in ``figures/``, results in ``results/`` (written by the notebooks),
-and ``build/report.html`` indexes notebooks, figures and key numbers.
+Discovers ``notebooks/NN_*.py`` (and ``NNa_*.py``; jupytext percent format) in numeric order, converts each
+to ``.ipynb`` and executes it with papermill on the project's Jupyter kernel. A full-size run at each
+notebook's default target writes the committed ``figures/`` and ``results/`` and ``build/``; any other run
+(``--smoke``, ``--target trn3``, ``--backend neuron``) is a variant and writes everything under
+``build/<variant>/`` (``build/smoke/``, ``build/trn3/``, ``build/smoke-trn3/``), so it never overwrites the
+committed outputs. Each build folder gets ``executed/`` (the executed notebooks), ``run_summary.json`` and
+``report.html``. ``NKI_MOE_OUT`` relocates all of it. Layout: docs/outputs.md.
 
 Examples::
 
     python run_all.py                 # all notebooks, full size
-    python run_all.py --smoke         # small shapes (each notebook's SMOKE parameter)
+    python run_all.py --smoke         # small shapes (each notebook's SMOKE parameter) -> build/smoke/
     python run_all.py --only 00,03 --target trn3 --keep-going
 """
 
@@ -18,22 +21,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nki_moe import paths
+
 ROOT = Path(__file__).resolve().parent
 KERNEL = "nki-moe"
-_NOTEBOOK = re.compile(r"^(\d\d)_[a-z0-9_]+\.py$")
+_PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}  # cells papermill adds to a notebook
 
 
 @dataclass
 class Outcome:
     """What happened to one notebook."""
 
-    notebook: str
+    notebook: str  # its file stem
     status: str  # "ok" | "failed"
     seconds: float
     executed: str
@@ -41,16 +47,42 @@ class Outcome:
     error: str = ""
 
 
+def number(notebook: Path) -> str:
+    """The notebook's number: ``01`` of ``01_rmsnorm.py``, ``00a`` of ``00a_first_kernel.py``."""
+    return paths.NOTEBOOK_STEM.match(notebook.stem).group(1)
+
+
 def discover(folder: Path, only: set[str] | None = None) -> list[Path]:
-    """Return ``NN_*.py`` notebooks of ``folder`` in numeric order, optionally filtered by number."""
-    found = sorted((p for p in folder.glob("*.py") if _NOTEBOOK.match(p.name)), key=lambda p: p.name)
+    """Return the notebooks of ``folder`` in numeric order, optionally only those numbered in ``only``.
+
+    Other ``.py`` files are not run, and are named on stderr.
+    """
+    found, ignored = [], []
+    for p in sorted(folder.glob("*.py")):
+        (found if paths.NOTEBOOK_STEM.match(p.stem) else ignored).append(p)
+    for p in ignored:
+        print(
+            f"not a notebook, not run: {p} (a notebook is named NN_snake_case.py or NNa_snake_case.py)",
+            file=sys.stderr,
+        )
+    found.sort(key=lambda p: (number(p), p.name))
     if only is not None:
-        unknown = only - {_NOTEBOOK.match(p.name).group(1) for p in found}
+        unknown = only - {number(p) for p in found}
         if unknown:
-            known = ", ".join(_NOTEBOOK.match(p.name).group(1) for p in found)
+            known = ", ".join(number(p) for p in found)
             raise SystemExit(f"--only names notebook(s) {sorted(unknown)} that do not exist (have: {known})")
-        found = [p for p in found if _NOTEBOOK.match(p.name).group(1) in only]
+        found = [p for p in found if number(p) in only]
     return found
+
+
+def parse_only(value: str) -> set[str]:
+    """The notebook numbers of ``--only 00,03``; an empty list or entry is an error, not "everything"."""
+    numbers = [part.strip() for part in value.split(",")]
+    if not all(numbers):
+        raise SystemExit(
+            f"--only {value!r} has an empty entry: give notebook numbers such as 00,03 (or omit --only)"
+        )
+    return set(numbers)
 
 
 def neuron_available() -> bool:
@@ -67,49 +99,93 @@ def notebook_parameters(ipynb: Path) -> dict:
     return {name: info["default"] for name, info in papermill.inspect_notebook(str(ipynb)).items()}
 
 
+@contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (the notebook kernels inherit them), then restore the caller's."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def unfinished_cell(executed: Path) -> tuple[str, str] | None:
+    """``(where, error)`` of the first cell of an executed notebook that did not complete, else None.
+
+    Cells are counted from 1 as the source notebook counts them (markdown included; the cells papermill
+    adds, its injected parameters and its error banners, excluded). A cell that raised ``SystemExit`` is
+    "failed" with no papermill error, and the cells after it never ran: both are caught here.
+    """
+    cells = json.loads(executed.read_text())["cells"]
+    source = [c for c in cells if not _PAPERMILL_TAGS & set(c["metadata"].get("tags", []))]
+    for index, cell in enumerate(source, 1):
+        state = cell["metadata"].get("papermill", {})
+        if state.get("status") == "completed" and not state.get("exception"):
+            continue
+        lines = "".join(cell["source"]).strip().splitlines()
+        where = f"cell {index} of {len(source)}: {lines[0] if lines else '(empty)'}"
+        errors = [o for o in cell.get("outputs", []) if o["output_type"] == "error"]
+        if errors:
+            error = f"{errors[0]['ename']}: {errors[0]['evalue']}"
+        else:
+            error = f"never ran (status {state.get('status', 'unknown')}): an earlier cell stopped the kernel"
+        later = sum(c["cell_type"] == "code" for c in source[index:])
+        return where, error + (f"; {later} later code cell(s) never ran" if later else "")
+    return None
+
+
 def execute(source: Path, build: Path, wanted: dict, kernel: str, timeout: int) -> Outcome:
-    """Convert ``source`` to ipynb and execute it with papermill; never raises for a failing cell."""
+    """Convert ``source`` to ipynb and execute it with papermill; never raises for a failing cell.
+
+    The notebook is ``ok`` only when every one of its cells ran to completion.
+    """
     import jupytext
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     stem = source.stem
     raw = build / "notebooks" / f"{stem}.ipynb"
     executed = build / "executed" / f"{stem}.ipynb"
     raw.parent.mkdir(parents=True, exist_ok=True)
     executed.parent.mkdir(parents=True, exist_ok=True)
+    executed.unlink(missing_ok=True)  # a stale copy must not stand in for a run that never wrote one
     nb = jupytext.read(source)
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": f"Python ({kernel})", "language": "python"}
     jupytext.write(nb, raw)
     accepted = notebook_parameters(raw)
     params = {k: v for k, v in wanted.items() if k in accepted}
+    crash = ""
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(raw),
-            str(executed),
-            parameters=params,
-            kernel_name=kernel,
-            cwd=str(source.parent),
-            progress_bar=False,
-            execution_timeout=timeout,
-        )
-        return Outcome(stem, "ok", time.perf_counter() - start, str(executed))
-    except PapermillExecutionError as err:
-        first = (err.source or "").strip().splitlines()
-        cell = f"cell {err.cell_index} (execution {err.exec_count}): {first[0] if first else ''}"
-        return Outcome(
-            stem, "failed", time.perf_counter() - start, str(executed), cell, f"{err.ename}: {err.evalue}"
-        )
-    except Exception as err:  # kernel died, timeout, bad notebook: still report, keep the rest going
-        return Outcome(
-            stem,
-            "failed",
-            time.perf_counter() - start,
-            str(executed),
-            "(no cell)",
-            f"{type(err).__name__}: {err}",
-        )
+    with environ({paths.ENV_NOTEBOOK: stem}):
+        try:
+            papermill.execute_notebook(
+                str(raw),
+                str(executed),
+                parameters=params,
+                kernel_name=kernel,
+                cwd=str(source.parent),
+                progress_bar=False,
+                execution_timeout=timeout,
+                # IPC sockets instead of TCP on localhost: the kernel's traffic stays off the network, and
+                # ipykernel's "running over TCP without encryption" warning is not printed for every notebook.
+                config=Config({"KernelManager": {"transport": "ipc"}}),
+            )
+        except PapermillExecutionError:
+            pass  # the executed copy names the failing cell and its error
+        except Exception as err:  # kernel died, timeout, bad notebook: still report, keep the rest going
+            crash = f"{type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    failure = unfinished_cell(executed) if executed.exists() else None
+    if failure is None and not crash:
+        return Outcome(stem, "ok", seconds, str(executed))
+    cell, error = failure or ("(no cell)", crash)
+    return Outcome(stem, "failed", seconds, str(executed), cell, error)
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
@@ -127,8 +203,10 @@ def summary_table(outcomes: list[Outcome]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="small shapes: pass SMOKE=True")
-    parser.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
+    parser.add_argument(
+        "--smoke", action="store_true", help="small shapes: pass SMOKE=True (-> build/smoke/)"
+    )
+    parser.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03 or 00a")
     parser.add_argument("--keep-going", action="store_true", help="run the rest after a failure")
     parser.add_argument(
         "--target",
@@ -138,12 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--backend",
-        choices=["sim", "neuron"],
-        default="sim",
+        choices=list(paths.BACKENDS),
+        default=paths.DEFAULT_BACKEND,
         help="sim = the NumPy emulator; neuron = the real SDK (Trainium hosts only)",
     )
     parser.add_argument("--notebooks", type=Path, default=ROOT / "notebooks", help=argparse.SUPPRESS)
-    parser.add_argument("--build", type=Path, default=ROOT / "build", help="output folder for notebooks")
     parser.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default: nki-moe)")
     parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -154,54 +231,47 @@ def main(argv: list[str] | None = None) -> int:
             "--backend neuron needs the Neuron SDK (neuronx-cc with nki), which is not installed "
             "here; run on a Trainium host, or use --backend sim"
         )
-    # The notebook kernels inherit these; they are restored afterwards so a caller (a test) keeps its own.
     env = {"NKI_MOE_BACKEND": args.backend}
     wanted: dict = {"SMOKE": args.smoke}
     if args.target:
         wanted["TARGET"] = args.target
         env["NEURON_PLATFORM_TARGET_OVERRIDE"] = args.target
 
-    only = set(args.only.split(",")) if args.only else None
-    notebooks = discover(args.notebooks, only)
+    notebooks = discover(args.notebooks, None if args.only is None else parse_only(args.only))
     if not notebooks:
         print(f"no notebooks found in {args.notebooks}", file=sys.stderr)
         return 2
+    build = paths.variant_dirs(args.smoke, args.target, args.backend)[2]
     outcomes: list[Outcome] = []
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         for i, nb in enumerate(notebooks, 1):
             print(f"[{i}/{len(notebooks)}] {nb.stem} ...", flush=True)
-            outcome = execute(nb, args.build, wanted, args.kernel, args.timeout)
+            outcome = execute(nb, build, wanted, args.kernel, args.timeout)
             outcomes.append(outcome)
             print(f"[{i}/{len(notebooks)}] {nb.stem} {outcome.status} in {outcome.seconds:.1f} s", flush=True)
             if outcome.status != "ok" and not args.keep_going:
                 break
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     skipped = [nb.stem for nb in notebooks[len(outcomes) :]]
 
     print()
     print(summary_table(outcomes))
     if skipped:
         print(f"not run (stopped at the first failure; use --keep-going): {', '.join(skipped)}")
-    args.build.mkdir(parents=True, exist_ok=True)
+    build.mkdir(parents=True, exist_ok=True)
     run = {
+        "variant": paths.variant(args.smoke, args.target, args.backend),
+        "size": "smoke" if args.smoke else "full",
         "smoke": args.smoke,
         "target": args.target,
         "backend": args.backend,
         "outcomes": [asdict(o) for o in outcomes],
         "skipped": skipped,
     }
-    (args.build / "run_summary.json").write_text(json.dumps(run, indent=2) + "\n")
+    (build / "run_summary.json").write_text(json.dumps(run, indent=2) + "\n")
     if not args.no_report:
         from nki_moe.report import write_report
 
-        print(f"report: {os.path.relpath(write_report(args.build, run), ROOT)}")
+        print(f"report: {os.path.relpath(write_report(build, run), ROOT)}")
     return 0 if all(o.status == "ok" for o in outcomes) and not skipped else 1
 
 

@@ -286,6 +286,7 @@ class Ladder:
                             version=ver.name,
                             **{key: value},
                             target=target,
+                            cores=ver.lnc,  # the launch's cores (a core left idle at T=1 counts)
                             latency_us=p.latency_us,
                             roofline_us=p.roofline_us,
                             pct_roofline=100 * p.pct_of_roofline,
@@ -298,50 +299,180 @@ class Ladder:
                     )
         return Sweep(rows, key)
 
-    def save_figures(self, sweep: Sweep, title: str | None = None, scope: str = "logical_core", **at) -> list:
-        """Save the sweep figure and the roofline figure (at sizes ``at``) under the op's figure stems."""
+    def save_figures(self, sweep: Sweep, title: str | None = None, **at) -> list:
+        """Save the sweep figure and the roofline figure (at sizes ``at``) under the op's figure stems.
+
+        ``title``: the op and its shape (default the op's title); the figures add the kernels and sizes.
+        """
         from nki_moe.figures import save_figure
 
         sweep_stem, roof_stem = self.figures
-        fig, data = sweep.plot(title or self.title)
+        fig, data = sweep.plot(self.figure_title(sweep, title))
         paths = [save_figure(fig, sweep_stem, data)]
-        fig, data = self.roofline(sweep, scope=scope, **at)
+        fig, data = self.roofline(sweep, title, **at)
         return paths + [save_figure(fig, roof_stem, data)]
 
-    def roofline(self, sweep: Sweep, target: str | None = None, scope: str = "logical_core", **at):
-        """Figure of every version's roofline point at the given sizes (``T=(1, 640)``).
+    def figure_title(self, sweep: Sweep, title: str | None = None) -> str:
+        """'<title> · <kernel>_v0…v3': the op with its shape and the kernels a figure of ``sweep`` shows."""
+        names = list(dict.fromkeys(r["version"] for r in sweep.rows))
+        first, last = self.version(names[0]), self.version(names[-1])
+        kernels = first.kernel if first == last else f"{first.kernel}…{last.name}"
+        return f"{title or self.title} · {kernels}"
 
-        An op with FLOPs is drawn on the log-log roofline of the launch's cores; an op without (a norm) by its
-        achieved share of the HBM roof (MBU) per version, both targets. Returns (figure, CSV columns).
+    def roofline(self, sweep: Sweep, title: str | None = None, **at):
+        """Figure of every version at the sizes ``at`` (``T=(1, 640)``), one panel per target in the sweep.
+
+        Every version sits at the op's ideal arithmetic intensity (its cost function's FLOPs / bytes) at the
+        FLOP/s it achieves on those ideal FLOPs, so at one size a faster version is always higher; each launch
+        is drawn against the roof of its own cores (1 core, or 2 for LNC=2). Versions within ``SAME`` of each
+        other are one point with a merged label. An op without FLOPs (a norm) is drawn as achieved HBM
+        bandwidth (ideal bytes / estimated time) against the HBM roof of each launch's cores.
+
+        Returns:
+            (figure, CSV columns: one row per target, size and version, with the label it is drawn under).
         """
         import matplotlib.pyplot as plt
 
         from nki_moe.perf.hardware import get_hardware
-        from nki_moe.perf.roofline import plot_roofline
 
-        target = target or self.target
-        values = at[sweep.key] if isinstance(at[sweep.key], (list, tuple)) else (at[sweep.key],)
-        if all(r["flops"] == 0 for r in sweep.rows):
-            rows = [r for r in sweep.rows if r[sweep.key] == values[-1]]
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            for tg, marker in zip(TARGETS, "os"):
-                mine = [r for r in rows if r["target"] == tg]
-                ax.plot([r["version"] for r in mine], [100 * r["mbu"] for r in mine], marker + "-", label=tg)
-            ax.set(
-                ylabel="% of HBM roof (MBU, estimated)",
-                ylim=(0, 100),
-                title=f"{self.title} {sweep.key}={values[-1]}: roofline point per version (estimate)",
-            )
-            ax.legend()
-            return fig, {k: [r[k] for r in rows] for k in ("version", "target", "mbu")}
-        fig, ax = plt.subplots(figsize=(8, 5))
-        pts = [p for v in values for p in sweep.roofline_points(v, target)]
-        cols = plot_roofline(
-            ax, get_hardware(target), pts, dtypes=("bf16",), scope=scope, intensity_range=(0.3, 3000)
+        key = sweep.key
+        sizes = tuple(at[key]) if isinstance(at[key], (list, tuple)) else (at[key],)
+        rows = [r for r in sweep.rows if r[key] in sizes]
+        targets = sorted({r["target"] for r in rows})
+        flop_op = sweep._has_flops
+        fig, axes = plt.subplots(
+            1, len(targets), figsize=(6.5 * len(targets), 5), squeeze=False, layout="constrained"
         )
-        ax.set_title(f"{self.title} on {target}: roofline points (estimate)")
-        ax.legend(fontsize=7, loc="upper left", ncol=2)
+        drawn: dict = {}
+        for ax, target in zip(axes[0], targets):
+            hw = get_hardware(target)
+            drawn.update((_flop_roofline if flop_op else _bandwidth_roofline)(ax, hw, sweep, target, sizes))
+            ax.set_title(_chip(target))
+        what = "roofline" if flop_op else "achieved HBM bandwidth vs the HBM roof of each launch's cores"
+        fig.suptitle(
+            f"{self.figure_title(sweep, title)} at {key} = {', '.join(map(str, sizes))}:\n"
+            f"{what} (cost-model estimates)"
+        )
+        cols = {
+            "target": [r["target"] for r in rows],
+            "version": [r["version"] for r in rows],
+            key: [r[key] for r in rows],
+            "cores": [r["cores"] for r in rows],
+            "latency_us": [r["latency_us"] for r in rows],
+            "intensity_flop_per_byte": [r["flops"] / r["bytes"] for r in rows],
+            "achieved_tflops": [r["flops"] / r["latency_us"] * 1e-6 for r in rows],
+            "achieved_gbs": [r["bytes"] / r["latency_us"] * 1e-3 for r in rows],
+            "pct_roofline": [r["pct_roofline"] for r in rows],
+            "mbu_own_traffic": [r["mbu"] for r in rows],  # the kernel's own HBM traffic, reloads included
+            "label": [f"{r['version']} {key}={r[key]}" for r in rows],
+            "drawn_as": [drawn[r["target"], r[key], r["version"]] for r in rows],
+        }
         return fig, cols
+
+
+def _flop_roofline(ax, hw, sweep: Sweep, target: str, sizes: tuple) -> dict:
+    """Roofline panel of one target: the roof of each launch's cores, one marker shape per size, versions
+    labelled directly; returns {(target, size, version): the label it is drawn under}."""
+    from matplotlib.lines import Line2D
+
+    from nki_moe.perf.roofline import plot_core_roof
+    from nki_moe.plots import label_column, merge_close
+
+    cores = {r["version"]: r["cores"] for r in sweep.rows if r["target"] == target}
+    for n in sorted(set(cores.values())):
+        plot_core_roof(ax, hw, n)
+    drawn, columns, handles = {}, [], []
+    for size in sizes:
+        points = sorted(sweep.roofline_points(size, target), key=lambda p: (p.color, p.flops))
+        marks = []  # (TFLOP/s, label, colour): one marker each
+        for colour in dict.fromkeys(p.color for p in points):  # never merge launches on different cores
+            mine = [(p.label, [p.flops]) for p in points if p.color == colour]
+            for names, (y,) in merge_close(mine):
+                n = cores[names[0]]
+                launch = "" if len(set(cores.values())) == 1 else " (1 core)" if n == 1 else f" (LNC={n})"
+                label = ", ".join(names) + launch
+                marks.append((y / 1e12, label, colour))
+                drawn.update({(target, size, v): label for v in names})
+                # hollow: a launch on other cores at nearly the same point shows through
+                ax.loglog(
+                    [points[0].intensity], [y / 1e12], points[0].marker, color=colour, mfc="none", mew=2, ms=9
+                )
+        columns.append((points[0].intensity, marks))
+        handles.append(
+            Line2D(
+                [], [], marker=points[0].marker, color="0.4", mfc="none", ls="", label=f"{sweep.key} = {size}"
+            )
+        )
+    ax.set_xlim(0.3, 3000)
+    for intensity, marks in columns:  # after every point is drawn: the labels need the final y range
+        label_column(ax, intensity, *zip(*marks))
+    ax.legend(
+        handles=ax.get_legend_handles_labels()[0] + handles,
+        fontsize=7,
+        loc="upper left",
+        title="points: the colour of their launch's roof",
+        title_fontsize=7,
+    )
+    ax.set_xlabel("arithmetic intensity of the op, FLOP / byte (ideal counts of its cost function)")
+    ax.set_ylabel("TFLOP/s on the op's ideal FLOPs (points: estimate)")
+    ax.grid(True, which="both", alpha=0.3)
+    return drawn
+
+
+def _bandwidth_roofline(ax, hw, sweep: Sweep, target: str, sizes: tuple) -> dict:
+    """Panel of one target for an op without FLOPs: a bar per version (and size) of its achieved bandwidth
+    on the ideal bytes, coloured as the HBM roof of its launch's cores; returns {(target, size, version):
+    the label it is drawn under}."""
+    from nki_moe.perf.roofline import core_roof, core_style, cores_label
+
+    key = sweep.key
+    rows = [r for r in sweep.rows if r["target"] == target and r[key] in sizes]
+    versions = list(dict.fromkeys(r["version"] for r in rows))
+    at = {(r[key], r["version"]): r for r in rows}
+    ticks, names = [], []
+    for i, size in enumerate(sizes):
+        for j, v in enumerate(versions):
+            r, x = at[size, v], i * (len(versions) + 1) + j
+            gbs = r["bytes"] / r["latency_us"] * 1e-3
+            ax.bar(x, gbs, 0.8, color=core_style(r["cores"])[0], edgecolor="k", alpha=0.75)
+            ax.annotate(
+                f"{r['latency_us']:.1f} µs",
+                (x, gbs),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
+            ticks.append(x)
+            names.append(v if len(sizes) == 1 else f"{v}\n{key}={size}")
+    for n in sorted({r["cores"] for r in rows}):
+        colour, style = core_style(n)
+        bw = core_roof(hw, n)[1]
+        ax.axhline(
+            bw / 1e9,
+            color=colour,
+            ls=style,
+            lw=1.8,
+            label=f"HBM roof of {cores_label(n)}: {bw / 1e9:.0f} GB/s",
+        )
+    ax.set_xticks(ticks, names)
+    ax.set_ylim(0, 1.15 * ax.get_ylim()[1])
+    ax.set_xlabel("version (bar colour: the roof of its launch's cores; label: estimated time)")
+    ax.set_ylabel("achieved HBM GB/s on the op's ideal bytes (estimate)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return {(r["target"], r[key], r["version"]): r["version"] for r in rows}
+
+
+_SIZE_MARKERS = "osD^v"  # roofline marker of the 1st, 2nd, … size of a sweep
+
+
+def _chip(target: str) -> str:
+    """A panel's title: 'Trn2 (NeuronCore-v3)'."""
+    from nki_moe.perf.hardware import get_hardware
+
+    hw = get_hardware(target)
+    return f"{hw.name.capitalize()} ({hw.core_name})"
 
 
 @dataclass
@@ -384,57 +515,92 @@ class Sweep:
         ]
 
     def plot(self, title: str):
-        """Figure: latency (µs, log) and % of roofline vs size, one line per version, one column per target.
+        """Figure: latency (µs) and the achieved rate in hardware units vs size, one column per target.
+
+        The rate is on the op's ideal counts: TFLOP/s (GB/s for an op without FLOPs) = ideal FLOPs (bytes) /
+        estimated time, drawn against the roof of each launch's cores; the µs panel shows each launch's floor.
+        Versions within ``SAME`` of each other at every size are one line with a merged label.
 
         Returns:
             (figure, CSV columns of the plotted numbers).
         """
         import matplotlib.pyplot as plt
 
+        from nki_moe.perf.hardware import get_hardware
+        from nki_moe.perf.roofline import core_style, cores_label, roofline_time
+        from nki_moe.plots import merge_close, series_style
+
         key = self.key
         targets = sorted({r["target"] for r in self.rows})
-        fig, axes = plt.subplots(2, len(targets), figsize=(5.5 * len(targets), 7), squeeze=False, sharex=True)
+        versions = list(dict.fromkeys(r["version"] for r in self.rows))
+        ideal, unit, scale = ("flops", "TFLOP/s", 1e12) if self._has_flops else ("bytes", "GB/s", 1e9)
+        counts = "FLOPs" if self._has_flops else "bytes"
+        fig, axes = plt.subplots(
+            2,
+            len(targets),
+            figsize=(5.5 * len(targets), 7.5),
+            squeeze=False,
+            sharex=True,
+            layout="constrained",
+        )
+        drawn = {}
         for col, target in enumerate(targets):
-            mine = [r for r in self.rows if r["target"] == target]
-            for label in dict.fromkeys(r["version"] for r in mine):
-                pts = sorted(
-                    (r[key], r["latency_us"], r["pct_roofline"]) for r in mine if r["version"] == label
+            top, bottom = axes[:, col]
+            at = {(r["version"], r[key]): r for r in self.rows if r["target"] == target}
+            sizes = sorted({size for _, size in at})
+            rate = [at[versions[0], t][ideal] / scale for t in sizes]  # the same for every version
+            series = [(v, [at[v, t]["latency_us"] for t in sizes]) for v in versions]
+            for names, lat in merge_close(series):
+                label, style = ", ".join(names), series_style(versions.index(names[0]))
+                top.plot(sizes, lat, label=label, **style)
+                bottom.plot(sizes, [q / (us * 1e-6) for q, us in zip(rate, lat)], label=label, **style)
+                drawn.update({(v, target): label for v in names})
+            roofs = []  # the bottom legend: the roofs only, versions are named above
+            hw = get_hardware(target)
+            for n in sorted({r["cores"] for r in at.values()}):
+                first = [at[versions[0], t] for t in sizes]
+                floor = [1e6 * roofline_time(r["flops"], r["bytes"], hw, "bf16", "core") / n for r in first]
+                colour, style = core_style(n)
+                top.plot(sizes, floor, style, color=colour, lw=1.8, label=f"floor of {cores_label(n)}")
+                roof = [q / (us * 1e-6) for q, us in zip(rate, floor)]
+                roofs.append(
+                    bottom.plot(sizes, roof, style, color=colour, lw=1.8, label=f"roof of {cores_label(n)}")[
+                        0
+                    ]
                 )
-                size, lat, pct = zip(*pts)
-                axes[0, col].plot(size, lat, "o-", label=label)
-                axes[1, col].plot(size, pct, "o-", label=label)
-            floor: dict = {}
-            for r in mine:  # the lowest floor: versions launched on more cores have a lower one
-                floor[r[key]] = min(floor.get(r[key], np.inf), r["roofline_us"])
-            axes[0, col].plot(sorted(floor), [floor[t] for t in sorted(floor)], "k--", label="roofline floor")
-            axes[0, col].set(
-                title=f"{title} — {target} (estimated)",
-                ylabel="latency µs (cost model)",
-                xscale="log",
-                yscale="log",
+            top.set(title=_chip(target), ylabel="latency, µs (estimate)", xscale="log", yscale="log")
+            bottom.set(
+                xlabel=_AXIS.get(key, key), ylabel=f"achieved {unit} on the op's ideal {counts}", yscale="log"
             )
-            axes[1, col].set(xlabel=_AXIS.get(key, key), ylabel="% of roofline", ylim=(0, 105))
-            axes[1, col].axhline(70, color="0.6", lw=1, ls=":")
-            for ax in axes[:, col]:
+            top.legend(fontsize=7, framealpha=0.6)
+            bottom.legend(handles=roofs, fontsize=7, framealpha=0.6)
+            for ax in (top, bottom):
                 ax.grid(True, which="both", alpha=0.3)
-        axes[0, 0].legend(fontsize=8)
-        keys = ("version", key, "target", "latency_us", "roofline_us", "pct_roofline")
-        return fig, {k: [r[k] for r in self.rows] for k in keys}
+        fig.suptitle(f"{title}: latency and achieved {unit} vs {_AXIS.get(key, key)} (cost-model estimates)")
+        keys = ("version", key, "target", "cores", "latency_us", "roofline_us", "pct_roofline")
+        cols = {k: [r[k] for r in self.rows] for k in keys}
+        cols["achieved_tflops"] = [r["flops"] / r["latency_us"] * 1e-6 for r in self.rows]
+        cols["achieved_gbs"] = [r["bytes"] / r["latency_us"] * 1e-3 for r in self.rows]
+        cols["drawn_as"] = [drawn[r["version"], r["target"]] for r in self.rows]
+        return fig, cols
+
+    @property
+    def _has_flops(self) -> bool:
+        return any(r["flops"] > 0 for r in self.rows)
 
     def roofline_points(self, size, target: str) -> list:
-        """``RooflinePoint`` of each version at ``size`` on ``target`` (achieved FLOP/s = FLOPs / latency)."""
-        from nki_moe.perf.roofline import RooflinePoint
+        """``RooflinePoint`` of each version at ``size`` on ``target``: the op's ideal intensity, the FLOP/s
+        achieved on its ideal FLOPs, coloured as the roof of the launch's cores, one marker per size."""
+        from nki_moe.perf.roofline import RooflinePoint, core_style
 
-        # one colour per version (the same in every call), one marker per size, so overlaps stay legible
-        versions = list(dict.fromkeys(r["version"] for r in self.rows))
-        marker = "o" if size == min(r[self.key] for r in self.rows) else "s"
+        marker = _SIZE_MARKERS[sorted({r[self.key] for r in self.rows}).index(size) % len(_SIZE_MARKERS)]
         return [
             RooflinePoint(
-                f"{r['version']} {self.key}={size}",
+                r["version"],
                 r["flops"] / r["bytes"],
                 r["flops"] / (r["latency_us"] * 1e-6),
                 marker,
-                f"C{versions.index(r['version']) % 10}",
+                core_style(r["cores"])[0],
             )
             for r in self.rows
             if r[self.key] == size and r["target"] == target and r["flops"] > 0

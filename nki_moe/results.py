@@ -1,20 +1,19 @@
-"""Takeaway numbers of each notebook, recorded as ``results/<stem>.json``.
+"""Takeaway numbers of each notebook, recorded as ``results/<stem>.json`` with the run that made them.
 
-The HTML report of ``run_all.py`` reads these files to show the key numbers of every notebook.
+The file holds the recorded values plus a top-level ``"run"`` (notebook, target, size, backend); a variant
+run (smoke, another target) writes under ``build/<variant>/results/`` (:mod:`nki_moe.paths`). The HTML
+report of ``run_all.py`` reads these files to show the key numbers of every notebook.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nki_moe.paths import out_dir
-
-_STEM = re.compile(r"^\d\d_[a-z0-9_]+$")
+from nki_moe.paths import current_run, output_file
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -33,14 +32,18 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def record(stem: str, values: Mapping[str, Any]) -> Path:
-    """Write ``values`` (a flat or nested mapping of numbers/strings) to ``results/<stem>.json``."""
-    if not _STEM.match(stem):
-        raise ValueError(f"results stem {stem!r} must look like 'NN_snake_case' (NN = notebook number)")
-    path = out_dir("results") / f"{stem}.json"
-    path.write_text(json.dumps(_plain(dict(values), stem), indent=2, sort_keys=True) + "\n")
+    """Write ``values`` (a flat or nested mapping of numbers/strings) and the current run to ``<stem>.json``.
+
+    Needs a run declared by :func:`nki_moe.paths.start_run`; ``stem`` starts with its notebook number.
+    """
+    path = output_file("results", stem, ".json")
+    if "run" in values:
+        raise ValueError(f"results {stem}: the key 'run' is reserved for the run record; rename it")
+    content = {"run": current_run().metadata(), **_plain(dict(values), stem)}
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def load(stem: str) -> dict:
-    """Read ``results/<stem>.json`` back."""
-    return json.loads((out_dir("results") / f"{stem}.json").read_text())
+    """Read ``<stem>.json`` of the current run's results folder back (values and ``"run"``)."""
+    return json.loads(output_file("results", stem, ".json").read_text())

@@ -29,6 +29,8 @@
 #   above that floor: the gap is what NKI kernels can win, and what the competition score rewards.
 # - Every number below comes from a tested function of `nki_moe` (model.counts, perf.hardware,
 #   competition); the notebook narrates and plots.
+# - Terms (TKG, CTE, LNC, MBU, MFU, HBM floor …): [docs/glossary.md](../docs/glossary.md). New to NKI?
+#   Start with `00a_first_kernel.py`.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -43,7 +45,7 @@ DECODE_CONTEXT = 640
 # %%
 import matplotlib.pyplot as plt
 
-from nki_moe import results
+from nki_moe import paths, results
 from nki_moe.competition import BASELINES, FIRST_PLACE_TRN3, PROMPTS, SEQ_LEN, submission_scores
 from nki_moe.figures import save_figure
 from nki_moe.model import counts
@@ -63,6 +65,7 @@ from nki_moe.plots import plot_bytes_breakdown, plot_decode_floor_vs_measured
 from nki_moe.tables import concat_columns, format_table
 
 # %%
+paths.start_run("00_qwen3_on_trainium_by_the_numbers", smoke=SMOKE, target=TARGET)  # decides where outputs go
 cfg = get_config("qwen3-30b-a3b")
 hw = get_hardware(TARGET)
 CHIPS = {name: get_hardware(name) for name in ("trn2", "trn3")}
@@ -200,13 +203,13 @@ points = [RooflinePoint(f"decode (T={DECODE_CONTEXT}): {decode_ai:.2f} FLOP/B", 
 for s, m, c in zip(PREFILL_S, "osD^", ("tab:orange", "tab:green", "tab:purple", "tab:brown")):
     ai = counts.prefill_arithmetic_intensity(cfg, s)
     points.append(RooflinePoint(f"prefill S={s}: {ai:.1f} FLOP/B", ai, marker=m, color=c))
-fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True, layout="constrained")
 data = concat_columns(plot_roofline(axes[0], CHIPS["trn2"], points, dtypes=("bf16", "fp8")),
                       plot_roofline(axes[1], CHIPS["trn3"], points, dtypes=("bf16", "mxfp8")))
 for ax in axes:
     ax.legend(loc="lower right", fontsize=7.5)
 axes[1].set_ylabel("")
-fig.suptitle("Qwen3-30B-A3B (bf16, batch 1) on the roofline of one Trainium chip")
+fig.suptitle("Qwen3-30B-A3B (bf16, batch 1) at its roofline bound on one Trn2 / Trn3 chip (estimate)")
 save_figure(fig, "00_roofline", data=data)
 
 # %% [markdown]
@@ -215,9 +218,9 @@ save_figure(fig, "00_roofline", data=data)
 
 # %%
 fig, ax = plt.subplots(figsize=(7.5, 4.8))
-data = plot_decode_floor_vs_measured(ax, floors_ms, QWEN3_DECODE_MEASURED, floors_alt_ms)
-ax.set_title(f"Qwen3-30B-A3B decode, batch 1: HBM floor ({decode_total / 1e9:.2f} GB/token) vs measured",
-             fontsize=10)
+per_token = f"{decode_total / 1e9:.2f} GB/token"
+data = plot_decode_floor_vs_measured(ax, floors_ms, QWEN3_DECODE_MEASURED, floors_alt_ms,
+                                     subject=f"Qwen3-30B-A3B decode, batch 1 ({per_token})")
 save_figure(fig, "00_decode_floor_vs_measured", data=data)
 
 # %% [markdown]
@@ -225,9 +228,7 @@ save_figure(fig, "00_decode_floor_vs_measured", data=data)
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3.8))
-data = plot_bytes_breakdown(ax, decode)
-ax.set_title(f"HBM bytes per decode token, Qwen3-30B-A3B bf16, context T = {DECODE_CONTEXT} "
-             f"(total {decode_total / 1e9:.2f} GB)", fontsize=10)
+data = plot_bytes_breakdown(ax, decode, subject=f"Qwen3-30B-A3B bf16, context T = {DECODE_CONTEXT}")
 save_figure(fig, "00_decode_bytes_breakdown", data=data)
 
 # %% [markdown]
@@ -327,5 +328,11 @@ summary = {
     "cost_model_median_abs_error_out_of_sample": cal_stats_oos["median_abs_error"],
     "cost_model_known_misses": misses,
 }
-print(format_table(sorted((k, str(v)[:90]) for k, v in summary.items()), ["result", "value"]))
+print(f"{total / 1e9:.2f} B parameters, {active / 1e9:.2f} B active per token; a decode token at context "
+      f"{DECODE_CONTEXT} reads {decode_total / 1e9:.2f} GB for {decode_ai:.2f} FLOP/byte.")
+print("decode floor (estimate from HBM bandwidth): "
+      + ", ".join(f"{n} {ms:.2f} ms/token" for n, ms in floors_ms.items()))
+print("published measurements over that floor: " + ", ".join(f"{k} {x:.1f}×" for k, x in over_floor.items()))
+print(f"cost model vs {cal_stats['n']} published points: median |error| {cal_stats['median_abs_error']:.1%}, "
+      f"max {cal_stats['max_abs_error']:.1%} (estimates)")
 results.record("00_by_the_numbers", summary)

@@ -26,3 +26,14 @@ if [ ! -f "$VENV/share/jupyter/kernels/$KERNEL/kernel.json" ]; then
         --display-name "Python (nki-moe)" >/dev/null
     echo "[env] registered Jupyter kernel '$KERNEL'"
 fi
+# tests/test_report.py renders build/report.html in a real headless browser: Debian's `chromium`.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[env] installing Debian's chromium (the headless browser of tests/test_report.py)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        echo "[env] chromium is missing and tests/test_report.py needs it; install it with:" \
+            "sudo apt-get install -y chromium" >&2
+    fi
+fi

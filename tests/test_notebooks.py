@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 import run_all
+from nki_moe import paths
 
 NOTEBOOKS = run_all.discover(run_all.ROOT / "notebooks")
 
@@ -24,8 +24,8 @@ def test_every_notebook_is_discovered():
 def test_notebook_smoke(source: Path, tmp_path):
     outcome = run_all.execute(source, tmp_path, {"SMOKE": True}, run_all.KERNEL, timeout=900)
     assert outcome.status == "ok", f"{outcome.failed_cell}\n{outcome.error}"
-    out = Path(os.environ["NKI_MOE_OUT"])
-    number = source.stem[:2]
-    assert list((out / "results").glob(f"{number}_*.json")), "the notebook recorded no results"
-    for res in (out / "results").glob(f"{number}_*.json"):
+    results_dir = paths.variant_dirs(smoke=True)[1]
+    number = run_all.number(source)
+    assert list(results_dir.glob(f"{number}_*.json")), "the notebook recorded no results"
+    for res in results_dir.glob(f"{number}_*.json"):
         assert json.loads(res.read_text()), f"{res.name} is empty"

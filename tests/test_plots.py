@@ -22,7 +22,9 @@ def test_published_points():
 
 def test_decode_floor_vs_measured_columns():
     fig, ax = plt.subplots()
-    cols = plot_decode_floor_vs_measured(ax, {"trn2": 2.0, "trn3": 1.0}, QWEN3_DECODE_MEASURED, {"trn2": 1.9})
+    cols = plot_decode_floor_vs_measured(
+        ax, {"trn2": 2.0, "trn3": 1.0}, QWEN3_DECODE_MEASURED, {"trn2": 1.9}, subject="decode"
+    )
     plt.close(fig)
     assert cols["hardware"] == ["trn2", "trn2", "trn3", "trn3", "trn3"]
     assert cols["kind"][:2] == ["HBM floor (estimate)", "measured (published)"]
@@ -31,6 +33,6 @@ def test_decode_floor_vs_measured_columns():
 
 def test_bytes_breakdown_columns():
     fig, ax = plt.subplots()
-    cols = plot_bytes_breakdown(ax, {"experts": 3.0, "attention": 1.0})
+    cols = plot_bytes_breakdown(ax, {"experts": 3.0, "attention": 1.0}, subject="toy")
     plt.close(fig)
     assert cols == {"family": ["experts", "attention"], "bytes": [3.0, 1.0], "share": [0.75, 0.25]}

@@ -19,11 +19,18 @@ __all__ = [
     "memory_time",
     "compute_time",
     "roofline_time",
+    "core_roof",
+    "core_style",
+    "cores_label",
+    "plot_core_roof",
     "plot_roofline",
 ]
 
 _DTYPE_LABEL = {"bf16": "BF16", "fp8": "FP8", "mxfp8": "MXFP8", "fp32": "FP32"}
 _ROOF_STYLE = {"bf16": "-", "fp8": "--", "mxfp8": "--", "fp32": ":"}
+# roof (and floor) of a launch by its physical cores; none of these is a version colour (C0…C6) of a sweep
+_CORE_STYLE = {1: ("0.15", ":"), 2: ("darkcyan", "--")}
+_OTHER_CORES = ("tab:olive", "-.")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,41 @@ def roofline_time(
 ) -> float:
     """Roofline lower bound on time, seconds: max(compute time, memory time)."""
     return max(compute_time(flops, hw, dtype, scope), memory_time(nbytes, hw, scope))
+
+
+def core_roof(hw: HardwareSpec, cores: int, dtype: str = "bf16") -> tuple[float, float]:
+    """(peak FLOP/s, HBM B/s) of a launch on ``cores`` physical cores: the per-core figures × cores, the roof
+    the cost model's floor uses for that launch (LNC=2 → two cores' share of the chip's HBM)."""
+    return hw.peak_flops(dtype, "core") * cores, hw.hbm_bandwidth("core") * cores
+
+
+def core_style(cores: int) -> tuple[str, str]:
+    """(colour, line style) of a launch on ``cores`` physical cores: its roof, floor and points."""
+    return _CORE_STYLE.get(cores, _OTHER_CORES)
+
+
+def cores_label(cores: int) -> str:
+    """'1 core' / '2 cores (LNC=2)': how a legend names a launch's cores."""
+    return "1 core" if cores == 1 else f"{cores} cores (LNC={cores})"
+
+
+def plot_core_roof(
+    ax,
+    hw: HardwareSpec,
+    cores: int,
+    *,
+    dtype: str = "bf16",
+    intensity_range: tuple[float, float] = (0.3, 3000.0),
+) -> None:
+    """Draw the roofline of a launch on ``cores`` physical cores: one line, HBM slope then compute roof."""
+    peak, bw = core_roof(hw, cores, dtype)
+    x = np.geomspace(*intensity_range, 256)
+    colour, style = core_style(cores)
+    label = (
+        f"roof of {cores_label(cores)}: {bw / 1e12:.2f} TB/s, "
+        f"{peak / 1e12:,.0f} TFLOP/s {_DTYPE_LABEL.get(dtype, dtype)}"
+    )
+    ax.loglog(x, np.minimum(peak, x * bw) / 1e12, style, color=colour, lw=1.8, label=label)
 
 
 def plot_roofline(
@@ -123,6 +165,11 @@ def plot_roofline(
     ax.set_xlim(*intensity_range)
     ax.set_xlabel("arithmetic intensity (FLOP / byte of HBM traffic)")
     ax.set_ylabel(f"attainable TFLOP/s per {scope.replace('_', ' ')}")
-    ax.set_title(f"{hw.name.capitalize()} ({hw.core_name}), one {scope.replace('_', ' ')}")
+    placed = "at their roofline bound" if any(p.flops is None for p in points) else "achieved"
+    ax.set_title(
+        f"{hw.name.capitalize()} ({hw.core_name}), one {scope.replace('_', ' ')}:\n"
+        f"roofs from published peaks; points {placed} (estimate)",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     return cols
