@@ -344,9 +344,12 @@ def _op_rows(op, results: dict[str, dict]) -> list[tuple[str, str, dict]]:
     """(label, version, {(target, T): numbers}) rows of one op from its notebook's results.
 
     A results file describes its notebook's first registered op: ``final`` (``trn2_T640`` keys) or, for the
-    projections of notebook 02, ``projections`` (``q_T1_trn2`` keys, one row per projection).
+    projections of notebook 02, ``projections`` (``q_T1_trn2`` keys, one row per projection); another op of
+    the same notebook is described under ``ops.<name>`` with the same keys.
     """
-    res = next((r for r in results.values() if "final" in r or "projections" in r), None)
+    res = next((r["ops"][op.name] for r in results.values() if op.name in r.get("ops", {})), None)
+    if res is None and _is_first_op(op):
+        res = next((r for r in results.values() if "final" in r or "projections" in r), None)
     if res is None:
         return [(op.name, op.final.name, {})]
     version = res.get("final_version", op.final.name)
@@ -371,16 +374,20 @@ def _op_rows(op, results: dict[str, dict]) -> list[tuple[str, str, dict]]:
     return [(label, version, rows[label]) for label in order]
 
 
+def _is_first_op(op) -> bool:
+    """True when ``op`` is the first op its notebook registers (the one its ``final`` numbers describe)."""
+    from nki_moe.ops import OPS
+
+    return next(o for o in OPS.values() if o.notebook == op.notebook).name == op.name
+
+
 def _summary(notebooks: dict[str, _Notebook]) -> list[str]:
     from nki_moe.ops import OPS
 
-    main: dict[str, str] = {}
-    for op in OPS.values():
-        main.setdefault(Path(op.notebook).stem, op.name)
     rows = []
     for op in OPS.values():
         nb = notebooks[Path(op.notebook).stem]
-        for label, version, cells in _op_rows(op, nb.results if main[nb.stem] == op.name else {}):
+        for label, version, cells in _op_rows(op, nb.results):
             rows.append((nb, label, version, cells))
     columns = sorted({key for *_, cells in rows for key in cells})
     out = [
@@ -407,9 +414,9 @@ def _summary(notebooks: dict[str, _Notebook]) -> list[str]:
     out.append(
         "<p class='note'>µs: the cost model's <b>estimate</b> of the final version (not a measurement); % of "
         "floor = the op's roofline floor (HBM bytes and FLOPs at the roofs of the cores it launches on) ÷ "
-        "that estimate, so 100 % is the best possible. — : not recorded (the notebook checks that op but "
-        "records numbers for its first op only). A notebook asserts every check before it records its "
-        "numbers: passed means its checks passed in that run; stale numbers come from the last full run.</p>"
+        "that estimate, so 100 % is the best possible. — : not recorded at that shape. A notebook asserts "
+        "every check before it records its numbers: passed means its checks passed in that run; stale "
+        "numbers come from the last full run.</p>"
     )
     return out
 

@@ -118,6 +118,8 @@ assert p3.busy_us["dve"] < p2.busy_us["dve"] / 2 and busiest_engine(p3, compute_
 
 # %%
 print(fused.check("v3", T=SHOW_T).message)
+fsweep = fused.sweep(versions=("v3",), T=(1, SHOW_T))  # for the report's summary and the budget
+print(fsweep.table(TARGET))
 
 # %% [markdown]
 # ## Sweep over T: latency, % of the roofline floor and achieved GB/s (trn2 and trn3, estimated)
@@ -167,7 +169,8 @@ assert len({round(lat[f"v{i}", 1], 6) for i in range(3)}) == 1 and lat["v3", 1] 
 # %%
 est = budget.estimates_from_sweep(op, sweep, versions=("v3",))  # [T, 2048] at every swept T
 est += budget.estimate(op, budget.shapes("rmsnorm", SHOW_T), ("v3",), known=est)  # q/k norms [T·heads, 128]
-est += budget.estimate(fused, budget.shapes("add_rmsnorm", SHOW_T), ("v3",))
+est += budget.estimates_from_sweep(fused, fsweep, versions=("v3",))
+est += budget.estimate(fused, budget.shapes("add_rmsnorm", SHOW_T), ("v3",), known=est)
 lines = budget.notebook_lines(("rmsnorm", "add_rmsnorm"), est, TARGET, prefill=SHOW_T)
 print(lines["decode_tp4_lnc2"].table())
 print("\n".join(b.summary() for b in lines.values()))
@@ -182,4 +185,6 @@ assert n_wide == 97 and dec.n_launches == 97 + 96  # + the q/k norms
 # %%
 results.record("01_rmsnorm", {"estimated_by": "nki_moe cost model", "final_version": "v3", "lnc": 2,
                               "final": summary, "ladder_steps": steps, "check_error_ratio_v3": c3.ratio,
-                              "budget": budget.results_entry(est, lines)})
+                              "budget": budget.results_entry(est, lines),
+                              "ops": {"add_rmsnorm": {"final_version": "v3",
+                                                      "final": fsweep.final("v3", (1, SHOW_T))}}})

@@ -151,7 +151,19 @@ def test_a_partial_smoke_run_is_merged_with_the_last_full_run(last_full_run):
     fresh = {"trn2_T128": {"latency_us": 1.234, "pct_roofline": 50.0, "roofline_us": 0.617}}
     (smoke / "results" / "01_rmsnorm.json").write_text(
         json.dumps(
-            {"final": fresh, "final_version": "v3", "run": {"notebook": "01_rmsnorm", "size": "smoke"}}
+            {
+                "final": fresh,
+                "final_version": "v3",
+                "ops": {
+                    "add_rmsnorm": {
+                        "final_version": "v3",
+                        "final": {
+                            "trn2_T128": {"latency_us": 2.345, "pct_roofline": 40.0, "roofline_us": 0.938}
+                        },
+                    }
+                },
+                "run": {"notebook": "01_rmsnorm", "size": "smoke"},
+            }
         )
     )
     run = {
@@ -166,6 +178,9 @@ def test_a_partial_smoke_run_is_merged_with_the_last_full_run(last_full_run):
     page = write_report(smoke, run).read_text()
     rows = _summary_rows(page)
     assert "1.23 µs" in rows["rmsnorm"] and "passed" in rows["rmsnorm"], "01 ran: this run's smoke numbers"
+    assert "2.35 µs" in rows["add_rmsnorm"] and "1.23 µs" not in rows["add_rmsnorm"], (
+        "a second op: ops.<name>"
+    )
     assert "trn2 · T = 128" in page and "trn2 · T = 640" in page
     full = json.loads((ROOT / "results" / "03_router_top8.json").read_text())["final"]["trn2_T1"]
     assert format_number(("latency_us",), full["latency_us"]) in rows["router"], "03: the last full run's"
