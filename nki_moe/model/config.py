@@ -131,6 +131,13 @@ class ModelConfig:
                 f"{self.name}: dtype (config.json torch_dtype) must be one of {', '.join(DTYPES)}, "
                 f"got {self.dtype!r}"
             )
+        for field, supported, what in _IMPLEMENTED:
+            value = getattr(self, field)
+            if value != supported:
+                raise ConfigError(
+                    f"{self.name}: {field}={value!r} is not implemented by the reference forward "
+                    f"(it computes {what}; expected {field}={supported!r})"
+                )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"{self.name}: num_attention_heads={self.num_attention_heads} is not divisible "
@@ -224,6 +231,14 @@ def _fields_tagged(tag: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ModelConfig) if tag in f.metadata)
 
 
+# Fields whose other values would change the forward pass in ways the reference does not compute: a config
+# carrying them must fail loudly rather than be run as plain SiLU experts with unscaled RoPE.
+_IMPLEMENTED = (
+    ("hidden_act", "silu", "SwiGLU experts with SiLU"),
+    ("rope_scaling", None, "RoPE without scaling"),
+    ("attention_bias", False, "q/k/v/o projections without bias"),
+    ("use_sliding_window", False, "full causal attention"),
+)
 _POSITIVE_FIELDS = _fields_tagged("positive")
 SHAPE_FIELDS = _fields_tagged("shape")  # must agree between an expected config and a checkpoint's config.json
 

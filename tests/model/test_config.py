@@ -90,6 +90,11 @@ def test_unknown_name_lists_known():
         (dict(vocab_size=1000), "bos_token_id"),
         (dict(mlp_only_layers=(48,)), "mlp_only_layers"),
         (dict(rms_norm_eps=0.0), "rms_norm_eps"),
+        # features the reference forward does not compute are refused, not silently run as the default
+        (dict(hidden_act="gelu"), "hidden_act='gelu' is not implemented"),
+        (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling=.* is not implemented"),
+        (dict(attention_bias=True), "attention_bias=True is not implemented"),
+        (dict(use_sliding_window=True), "use_sliding_window=True is not implemented"),
     ],
 )
 def test_validate_names_the_field(changes, field):
