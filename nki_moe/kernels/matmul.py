@@ -1,7 +1,7 @@
 """Projection matmul y[T, N] = x[T, K] @ w[K, N] for the model's projections (q, k/v, o, LM head).
 
-Shape legend: T tokens (any count >= 1), K contraction (2048 in the model), N output features (q 4096,
-k/v 512, o 2048, LM head 151936), P = nl.tile_size.pmax = 128 partitions, KT = K / P.
+Shape legend: T tokens (any count >= 1), K contraction (2048 in the model; 4096 for o), N output features
+(q 4096, k/v 512, o 2048, LM head 151936), P = nl.tile_size.pmax = 128 partitions, KT = K / P.
 Layout: x and y row-major [T, ·]; w row-major [K, N] (``W.T`` of the Hugging Face [N, K] weight), so a
 [128, n] slab of w is already contraction-on-partitions. bf16 in, fp32 PSUM accumulation, y in x.dtype.
 Every version splits the N columns between the programs of an LNC=2 launch (``kernel[2]``).

@@ -182,16 +182,18 @@ def expected_distinct_experts(cfg: ModelConfig, tokens: int) -> float:
     return E * (1.0 - (1.0 - k / E) ** tokens)
 
 
-def _weight_bytes(cfg: ModelConfig, experts_per_layer: float, dtype_bytes: int) -> dict[str, float]:
-    """Weight bytes read for one forward pass that touches ``experts_per_layer`` experts per layer."""
+def _weight_bytes(
+    cfg: ModelConfig, experts_per_layer: float, dtype_bytes: int, embedding_rows: int = 1
+) -> dict[str, float]:
+    """Weight bytes of one forward pass over ``experts_per_layer`` experts and ``embedding_rows`` rows."""
     L, H, b = _all_moe(cfg).num_hidden_layers, cfg.hidden_size, dtype_bytes
     return {
         "attention": L * _attn_proj_params(cfg) * b,
         "router": L * cfg.num_experts * H * b,
         "experts": L * experts_per_layer * _expert_params(cfg) * b,
         "lm_head": cfg.vocab_size * H * b,
-        # per layer: 2 RMSNorm weights (2H) + q_norm, k_norm (2d); final norm H; one embedding row H.
-        "norms_embedding": (L * (2 * H + 2 * cfg.head_dim) + H + H) * b,
+        # per layer: 2 RMSNorm weights (2H) + q_norm, k_norm (2d); final norm H; an embedding row H per token.
+        "norms_embedding": (L * (2 * H + 2 * cfg.head_dim) + H + embedding_rows * H) * b,
     }
 
 
@@ -239,8 +241,9 @@ def prefill_weight_bytes(cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2) -
     """Weight bytes read once for a prefill of ``seq_len`` tokens, by op family.
 
     As :func:`decode_weight_bytes`, except that the experts term uses the expected distinct experts per
-    layer, L·E·(1 − (1 − k/E)^S)·3·H·I·b (:func:`expected_distinct_experts`), so it is fractional. Each
-    weight is assumed to be read from HBM once per prefill (ideal reuse across the S tokens).
+    layer, L·E·(1 − (1 − k/E)^S)·3·H·I·b (:func:`expected_distinct_experts`), so it is fractional, and the
+    embedding gathers S rows (min(S, V): an upper bound when tokens repeat). Each other weight is assumed to
+    be read from HBM once per prefill (ideal reuse across the S tokens).
 
     Args:
         cfg: model config.
@@ -251,7 +254,8 @@ def prefill_weight_bytes(cfg: ModelConfig, seq_len: int, dtype_bytes: int = 2) -
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    return _weight_bytes(cfg, expected_distinct_experts(cfg, seq_len), dtype_bytes)
+    rows = min(seq_len, cfg.vocab_size)
+    return _weight_bytes(cfg, expected_distinct_experts(cfg, seq_len), dtype_bytes, rows)
 
 
 def prefill_bytes(
