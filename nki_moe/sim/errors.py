@@ -74,7 +74,8 @@ class NkiUninitializedError(NkiValidationError):
 
 
 class NkiDependencyError(NkiValidationError):
-    """An affine_range iteration reads data written by an earlier iteration of the same loop."""
+    """An affine_range iteration reads data an earlier iteration of the same loop wrote (a loop-carried
+    value), or writes HBM elements an earlier iteration wrote (the result would depend on the order)."""
 
 
 class NkiKwargError(NkiValidationError, TypeError):
@@ -82,6 +83,14 @@ class NkiKwargError(NkiValidationError, TypeError):
 
     Also a TypeError, so code written for Python's own "got an unexpected keyword argument" still catches it.
     """
+
+
+class NkiUnsupportedError(NkiValidationError, NotImplementedError):
+    """A documented NKI API that the emulator does not emulate was used (named, with the kernel line)."""
+
+
+class NkiDtypeError(NkiValidationError, TypeError):
+    """A dtype NKI does not have (e.g. float64); also a TypeError, as NumPy raises for unknown dtypes."""
 
 
 class NkiBackendError(ImportError):

@@ -32,7 +32,9 @@ def requested_backend() -> str:
 
 
 def install(backend: str | None = None) -> str:
-    """Make `import nki`, `nki.language`, `nki.isa`, `nki.typing` resolve; returns 'sim' or 'neuron'.
+    """Make `import nki` and its `language`, `isa`, `typing`, `collectives` submodules resolve.
+
+    Returns 'sim' or 'neuron'.
 
     backend (or $NKI_MOE_BACKEND): 'sim' forces the emulator; 'neuron' requires the real package (raises
     NkiBackendError when it is absent); unset picks the real package when importable, else the emulator.
@@ -47,7 +49,7 @@ def install(backend: str | None = None) -> str:
             )
         mod = sys.modules.get("nki")
         if mod is not None and getattr(mod, "EMULATED", False):
-            for name in ("nki", "nki.language", "nki.isa", "nki.typing"):
+            for name in ("nki", "nki.language", "nki.isa", "nki.typing", "nki.collectives"):
                 sys.modules.pop(name, None)
         return "neuron"
     from . import frontend, isa, language, nki_typing
@@ -56,6 +58,7 @@ def install(backend: str | None = None) -> str:
     sys.modules["nki.language"] = language
     sys.modules["nki.isa"] = isa
     sys.modules["nki.typing"] = nki_typing
+    sys.modules["nki.collectives"] = frontend.collectives
     return "sim"
 
 

@@ -44,6 +44,18 @@ def _expand_buffers(buffers) -> tuple:
     return tuple(out)
 
 
+def _elem_span(st, dtype: str, pat: tuple, off: int) -> tuple[int, int]:
+    """[lo, hi) storage elements a view (dtype, pattern, offset) of `st` can touch (its bounding range)."""
+    lo = off + sum(min(0, s * (n - 1)) for s, n in pat)
+    hi = off + sum(max(0, s * (n - 1)) for s, n in pat) + 1
+    a, b = ITEMSIZE[dtype], ITEMSIZE[st.dtype]
+    return lo * a // b, -(-hi * a // b)
+
+
+def _overlaps(span: tuple[int, int], lo: int, hi: int) -> bool:
+    return span[0] < hi and lo < span[1]
+
+
 def reject_kwargs(ins: Instr, kw: dict, compat_ok: tuple = ()) -> None:
     """Unknown keyword arguments are errors (NKI 2.28+); `compat_ok` names 0.2 spellings still accepted in
     0.2-compat mode. Every instruction rejects them through here, so the error type is the same everywhere."""
@@ -359,6 +371,41 @@ class Instr:
                         cls=NkiDependencyError,
                     )
 
+    def _check_write_after_write(self, operand: str, t: NkiTensor) -> None:
+        """An HBM write in iteration i > 0 of an affine_range to elements an earlier iteration wrote.
+
+        Which iteration writes last would decide the output, so the iterations are not independent. Only
+        HBM: on-chip tiles hoisted out of the loop are legally rewritten each iteration (scratch), and
+        matmul accumulation lives in PSUM.
+        """
+        st = t.st
+        prog = self.prog
+        loops = [lp for lp in prog.affine if lp.iter > 0 and st.serial <= lp.iter_serial]
+        if not loops or (st.stamp is None and not st.wlog):
+            return
+        if st.stamp is None:  # cheap pre-filter on the logged writes' element ranges
+            lo, hi = _elem_span(st, t.dtype, t.pat, t.off)
+            first = min(lp.loop_seq for lp in loops)
+            if not any(
+                seq >= first and _overlaps(_elem_span(st, dt, pat, off), lo, hi)
+                for seq, dt, pat, off in st.wlog
+            ):
+                return
+        st.flush_stamps()
+        stamps = np.asarray(t.mask_get(st.stamp))
+        for lp in loops:
+            bad = (stamps >= lp.loop_seq) & (stamps < lp.iter_seq)
+            if bad.any():
+                writer = prog.trace.records[int(stamps[bad].flat[0])]
+                self.fail(
+                    f"writes {int(bad.sum())} element(s) that an earlier iteration of the same affine_range "
+                    f"already wrote (written by {writer.opcode} at {writer.location}; iteration {lp.iter} "
+                    "writes them again), so the result depends on the iteration order. Write each "
+                    "iteration's result to its own location, or use sequential_range",
+                    operand,
+                    cls=NkiDependencyError,
+                )
+
     def _values(self, t: NkiTensor, P: int, F: int) -> np.ndarray:
         # A read-only (P, F) view of the storage when the layout allows (no copy), else a copy. Read-only
         # so an instruction's math can never modify its source operand in place.
@@ -466,7 +513,14 @@ class Instr:
                 if st.taint is None:
                     st.taint = np.zeros(st.nelem, np.bool_)
                 t.mask_set(st.taint, out.reshape(nd.shape))
-            if prog.affine and st.serial <= prog.affine[-1].iter_serial:
+            if prog.affine:
+                if st.buffer in _HBM:
+                    self._check_write_after_write(operand, t)
+                # Every storage is logged, also tiles allocated inside the iteration: one kept in a Python
+                # list and read by a later iteration is a loop-carried value too. A write covering the
+                # whole storage supersedes the earlier entries.
+                if st.wlog and t.covers_storage():
+                    st.wlog.clear()
                 st.wlog.append((self.seq, t.dtype, t.pat, t.off))
                 if len(st.wlog) >= _WLOG_MAX:
                     st.flush_stamps()

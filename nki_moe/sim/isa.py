@@ -11,6 +11,7 @@ from .errors import NkiValidationError
 from .instr import Instr, reject_kwargs
 from .matmul import nc_matmul, nc_transpose
 from .tensor import NkiTensor
+from .unsupported import module_getattr
 
 tensor_engine = engine.tensor
 vector_engine = engine.vector
@@ -97,7 +98,7 @@ def core_barrier(data, cores=(0, 1), engine=engine.gpsimd, name=None, **kw) -> N
                 value=tuple(cores),
             )
         if ins.prog.launch.nprog > 1:
-            ins.prog.launch.sched.barrier(ins.prog.pid)
+            ins.prog.launch.sched.barrier(ins.prog.pid, (ins.opcode, ins.location))
 
 
 def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_engine.dma, name=None, **kw):
@@ -125,7 +126,7 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
         vals = np.array(ins.read_raw("src", src))  # a copy: src may be rewritten before it is received
         sched.mail[(pid, int(send_to_rank), pipe_id)] = (vals, ins.last_taint)
         key = (int(recv_from_rank), pid, pipe_id)
-        sched.block_until(pid, lambda: key in sched.mail)
+        sched.block_until(pid, lambda: key in sched.mail, (ins.opcode, ins.location))
         got, taint = sched.mail.pop(key)
         ins.write("dst", dst, got, taint=taint, raw=True)
         ins.note(dma_bytes=int(got.nbytes), queue="sendrecv")
@@ -169,3 +170,5 @@ try:  # the compute instructions (OPS's module)
 except ModuleNotFoundError as e:  # pragma: no cover - only while isa_compute.py is being written
     if e.name != f"{__package__}.isa_compute":
         raise
+
+__getattr__ = module_getattr("nki.isa", globals())  # documented-but-not-emulated names (unsupported.py)

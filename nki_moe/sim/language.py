@@ -12,6 +12,7 @@ from .alu import OPS as _OPS
 from .errors import NkiValidationError
 from .instr import Instr
 from .tensor import MemoryRegion, NkiTensor, allocate, ds  # noqa: F401 (re-exported API)
+from .unsupported import module_getattr
 
 # ---- dtypes: NKI 2 dtypes are plain strings --------------------------------------------------------
 bool_ = "bool_"
@@ -460,8 +461,9 @@ def where(condition: NkiTensor, x, y, dtype=None) -> NkiTensor:
     """Elementwise condition ? x : y into a new SBUF tile; x and y are tiles of condition's shape or scalars.
 
     Instructions: y is placed first (tensor_copy, or memset for a scalar), then tensor_copy_predicated
-    overwrites it with x where the condition is nonzero (a non-unsigned condition is converted to a uint8
-    predicate with one tensor_copy).
+    overwrites it with x where the condition is nonzero. Any other condition dtype becomes a uint8
+    predicate with one tensor_scalar(not_equal, 0): nonzero is true for every dtype (a converting copy
+    would round 0.5 to 0 and saturate -1 to 0).
     """
     _on_chip(condition, "where", "condition")
     for name, v in (("x", x), ("y", y)):
@@ -477,7 +479,7 @@ def where(condition: NkiTensor, x, y, dtype=None) -> NkiTensor:
     pred = condition
     if condition.dtype not in ("uint8", "uint16", "uint32", "bool_"):
         pred = _new_like(shape, "uint8")
-        isa.tensor_copy(dst=pred, src=condition)
+        isa.tensor_scalar(dst=pred, data=condition, op0=_OPS["not_equal"], operand0=0.0)
     out = _new_like(shape, out_dt)
     if isinstance(y, NkiTensor):
         isa.tensor_copy(dst=out, src=y)
@@ -557,3 +559,5 @@ def _highlevel(op, *args, **kw):
 
 
 alu.HIGHLEVEL = _highlevel
+
+__getattr__ = module_getattr("nki.language", globals())  # documented-but-not-emulated names (unsupported.py)

@@ -15,6 +15,7 @@ from .instr import Instr, reject_kwargs
 _MM_IN = ("float8_e4m3", "float8_e4m3fn", "float8_e5m2", "bfloat16", "float16", "tfloat32", "float32")
 _FP32ISH = ("float32", "tfloat32")
 _FP8 = ("float8_e4m3", "float8_e4m3fn", "float8_e5m2")
+_FP8_E4M3_PAIR = {"float8_e4m3", "float8_e4m3fn"}  # never mixed in one matmul ([ISA-NEW] nc_matmul)
 
 
 def _check_tiling(ins: Instr, tile_position, tile_size, K: int, M: int) -> None:
@@ -74,6 +75,13 @@ def nc_matmul(
                 )
         if (sd in _FP32ISH) != (md in _FP32ISH):
             ins.fail("an fp32/tf32 operand must be paired with fp32/tf32", "moving", limit=sd, value=md)
+        if {sd, md} == _FP8_E4M3_PAIR:
+            ins.fail(
+                "float8_e4m3 (Neuron's legacy format) and float8_e4m3fn (OCP) operands cannot be mixed",
+                "moving",
+                limit=f"the stationary dtype {sd}",
+                value=md,
+            )
         Ks, Fs = stationary.pf()
         Km, Fm = moving.pf()
         double = perf == _perf.double_row

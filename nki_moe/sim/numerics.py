@@ -19,6 +19,8 @@ import threading
 import ml_dtypes
 import numpy as np
 
+from .errors import NkiDtypeError
+
 __all__ = [
     "DTYPES",
     "FLOAT_NAMES",
@@ -142,13 +144,28 @@ def precise() -> bool:
     return _precise
 
 
-def normalize_dtype(x: object) -> str:
-    """Canonical dtype name for a name, alias, numpy/ml_dtypes dtype or scalar type (e.g. np.float32)."""
+def _unsupported_dtype(x: object, instruction: str | None, note: str = "") -> NkiDtypeError:
+    """The error for a dtype NKI does not have: names it and the accepted ones (at the kernel line)."""
+    return NkiDtypeError(
+        f"unsupported dtype {x!r}{note}; NKI has no such type",
+        instruction=instruction,
+        operand="dtype",
+        limit=", ".join(sorted(DTYPES)),
+        value=str(x),
+    )
+
+
+def normalize_dtype(x: object, instruction: str | None = None) -> str:
+    """Canonical dtype name for a name, alias, numpy/ml_dtypes dtype or scalar type (e.g. np.float32).
+
+    Anything else raises NkiDtypeError (a TypeError) naming the dtype, the accepted ones, the kernel line
+    and `instruction` (the API that was given the dtype) when known.
+    """
     if isinstance(x, str):
         name = _ALIASES.get(x, x)
         if name in DTYPES:
             return name
-        raise TypeError(f"unsupported dtype {x!r}; expected one of {sorted(DTYPES)}")
+        raise _unsupported_dtype(x, instruction)
     name = getattr(x, "name", None)  # objects that carry an NKI dtype name (e.g. nl.float32 wrappers)
     if isinstance(name, str) and _ALIASES.get(name, name) in DTYPES and not isinstance(x, np.dtype):
         return _ALIASES.get(name, name)
@@ -157,10 +174,10 @@ def normalize_dtype(x: object) -> str:
     try:
         dt = np.dtype(x)
     except TypeError:
-        raise TypeError(f"unsupported dtype {x!r}; expected one of {sorted(DTYPES)}") from None
+        raise _unsupported_dtype(x, instruction) from None
     if dt in _BY_NP:
         return _BY_NP[dt]
-    raise TypeError(f"unsupported dtype {x!r} (numpy {dt}); NKI has no such type")
+    raise _unsupported_dtype(x, instruction, f" (numpy {dt})")
 
 
 def np_dtype(name: str) -> np.dtype:

@@ -142,20 +142,27 @@ def loop_range(kind: str, start, stop=None, step=1):
 class AllocRecord:
     """Accounting entry of one on-chip allocation (kept apart from the data so GC can free it)."""
 
-    __slots__ = ("buffer", "nbytes", "banks", "name", "loc", "live", "__weakref__")
+    __slots__ = ("buffer", "nbytes", "banks", "name", "loc", "shape", "dtype", "live", "__weakref__")
 
-    def __init__(self, buffer: str, nbytes: int, banks: int, name: str, loc):
+    def __init__(self, buffer: str, nbytes: int, banks: int, name: str, loc, shape: tuple, dtype: str):
         self.buffer = buffer
         self.nbytes = nbytes
         self.banks = banks
         self.name = name
         self.loc = loc
+        self.shape = shape
+        self.dtype = dtype
         self.live = False
 
+    def operand(self) -> str:
+        """Its `name=`, else the variable the kernel line assigns it to, else what it is (unnamed)."""
+        return self.name or _guess_var_name(self.loc) or f"unnamed {self.buffer} tile"
+
     def label(self) -> str:
-        name = self.name or _guess_var_name(self.loc) or "<unnamed>"
         unit = f"{self.banks} bank(s)" if self.buffer == "psum" else f"{self.nbytes} B/partition"
-        return f"'{name}' ({unit}, {self.loc[0]}:{self.loc[1]})"
+        shape = "x".join(str(n) for n in self.shape)
+        where = f"{self.loc[0]}:{self.loc[1]}"
+        return f"'{self.operand()}' ([{shape}] {self.dtype} {self.buffer}, {unit}, {where})"
 
 
 _ASSIGN = re.compile(r"^\s*([A-Za-z_][\w\.]*(?:\[[^\]]*\])?)\s*(?::[^=]+)?=[^=]")
@@ -219,7 +226,7 @@ class MemTracker:
         live = sorted((r for r in self.live if r.buffer == rec.buffer), key=lambda r: -r.nbytes)
         listing = "\n".join(f"    {r.label()}" for r in live[:40])
         more = f"\n    ... and {len(live) - 40} more" if len(live) > 40 else ""
-        name = rec.name or _guess_var_name(rec.loc) or "<unnamed>"
+        name = rec.operand()
         raise NkiCapacityError(
             f"allocating {rec.label()} exceeds the {self.tgt.name} {what}; live allocations:\n"
             f"{listing}{more}",
@@ -304,6 +311,7 @@ class Scheduler:
         self.turn = 0
         self.done = [False] * n
         self.blocked: dict[int, object] = {}  # pid -> predicate that unblocks it
+        self.waits: dict[int, tuple] = {}  # pid -> (instruction, kernel file:line) it waits in
         self.failed = False
         self.barrier_count = 0
         self.barrier_gen = 0
@@ -326,9 +334,19 @@ class Scheduler:
         if not all(self.done):
             self.failed = True
             self.cond.notify_all()
+            states = [
+                f"program {q} waits in {' at '.join(self.waits[q])}"
+                if q in self.blocked
+                else f"program {q} finished"
+                for q in range(self.n)
+            ]
+            instruction, location = self.waits[min(self.blocked)]
             raise NkiValidationError(
-                "LNC deadlock: every program waits in core_barrier/sendrecv that the others never reach",
-                instruction="core_barrier",
+                "LNC deadlock: a program waits in core_barrier/sendrecv that the other programs never reach ("
+                + "; ".join(states)
+                + ")",
+                instruction=instruction,
+                location=location,
             )
 
     def start(self, pid: int) -> None:
@@ -348,17 +366,19 @@ class Scheduler:
             self.failed = True
             self.cond.notify_all()
 
-    def block_until(self, pid: int, pred) -> None:
+    def block_until(self, pid: int, pred, where: tuple) -> None:
+        """Wait (handing the turn over) until pred() holds; `where` = (instruction, kernel file:line)."""
         with self.cond:
             if pred():
                 return
             self.blocked[pid] = pred
+            self.waits[pid] = where
             self._hand_over(pid)
             self.cond.wait_for(lambda: (self.turn == pid and pred()) or self.failed)
             if self.failed:
                 raise _Abort()
 
-    def barrier(self, pid: int) -> None:
+    def barrier(self, pid: int, where: tuple) -> None:
         with self.cond:
             gen = self.barrier_gen
             self.barrier_count += 1
@@ -366,4 +386,4 @@ class Scheduler:
                 self.barrier_count = 0
                 self.barrier_gen += 1
                 return
-        self.block_until(pid, lambda: self.barrier_gen > gen)
+        self.block_until(pid, lambda: self.barrier_gen > gen, where)

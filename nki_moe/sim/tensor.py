@@ -7,6 +7,8 @@ Indexing, reshape, view and ap only build new patterns; data moves happen in ins
 from __future__ import annotations
 
 import enum
+import gc
+import inspect
 import math
 import operator
 import sys
@@ -14,7 +16,7 @@ import sys
 import numpy as np
 
 from . import numerics, runtime
-from .errors import NkiValidationError, user_callers, user_frame
+from .errors import NkiCapacityError, NkiValidationError, user_callers, user_frame
 
 
 class MemoryRegion(str, enum.Enum):  # noqa: UP042 (StrEnum needs py3.11; project targets 3.10)
@@ -271,7 +273,7 @@ def allocate(
     """Create a new tensor (the body of nl.ndarray): poisoned unless `fill` is given."""
     prog = runtime.current() or runtime.require(f"nl.{instruction}")
     shape = _check_shape(shape)
-    dtype = numerics.normalize_dtype(dtype)
+    dtype = numerics.normalize_dtype(dtype, instruction)
     # A MemoryRegion member passes as is (plain strings are 0.2 syntax, checked by normalize_buffer).
     buf = buffer._value_ if type(buffer) is MemoryRegion else normalize_buffer(buffer, prog.compat).value
     f = user_frame(2)
@@ -336,13 +338,49 @@ def allocate(
             banks = -(-per_part // prog.tgt.psum_bank_bytes)
         else:
             banks = 0
-        rec = runtime.AllocRecord(buf, per_part, banks, name, loc)
-        prog.register_alloc(rec)
+        rec = runtime.AllocRecord(buf, per_part, banks, name, loc, shape, dtype)
+        try:
+            prog.register_alloc(rec)
+        except NkiCapacityError:
+            if not _release_rebound(f, prog):
+                raise
+            prog.register_alloc(rec)
         st.rec = rec
         st.mem = prog.mem
     if buf == "shared_hbm" and launch.nprog > 1:
         launch.shared.append(st)
     return NkiTensor._base(st)
+
+
+def _release_rebound(f, prog) -> bool:
+    """On a capacity overflow at `name = nl.ndarray(...)`: free the tile `name` still holds, if nothing else
+    can reach it. The assignment is about to drop it, so it is dead (the compiler's liveness); a use on the
+    right-hand side (`t = nl.exp(t)`) revives it, and counts it again, before it is dropped.
+
+    Only on the overflow path: reading the kernel's locals and their referrers is slow but exact.
+    """
+    if f is None or not f.f_code.co_flags & inspect.CO_OPTIMIZED:  # a function frame (not module globals)
+        return False
+    target = runtime._guess_var_name((f.f_code.co_filename, f.f_lineno))
+    if target is None or not target.isidentifier():
+        return False
+    local = f.f_locals  # a snapshot dict of the frame's variables (Python 3.11/3.12)
+    try:
+        old = local.get(target)
+        if not isinstance(old, NkiTensor) or old.st.rec is None or not old.st.rec.live:
+            return False
+        st = old.st
+        # No comprehensions here: a closure cell over `old` would itself be a referrer.
+        tile_holders = gc.get_referrers(old)
+        storage_holders = gc.get_referrers(st)
+        if len(tile_holders) != 1 or tile_holders[0] is not local or len(storage_holders) != 1:
+            return False  # another variable, list or view still reaches it
+        prog.mem.release(st.rec)
+        return True
+    finally:
+        # The snapshot would keep every tile it names alive past its rebinding (and so counted as live).
+        if isinstance(local, dict):
+            local.clear()
 
 
 def from_array(arr: np.ndarray, buffer: str, name: str = "", serial: int = 0) -> NkiTensor:
