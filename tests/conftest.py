@@ -6,9 +6,17 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+# transformers' bf16 results on the CPU depend on the instructions torch dispatches to: with AVX-512 (and
+# oneDNN's avx512_bf16 dot products) the summation order differs from the AVX2 path, and on random weights,
+# whose logits are nearly tied, one bf16 ulp flips a greedy token within a few steps. The parity tests pin
+# the AVX2 path (every x86-64 CI machine has it) so they compare against the same transformers numbers
+# everywhere; set the variables yourself to test another path. Set before anything imports torch.
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
-import nki_moe.sim
+import pytest  # noqa: E402
+
+import nki_moe.sim  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run_all.py lives at the top level
