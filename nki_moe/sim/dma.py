@@ -8,7 +8,7 @@ from . import numerics
 from .enums import dge_mode as _dge_mode
 from .enums import engine as _engine
 from .enums import oob_mode as _oob_mode
-from .errors import NkiUninitializedError
+from .errors import NkiUninitializedError, docs_warning
 from .instr import Instr, reject_kwargs
 from .tensor import ITEMSIZE, NkiTensor
 from .trace import Access
@@ -17,12 +17,29 @@ _COMPAT_02_KWARGS = ("dst_rmw_op", "unique_indices", "mask")
 
 
 def enum_arg(ins: Instr, value, enum_cls, operand: str):
-    """Accept the enum member (raw ints only in 0.2-compat mode, as 0.3 rejects them)."""
+    """The enum member for an enum member or a raw int that is a member's value.
+
+    The 0.3 migration notes say raw ints are rejected, but AWS's production kernels pass them
+    (``dge_mode=3`` in nki-library, [NKILIB]), so the compiler accepts them: a valid raw int runs, with an
+    NkiDocsWarning outside 0.2-compat mode; any other value is an error naming the members.
+    """
     if isinstance(value, enum_cls):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and ins.prog.compat == "0.2":
-        return enum_cls(value)
-    ins.fail(f"expected nisa.{enum_cls.__name__}.<member>", operand, value=value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            member = enum_cls(value)
+        except ValueError:
+            member = None
+        if member is not None:
+            if ins.prog.compat != "0.2":
+                docs_warning(
+                    ins.location,
+                    f"{ins.opcode}: raw int {operand}={value} read as nisa.{enum_cls.__name__}.{member.name} "
+                    "(the 0.3 docs reject raw ints; AWS's nki-library passes them)",
+                )
+            return member
+    members = ", ".join(f"{m.name}={m.value}" for m in enum_cls)
+    ins.fail(f"expected nisa.{enum_cls.__name__}.<member> ({members})", operand, value=value)
 
 
 def _queue(ins: Instr, dge, eng) -> str:

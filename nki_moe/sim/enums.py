@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import types
 
 
 class engine(enum.IntEnum):  # noqa: N801 (NKI spelling)
@@ -59,3 +60,11 @@ ENGINE_NAMES = {
     engine.vector: "dve",
     engine.sync: "sp",
 }
+
+
+# `nki.isa.constants`: the enums as a module of their own (nki-library imports `from nki.isa.constants import
+# dge_mode, oob_mode` and `from nki.isa import constants`; [NKILIB]). install() registers it in sys.modules.
+constants = types.ModuleType("nki.isa.constants", "Emulated nki.isa.constants: the NKI ISA enums.")
+for _e in (engine, reduce_cmd, dge_mode, oob_mode, matmul_perf_mode, nc_version, dma_engine):
+    setattr(constants, _e.__name__, _e)
+constants.EMULATED = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 SIM_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -91,6 +92,24 @@ class NkiUnsupportedError(NkiValidationError, NotImplementedError):
 
 class NkiDtypeError(NkiValidationError, TypeError):
     """A dtype NKI does not have (e.g. float64); also a TypeError, as NumPy raises for unknown dtypes."""
+
+
+class NkiDocsWarning(UserWarning):
+    """Code the NKI 0.3 docs say is rejected, but AWS's own current kernels use (so the compiler accepts it):
+    the emulator runs it and says so once per kernel line."""
+
+
+_DOCS_WARNED: dict = {}  # warnings registry: an NkiDocsWarning once per kernel line
+
+
+def docs_warning(location: str | None, message: str) -> None:
+    """Warn (NkiDocsWarning, once per kernel line): this code follows AWS's kernels, not the docs."""
+    filename, lineno = "<kernel>", 0
+    if location and ":" in location:
+        f, _, line = location.rpartition(":")
+        if line.isdigit():
+            filename, lineno = f, int(line)
+    warnings.warn_explicit(message, NkiDocsWarning, filename, lineno, registry=_DOCS_WARNED)
 
 
 class NkiBackendError(ImportError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import os
 import sys
+import types
 
 from .errors import NkiBackendError
 
@@ -49,8 +51,9 @@ def install(backend: str | None = None) -> str:
             )
         mod = sys.modules.get("nki")
         if mod is not None and getattr(mod, "EMULATED", False):
-            for name in ("nki", "nki.language", "nki.isa", "nki.typing", "nki.collectives"):
-                sys.modules.pop(name, None)
+            for name in _EMULATED_NAMES:
+                if getattr(sys.modules.get(name), "EMULATED", False) or name == "nki":
+                    sys.modules.pop(name, None)
         return "neuron"
     from . import frontend, isa, language, nki_typing
 
@@ -59,7 +62,53 @@ def install(backend: str | None = None) -> str:
     sys.modules["nki.isa"] = isa
     sys.modules["nki.typing"] = nki_typing
     sys.modules["nki.collectives"] = frontend.collectives
+    sys.modules["nki.isa.constants"] = isa.constants
+    if not _real_neuronxcc_available():
+        # SDK 2.2x kernels import the same API under neuronxcc.nki (`import neuronxcc.nki.typing as nt`,
+        # [NKILIB] router_topk); without the real package those paths name the emulator too.
+        sys.modules.setdefault("neuronxcc", _neuronxcc_package())
+        for name in ("language", "isa", "typing"):
+            sys.modules[f"neuronxcc.nki.{name}"] = sys.modules[f"nki.{name}"]
+        sys.modules["neuronxcc.nki.isa.constants"] = isa.constants
+        sys.modules["neuronxcc.nki"] = frontend
     return "sim"
+
+
+# Every module name install() may bind to the emulator.
+_EMULATED_NAMES = (
+    "nki",
+    "nki.language",
+    "nki.isa",
+    "nki.typing",
+    "nki.collectives",
+    "nki.isa.constants",
+    "neuronxcc.nki",
+    "neuronxcc.nki.language",
+    "neuronxcc.nki.isa",
+    "neuronxcc.nki.typing",
+    "neuronxcc.nki.isa.constants",
+    "neuronxcc",
+)
+
+
+def _real_neuronxcc_available() -> bool:
+    mod = sys.modules.get("neuronxcc")
+    if mod is not None:
+        return not getattr(mod, "EMULATED", False)
+    try:
+        return importlib.util.find_spec("neuronxcc") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _neuronxcc_package():
+    from . import frontend
+
+    pkg = types.ModuleType("neuronxcc", "Emulated stand-in: neuronxcc.nki is the emulator's nki.")
+    pkg.__path__ = []  # a package, so `import neuronxcc.nki.typing` resolves through sys.modules
+    pkg.nki = frontend
+    pkg.EMULATED = True
+    return pkg
 
 
 def active_backend() -> str:

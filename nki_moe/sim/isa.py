@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from . import runtime
 from .dma import dma_copy, dma_transpose, enum_arg
-from .enums import dge_mode, dma_engine, engine, matmul_perf_mode, nc_version, oob_mode, reduce_cmd
+from .enums import (
+    constants,  # noqa: F401 (the module nki.isa.constants, registered by install())
+    dge_mode,
+    dma_engine,
+    engine,
+    matmul_perf_mode,
+    nc_version,
+    oob_mode,
+    reduce_cmd,
+)
 from .errors import NkiValidationError
 from .instr import Instr, reject_kwargs
 from .matmul import nc_matmul, nc_transpose
@@ -124,10 +135,14 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
         pid = ins.prog.pid
         sched = launch.sched
         vals = np.array(ins.read_raw("src", src))  # a copy: src may be rewritten before it is received
-        sched.mail[(pid, int(send_to_rank), pipe_id)] = (vals, ins.last_taint)
+        # One FIFO per (sender, receiver, pipe): a second send before the first is received queues behind
+        # it (a dict slot would overwrite it), so messages arrive in the order they were sent.
+        sched.mail.setdefault((pid, int(send_to_rank), pipe_id), collections.deque()).append(
+            (vals, ins.last_taint)
+        )
         key = (int(recv_from_rank), pid, pipe_id)
-        sched.block_until(pid, lambda: key in sched.mail, (ins.opcode, ins.location))
-        got, taint = sched.mail.pop(key)
+        sched.block_until(pid, lambda: bool(sched.mail.get(key)), (ins.opcode, ins.location))
+        got, taint = sched.mail[key].popleft()
         ins.write("dst", dst, got, taint=taint, raw=True)
         ins.note(dma_bytes=int(got.nbytes), queue="sendrecv")
 

@@ -17,6 +17,7 @@ from .alu import Op
 from .dma import enum_arg
 from .enums import engine as _engine
 from .enums import reduce_cmd as _reduce_cmd
+from .errors import docs_warning
 from .instr import Instr, reject_kwargs
 from .tensor import NkiTensor
 
@@ -447,10 +448,27 @@ def reciprocal(dst, data, name=None, **kw) -> None:
         ins.write("dst", dst, S.reciprocal(ins.read("data", data)), taint="elementwise", owned=True)
 
 
-def tensor_copy(dst, src, engine=_engine.unknown, name=None, **kw) -> None:
-    """dst = src (bit-exact when dtypes match, else through fp32); free shapes may differ."""
+def tensor_copy(dst, src, engine=_engine.unknown, name=None, dtype=None, **kw) -> None:
+    """dst = src (bit-exact when dtypes match, else through fp32); free shapes may differ.
+
+    ``dtype=``: not in the 0.3 signature, but AWS's current tutorials pass it (nki-samples' matrix
+    multiplication, ``dtype=result.dtype``; [SAMPLES]). Accepted when it names dst's dtype; a different
+    one is an error naming both (the copy converts to dst's dtype, never to another).
+    """
     with Instr("tensor_copy", "dve") as ins:
         reject_kwargs(ins, kw)
+        if dtype is not None:
+            want = numerics.normalize_dtype(dtype, "tensor_copy")
+            if isinstance(dst, NkiTensor) and want != dst.dtype:
+                ins.fail(
+                    "dtype= must equal dst's dtype (the copy converts to dst's dtype)",
+                    "dtype",
+                    limit=dst.dtype,
+                    value=want,
+                )
+            docs_warning(
+                ins.location, "tensor_copy: dtype= is not in the 0.3 signature (AWS's tutorials pass it)"
+            )
         eng = _engine_arg(ins, engine, "dve", ("dve", "act", "pool"))
         if eng == "act":
             ins.needs_nc(

@@ -56,7 +56,58 @@ def is_on_chip(buffer) -> bool:
 
 
 class NKIObject:
-    """Base class for user objects a kernel may pass around (dataclass-like in NKI)."""
+    """Base class for user objects a kernel passes around (records of sizes, flags, tiles).
+
+    The real base class constructs from keyword arguments, whatever the subclass declares: AWS's production
+    kernels ([NKILIB]) build ``@dataclass`` subclasses with fields that are not annotated, leave annotated
+    fields out, or subclass without ``@dataclass`` and still pass keywords. So every subclass that does not
+    define its own ``__init__`` gets :meth:`__init__` below, which ``@dataclass`` then keeps (it never
+    replaces an ``__init__`` the class already has): positional arguments fill the declared fields in order,
+    keywords set attributes, class-level defaults (and dataclass default factories) fill the rest, and
+    ``__post_init__`` runs when defined. An annotated field with no default that is never given stays unset
+    (reading it raises AttributeError naming it), as the kernels set such fields later.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = NKIObject.__init__
+
+    def __init__(self, *args, **kwargs):
+        cls = type(self)
+        fields = _declared_fields(cls)
+        if len(args) > len(fields):
+            raise TypeError(
+                f"{cls.__name__}() takes {len(fields)} positional field(s) ({', '.join(fields)}), "
+                f"{len(args)} given"
+            )
+        for name, value in zip(fields, args):
+            if name in kwargs:
+                raise TypeError(f"{cls.__name__}() got field {name!r} both by position and by keyword")
+            kwargs[name] = value
+        dc_fields = getattr(cls, "__dataclass_fields__", {})
+        for name, f in dc_fields.items():
+            factory = getattr(f, "default_factory", None)
+            if name not in kwargs and callable(factory) and type(factory).__name__ != "_MISSING_TYPE":
+                kwargs[name] = factory()
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        post = getattr(self, "__post_init__", None)
+        if callable(post):
+            post()
+
+
+def _declared_fields(cls) -> list[str]:
+    """Field names in declaration order: dataclass fields, else annotations along the MRO (base first)."""
+    dc = getattr(cls, "__dataclass_fields__", None)
+    if dc:
+        return list(dc)
+    names: list[str] = []
+    for klass in reversed(cls.__mro__):
+        for name in klass.__dict__.get("__annotations__", {}):
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def par_dim(n: int) -> int:

@@ -63,15 +63,27 @@ def test_hwdge_needs_equal_dtypes_and_psum_is_not_a_source():
     assert (e.value.limit, e.value.value) == (16, 20)
 
 
-def test_raw_int_enums_are_rejected_in_0_3():
-    @nki.jit
-    def k(a):
-        t = nl.ndarray(a.shape, dtype=nl.float32, buffer=nl.sbuf)
-        nisa.dma_copy(dst=t, src=a, dge_mode=2)
-        return a
+def test_raw_int_enums_run_with_a_docs_warning_and_invalid_ones_are_rejected():
+    # The 0.3 notes reject raw ints, but nki-library passes dge_mode=3: accepted, with a warning.
+    from nki_moe.sim.errors import NkiDocsWarning
 
-    with pytest.raises(NkiValidationError, match="dge_mode"):
-        k(np.zeros((4, 4), np.float32))
+    def kernel(mode):
+        @nki.jit
+        def k(a):
+            t = nl.ndarray(a.shape, dtype=nl.float32, buffer=nl.sbuf)
+            nisa.dma_copy(dst=t, src=a, dge_mode=mode)
+            out = nl.ndarray(a.shape, dtype=nl.float32, buffer=nl.shared_hbm)
+            nisa.dma_copy(dst=out, src=t)
+            return out
+
+        return k
+
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    with pytest.warns(NkiDocsWarning, match="dge_mode=3 read as nisa.dge_mode.none"):
+        np.testing.assert_array_equal(kernel(3)(a), a)
+    with pytest.raises(NkiValidationError, match=r"dge_mode.*unknown=0.*none=3") as e:
+        kernel(7)(a)
+    assert e.value.operand == "dge_mode" and e.value.value == 7
 
 
 def _gather_kernel(oob):
