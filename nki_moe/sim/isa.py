@@ -186,4 +186,8 @@ except ModuleNotFoundError as e:  # pragma: no cover - only while isa_compute.py
     if e.name != f"{__package__}.isa_compute":
         raise
 
+from .isa_extra import dma_compute, nonzero_with_count  # noqa: E402
+
+__all__ += ["dma_compute", "nonzero_with_count"]
+
 __getattr__ = module_getattr("nki.isa", globals())  # documented-but-not-emulated names (unsupported.py)

@@ -23,10 +23,8 @@ NOT_EMULATED = {
     },
     "nki.isa": {
         "activate2": "trn3 Scalar Engine instruction",
-        "dma_compute": "DMA read-modify-write reduction",
         "get_nc_sub_version": "",
         "nc_matmul_mx": "MX matmul (trn3)",
-        "nonzero_with_count": "",
         "quantize_mx": "MX quantisation (trn3)",
         "topk": "use nisa.max8 + nisa.nc_find_index8",
     },
