@@ -57,6 +57,11 @@ class HardwareSpec:
     dma_tbs_chip: float
     dma_semaphore_us: float  # semaphore-to-start latency of a DMA transfer, cross-engine
     dma_hwdge_us: float | None  # hardware descriptor generation per DMA instruction (None: not published)
+    # ---- collectives (nki_moe.perf.collectives); defaults only so that the figures stay keyword-only
+    cc_cores: int | None = None  # collective-communication cores per chip (they orchestrate its DMA)
+    cc_cores_alt: int | None = None  # the conflicting count of the NKI architecture guide, if any
+    neuronlink_tbs_chip: float | None = None  # chip-to-chip NeuronLink (off-chip; None: not published)
+    cc_reduce_dma_fraction: float = 0.5  # reduction throughput of collective DMA ÷ plain DMA copy throughput
 
     # ---- cores -------------------------------------------------------------------------------------
     def cores(self, scope: str) -> int:
@@ -161,6 +166,9 @@ TRN1 = HardwareSpec(
     dma_tbs_chip=1.0,  # [NKI-T1]
     dma_semaphore_us=1.3,  # [DMA-BW]: "~1300 ns cross-engine"
     dma_hwdge_us=None,  # not published for NC-v2
+    cc_cores=6,  # [NKI-T1]: "6 CC-Cores for collective communication"
+    neuronlink_tbs_chip=None,  # [NKI-T1]: 4 NeuronLink-v2 per Trainium chip; no bandwidth on these pages
+    cc_reduce_dma_fraction=0.5,  # [NKI-T3]: 50 % "via DMA collective compute engines prior to NeuronCore-v4"
 )
 
 TRN2 = HardwareSpec(
@@ -191,6 +199,10 @@ TRN2 = HardwareSpec(
     dma_tbs_chip=3.5,  # [T2-ARCH] ("with inline memory compression/decompression")
     dma_semaphore_us=1.3,  # [DMA-BW]
     dma_hwdge_us=0.6,  # [DGE], [NKI-T2]: ~600 ns per hwdge DMA instruction
+    cc_cores=16,  # [T2-ARCH]: "16 CC-Cores orchestrate collective communication"
+    cc_cores_alt=20,  # [NKI-T2]: "20 CC-Cores" (the two pages conflict)
+    neuronlink_tbs_chip=1.28,  # [T2-ARCH]: NeuronLink-v3, 1.28 TB/s per chip
+    cc_reduce_dma_fraction=0.5,  # [NKI-T3]: 50 % of DMA throughput before NeuronCore-v4
 )
 
 TRN3 = HardwareSpec(
@@ -231,6 +243,12 @@ TRN3 = HardwareSpec(
     dma_tbs_chip=4.9,  # [T3-ARCH] ("with inline computation")
     dma_semaphore_us=1.3,  # [DMA-BW]
     dma_hwdge_us=0.6,  # [DGE] (published for hwdge generally; not separately for v4)
+    cc_cores=16,  # [T3-ARCH]
+    cc_cores_alt=20,  # [NKI-T3]
+    neuronlink_tbs_chip=2.56,  # [T3-ARCH]: NeuronLink-v4, 2.56 TB/s per device
+    # [NKI-T3]: DMA read-add-write keeps plain-copy throughput on NC-v4. No source says the runtime's
+    # collectives use it (no nki.isa API yet): an assumption, visible only for messages of ≳ 100 KiB.
+    cc_reduce_dma_fraction=1.0,
 )
 
 HARDWARE: dict[str, HardwareSpec] = {hw.name: hw for hw in (TRN1, TRN2, TRN3)}

@@ -2,6 +2,10 @@
 
 Attainable FLOP/s at arithmetic intensity AI (FLOP/byte) = min(peak FLOP/s, AI × HBM B/s); the ridge point
 (machine balance) is peak / bandwidth. Hardware figures come from :mod:`nki_moe.perf.hardware`.
+
+A decode step of the TP deployment has a second floor term the HBM roofline omits: its all-reduces
+(:func:`decode_step_floor` = HBM bytes ÷ bandwidth + collectives, both returned;
+:mod:`nki_moe.perf.collectives`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nki_moe.perf.collectives import DEFAULT_ALGORITHM, DecodeCollectives, decode_collectives
 from nki_moe.perf.hardware import HardwareSpec
 
 __all__ = [
@@ -19,6 +24,8 @@ __all__ = [
     "memory_time",
     "compute_time",
     "roofline_time",
+    "DecodeFloor",
+    "decode_step_floor",
     "core_roof",
     "core_style",
     "cores_label",
@@ -70,6 +77,64 @@ def roofline_time(
 ) -> float:
     """Roofline lower bound on time, seconds: max(compute time, memory time)."""
     return max(compute_time(flops, hw, dtype, scope), memory_time(nbytes, hw, scope))
+
+
+@dataclass(frozen=True)
+class DecodeFloor:
+    """Lower bound on one decode step (an ESTIMATE): streaming its HBM bytes plus its collectives, seconds."""
+
+    hardware: str
+    hbm_bytes: float
+    memory_s: float  # hbm_bytes ÷ HBM bandwidth of the scope
+    collectives: DecodeCollectives  # count × per all-reduce estimate
+    kind: str = "estimate"
+
+    @property
+    def collective_s(self) -> float:
+        return self.collectives.total_s
+
+    @property
+    def total_s(self) -> float:
+        """memory_s + collective_s: the all-reduces wait for the layer's output, so they do not overlap it."""
+        return self.memory_s + self.collective_s
+
+
+def decode_step_floor(
+    nbytes: float,
+    hw: HardwareSpec,
+    *,
+    tokens: int = 1,
+    hidden: int = 2048,
+    layers: int = 48,
+    allreduces_per_layer: int = 2,
+    tp: int = 4,
+    dtype_bytes: int = 2,
+    algorithm: str = DEFAULT_ALGORITHM,
+    scope: str = "chip",
+) -> DecodeFloor:
+    """Floor of one decode step: ``memory_time(nbytes)`` + the step's all-reduces, each term kept separately.
+
+    Args:
+        nbytes: HBM bytes the step reads and writes
+            (e.g. ``sum(nki_moe.model.counts.decode_bytes(...).values())``).
+        hw: hardware spec.
+        tokens, hidden, layers, allreduces_per_layer, tp, dtype_bytes, algorithm: the all-reduces, see
+            :func:`nki_moe.perf.collectives.decode_collectives` (defaults: Qwen3-30B-A3B, TP=4, 96 × 4 KiB).
+        scope: HBM scope of the memory term (the whole chip by default: a TP=4 step uses all of it).
+    """
+    coll = decode_collectives(
+        tokens,
+        hidden=hidden,
+        layers=layers,
+        allreduces_per_layer=allreduces_per_layer,
+        tp=tp,
+        dtype_bytes=dtype_bytes,
+        target=hw,
+        algorithm=algorithm,
+    )
+    return DecodeFloor(
+        hardware=hw.name, hbm_bytes=float(nbytes), memory_s=memory_time(nbytes, hw, scope), collectives=coll
+    )
 
 
 def core_roof(hw: HardwareSpec, cores: int, dtype: str = "bf16") -> tuple[float, float]:
