@@ -39,7 +39,7 @@ from nki_moe.ladder import TARGETS, Ladder, Sweep
 from nki_moe.model import counts
 from nki_moe.model.config import ModelConfig, get_config
 from nki_moe.perf.hardware import get_hardware
-from nki_moe.perf.roofline import memory_time, roofline_time
+from nki_moe.perf.roofline import decode_step_floor, memory_time, roofline_time
 from nki_moe.reference import (
     OpCost,
     add_rms_norm_cost,
@@ -499,14 +499,29 @@ def step_floor_us(
     """Floor of a whole step on all the deployment's cores, µs.
 
     ``phase == "decode"``: notebook 00's HBM floor of one token attending ``tokens`` positions,
-    ``memory_time(sum(counts.decode_bytes(cfg, tokens)))`` at the deployment's scope. ``"prefill"``: the
-    roofline time of a prefill of ``tokens`` tokens (MACs with last-token logits, ``counts.prefill_bytes``).
+    ``memory_time(sum(counts.decode_bytes(cfg, tokens)))`` at the deployment's scope, plus, when the
+    deployment has ``tp > 1`` ranks, the step's all-reduces (two per layer of one token's [1, hidden] bf16,
+    :func:`nki_moe.perf.roofline.decode_step_floor`; an estimate of the collective model, 1.15 ms of the
+    Trn2 TP=4 step). ``"prefill"``: the roofline time of a prefill of ``tokens`` tokens (MACs with
+    last-token logits, ``counts.prefill_bytes``); its all-reduces are not included.
     """
     hw = get_hardware(target)
     if phase not in ("decode", "prefill"):
         raise ValueError(f"phase must be 'decode' or 'prefill', got {phase!r}")
     if phase == "decode":
-        return 1e6 * memory_time(sum(counts.decode_bytes(cfg, tokens).values()), hw, deployment.floor_scope)
+        nbytes = sum(counts.decode_bytes(cfg, tokens).values())
+        if deployment.tp == 1:
+            return 1e6 * memory_time(nbytes, hw, deployment.floor_scope)
+        floor = decode_step_floor(
+            nbytes,
+            hw,
+            tokens=1,
+            hidden=cfg.hidden_size,
+            layers=cfg.num_hidden_layers,
+            tp=deployment.tp,
+            scope=deployment.floor_scope,
+        )
+        return 1e6 * floor.total_s
     flops = 2 * counts.prefill_macs(cfg, tokens, last_token_logits_only=True)
     nbytes = sum(counts.prefill_bytes(cfg, tokens).values())
     return 1e6 * roofline_time(flops, nbytes, hw, "bf16", deployment.floor_scope)

@@ -10,6 +10,7 @@ from nki_moe import budget, ops
 from nki_moe.ladder import Sweep
 from nki_moe.model import counts
 from nki_moe.model.config import get_config
+from nki_moe.perf.collectives import all_reduce_time
 from nki_moe.perf.hardware import get_hardware
 from nki_moe.perf.roofline import memory_time
 
@@ -63,9 +64,14 @@ def test_launches_reject_an_empty_step():
 
 def test_the_decode_floor_is_notebook_00s():
     total = sum(counts.decode_bytes(CFG, 640).values())
+    hbm = 1e6 * memory_time(total, get_hardware("trn2"))  # the whole chip's HBM bandwidth
+    assert 2100 < hbm < 2130
     chip = budget.step_floor_us(CFG, "trn2", "decode", 640, budget.TP4_LNC2)
-    assert chip == pytest.approx(1e6 * memory_time(total, get_hardware("trn2"))) and 2100 < chip < 2130
-    assert budget.step_floor_us(CFG, "trn2", "decode", 640, budget.SINGLE_LNC2) == pytest.approx(4 * chip)
+    per_allreduce = all_reduce_time(2 * CFG.hidden_size, 4, "trn2").total_us
+    assert chip == pytest.approx(hbm + 2 * CFG.num_hidden_layers * per_allreduce)  # + 96 all-reduces
+    assert 1100 < chip - hbm < 1200
+    # one rank alone: a quarter of the chip's HBM and no all-reduce
+    assert budget.step_floor_us(CFG, "trn2", "decode", 640, budget.SINGLE_LNC2) == pytest.approx(4 * hbm)
     with pytest.raises(ValueError, match="phase"):
         budget.step_floor_us(CFG, "trn2", "generate", 640)
 
@@ -155,7 +161,9 @@ def test_a_notebook_line_covers_decode_and_prefill_on_both_deployments_and_is_re
     est = [_est(9.0), _est(20.0, T=18, H=2048)]
     lines = budget.notebook_lines(("rmsnorm",), est, "trn2", prefill=18)
     assert sorted(lines) == ["decode_lnc2", "decode_tp4_lnc2", "prefill18_lnc2", "prefill18_tp4_lnc2"]
-    assert lines["decode_lnc2"].floor_us == pytest.approx(4 * lines["decode_tp4_lnc2"].floor_us)
+    tp4 = budget.step_floor_us(CFG, "trn2", "decode", budget.DECODE_CONTEXT, budget.TP4_LNC2)
+    assert lines["decode_tp4_lnc2"].floor_us == pytest.approx(tp4)  # HBM + the 96 all-reduces
+    assert lines["decode_lnc2"].floor_us > 2 * tp4  # one rank: a quarter of the bandwidth, no all-reduce
     assert all({ln.launch.kernel for ln in b.lines} == {"rmsnorm"} for b in lines.values())
     entry = json.loads(json.dumps(budget.results_entry(est, lines)))
     assert [budget.Estimate.from_dict(d) for d in entry["estimates"]] == est
