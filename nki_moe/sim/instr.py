@@ -320,7 +320,7 @@ class Instr:
             self.fail("GpSimd cannot access PSUM", operand, limit="sbuf", value="psum")
         rec = st.rec
         if rec is not None and not rec.live:
-            self.prog.revive(rec, self.opcode)
+            self.prog.revive(rec, self.opcode, mode)
         dt = t.dtype
         self.accesses.append(
             Access(

@@ -7,11 +7,12 @@ import linecache
 import os
 import re
 import threading
+import weakref
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import NkiCapacityError, NkiValidationError
+from .errors import NkiCapacityError, NkiValidationError, user_location
 from .target import Target, resolve_target
 from .trace import Trace
 
@@ -140,11 +141,33 @@ def loop_range(kind: str, start, stop=None, step=1):
 
 
 class AllocRecord:
-    """Accounting entry of one on-chip allocation (kept apart from the data so GC can free it)."""
+    """Accounting entry of one on-chip allocation (kept apart from the data so GC can free it).
 
-    __slots__ = ("buffer", "nbytes", "banks", "name", "loc", "shape", "dtype", "live", "__weakref__")
+    `addr` is None for a compiler-placed tile, else the explicit placement `nl.ndarray(address=(p, b))` as
+    (first partition, end partition, first byte, end byte) per partition. `evicted_by` lists the placed
+    tiles put over its bytes since it last held them, as (label, weakref to their Storage); `storage` is a
+    weakref to its own Storage (see MemTracker.add_explicit).
+    """
 
-    def __init__(self, buffer: str, nbytes: int, banks: int, name: str, loc, shape: tuple, dtype: str):
+    __slots__ = (
+        "buffer",
+        "nbytes",
+        "banks",
+        "name",
+        "loc",
+        "shape",
+        "dtype",
+        "live",
+        "addr",
+        "evicted_by",
+        "storage",
+        "suspended_at",
+        "__weakref__",
+    )
+
+    def __init__(
+        self, buffer: str, nbytes: int, banks: int, name: str, loc, shape: tuple, dtype: str, addr=None
+    ):
         self.buffer = buffer
         self.nbytes = nbytes
         self.banks = banks
@@ -153,6 +176,15 @@ class AllocRecord:
         self.shape = shape
         self.dtype = dtype
         self.live = False
+        self.addr = addr
+        self.evicted_by = None
+        self.storage = None  # weakref to the Storage (on-chip allocations)
+        self.suspended_at = None  # index into MemTracker.hist[buffer] when set aside (see suspend)
+
+    @property
+    def address(self) -> tuple | None:
+        """The `address=` it was placed at, (partition_offset, byte_offset), or None (compiler-placed)."""
+        return None if self.addr is None else (self.addr[0], self.addr[2])
 
     def operand(self) -> str:
         """Its `name=`, else the variable the kernel line assigns it to, else what it is (unnamed)."""
@@ -162,7 +194,8 @@ class AllocRecord:
         unit = f"{self.banks} bank(s)" if self.buffer == "psum" else f"{self.nbytes} B/partition"
         shape = "x".join(str(n) for n in self.shape)
         where = f"{self.loc[0]}:{self.loc[1]}"
-        return f"'{self.operand()}' ([{shape}] {self.dtype} {self.buffer}, {unit}, {where})"
+        placed = "" if self.addr is None else f", address=({self.addr[0]}, {self.addr[2]})"
+        return f"'{self.operand()}' ([{shape}] {self.dtype} {self.buffer}, {unit}{placed}, {where})"
 
 
 _ASSIGN = re.compile(r"^\s*([A-Za-z_][\w\.]*(?:\[[^\]]*\])?)\s*(?::[^=]+)?=[^=]")
@@ -174,53 +207,257 @@ def _guess_var_name(loc) -> str | None:
     return m.group(1) if m else None
 
 
+def _holds_data(st) -> bool:
+    """Whether an instruction has written the storage (a store, or a matmul into PSUM)."""
+    return bool(st.written or st.mm_full or (st.mminit is not None and st.mminit.any()))
+
+
+def _union_length(intervals) -> int:
+    """Total length covered by half-open [lo, hi) intervals (overlaps counted once)."""
+    total, end = 0, None
+    for lo, hi in sorted(intervals):
+        if end is None or lo >= end:
+            total += hi - lo
+            end = hi
+        elif hi > end:
+            total += hi - end
+            end = hi
+    return total
+
+
 class MemTracker:
-    """Live SBUF bytes per partition and PSUM banks of one program, against the target's capacity."""
+    """Live SBUF bytes per partition and PSUM banks of one program, against the target's capacity.
+
+    Compiler-placed tiles count their size (`sbuf` bytes, `psum` banks). Explicitly placed tiles
+    (`nl.ndarray(..., address=(partition, byte))`, [NKI-API] `ndarray`; the NKI 0.2 migration guide and the
+    nki-library SbufManager page, [NKI-ALLOC]) occupy the bytes they name: they are checked to fit
+    (offset + size <= capacity, PSUM offsets on a 2 KiB bank boundary) and count once however many of them
+    share a byte or bank (`sbuf_placed` bytes: the union of their byte ranges; `psum_placed`: the banks they
+    touch), so free space for compiler-placed tiles = capacity - compiler-placed - union of placed.
+
+    Overlap: the compiler takes an explicit address as given; the kernel owns that memory. Reusing an
+    address while the older tensor object still exists is the documented way to free it (SbufManager's
+    scopes; the guide's `addr = inner_start` example places buf4 over buf2 and buf3), and production kernels
+    time-share PSUM banks through many handles placed on the same bank ([NKILIB] attention_cte allocates a
+    grid of mm1 PSUM tiles on banks 0-3 and uses them in turn). So the bytes belong to whichever placed tile
+    was placed or used last: placing (or using) a tile releases the placed tiles it overlaps and records it
+    in their `evicted_by`. Using such an evicted tile again takes the bytes back; that is legal for a write,
+    and for a read only while none of the tiles that took its bytes has been written. Reading it after one
+    was is an error: on hardware it would read the other tile's data, and the emulator keeps separate data
+    per tile, so it cannot give the hardware's result. (Stricter than the compiler, which does not check.)
+    """
 
     def __init__(self, tgt: Target):
         self.tgt = tgt
-        self.sbuf = 0
-        self.psum = 0
+        self.sbuf = 0  # compiler-placed bytes per partition
+        self.psum = 0  # compiler-placed banks
+        self.sbuf_placed = 0  # union of explicitly placed byte ranges per partition
+        self.psum_placed = 0  # PSUM banks touched by explicitly placed tiles
         self.peak_sbuf = 0
         self.peak_psum = 0
         # Accounting records only (they hold no data), so a plain set is fine; release() removes them.
         self.live: set = set()
+        self.placed: set = set()  # live explicitly placed records
+        # Every explicitly placed record that can still be used (its tensor is alive): what a new placement
+        # evicts when it overlaps. Weak, so dead tensors drop out.
+        self.placed_any: weakref.WeakSet = weakref.WeakSet()
+        # Tiles set aside on an overflow (suspend) and, while any exists, the usage after every change, per
+        # buffer: [(usage, record that changed it), ...].
+        self.suspended: weakref.WeakSet = weakref.WeakSet()
+        self.hist: dict = {"sbuf": None, "psum": None}
 
-    def add(self, rec: AllocRecord, instruction: str = "allocation") -> None:
-        if rec.buffer == "sbuf":
-            if self.sbuf + rec.nbytes > self.tgt.sbuf_usable_bytes:
-                self._overflow(
-                    rec,
-                    "SBUF bytes per partition",
-                    self.tgt.sbuf_usable_bytes,
-                    self.sbuf + rec.nbytes,
-                    instruction,
-                )
-            self.sbuf += rec.nbytes
-            self.peak_sbuf = max(self.peak_sbuf, self.sbuf)
+    def usage(self, buffer: str) -> int:
+        """Live SBUF bytes per partition / PSUM banks, compiler-placed and explicitly placed together."""
+        return self.sbuf + self.sbuf_placed if buffer == "sbuf" else self.psum + self.psum_placed
+
+    def _note(self, rec: AllocRecord) -> None:
+        hist = self.hist[rec.buffer]
+        if hist is not None:
+            if not self.suspended:
+                self.hist[rec.buffer] = None
+            else:
+                hist.append((self.usage(rec.buffer), rec))
+
+    def suspend(self, buffer: str, need: int, keep) -> bool:
+        """On an overflow: set aside the live compiler-placed tiles of `buffer` that hold data (an instruction
+        wrote them) and are not in `keep` (storage ids the running API call holds), if that frees `need`.
+
+        This is the compiler's liveness (a tile is live from its allocation to its last use) where Python's
+        reachability cannot tell: a tile a stale variable still names after its last use (a list of PSUM
+        tiles left bound after the loop that used them, [NKILIB] moe_cte) is dead. A set-aside tile that
+        is used again is checked then, over the whole time it was set aside (revive -> _unsuspend), so a
+        tile that really stays live while others come and go is still counted at every moment.
+        """
+        cands = []
+        freed = 0
+        for r in self.live:
+            if r.buffer != buffer or r.addr is not None or r.storage is None:
+                continue
+            st = r.storage()
+            if st is None or id(st) in keep or not _holds_data(st):
+                continue
+            cands.append(r)
+            freed += r.nbytes if buffer == "sbuf" else r.banks
+        if freed < need:
+            return False
+        hist = self.hist[buffer]
+        if hist is None:
+            hist = self.hist[buffer] = []
+        for r in cands:
+            self.suspended.add(r)
+        for r in cands:
+            self.release(r)
+        for r in cands:
+            r.suspended_at = len(hist)
+        return True
+
+    def _unsuspend(self, rec: AllocRecord, instruction: str) -> None:
+        """A set-aside tile is used again: it was live all along, so it must fit at every moment since."""
+        buf = rec.buffer
+        hist = self.hist[buf] or []
+        start = rec.suspended_at
+        rec.suspended_at = None
+        self.suspended.discard(rec)
+        size = rec.nbytes if buf == "sbuf" else rec.banks
+        cap = self.tgt.sbuf_usable_bytes if buf == "sbuf" else self.tgt.psum_banks
+        peak, at = self.usage(buf), None
+        for i in range(start, len(hist)):
+            if hist[i][0] > peak:
+                peak, at = hist[i]
+        if peak + size > cap:
+            what = "SBUF bytes per partition" if buf == "sbuf" else "PSUM banks"
+            when = f" (at most while {at.label()} was allocated)" if at is not None else ""
+            raise NkiCapacityError(
+                f"uses {rec.label()} again, so it was live since its last use; together with the tiles "
+                f"allocated meanwhile{when} that exceeds the {self.tgt.name} {what}",
+                instruction=instruction,
+                operand=rec.operand(),
+                limit=cap,
+                value=peak + size,
+                location=user_location(3),
+            )
+        for i in range(start, len(hist)):  # it was live then: later revivals must see it
+            hist[i] = (hist[i][0] + size, hist[i][1])
+        if buf == "sbuf":
+            self.peak_sbuf = max(self.peak_sbuf, peak + size)
         else:
-            if self.psum + rec.banks > self.tgt.psum_banks:
+            self.peak_psum = max(self.peak_psum, peak + size)
+
+    def add(self, rec: AllocRecord, instruction: str = "allocation", mode: str | None = None) -> None:
+        if rec.addr is not None:
+            self.add_explicit(rec, instruction, mode)
+            self._note(rec)
+            return
+        if rec.suspended_at is not None:
+            self._unsuspend(rec, instruction)
+        if rec.buffer == "sbuf":
+            used = self.sbuf + self.sbuf_placed + rec.nbytes
+            if used > self.tgt.sbuf_usable_bytes:
+                self._overflow(rec, "SBUF bytes per partition", self.tgt.sbuf_usable_bytes, used, instruction)
+            self.sbuf += rec.nbytes
+            self.peak_sbuf = max(self.peak_sbuf, self.sbuf + self.sbuf_placed)
+        else:
+            used = self.psum + self.psum_placed + rec.banks
+            if used > self.tgt.psum_banks:
                 self._overflow(
-                    rec,
-                    "PSUM banks (2 KiB per partition each)",
-                    self.tgt.psum_banks,
-                    self.psum + rec.banks,
-                    instruction,
+                    rec, "PSUM banks (2 KiB per partition each)", self.tgt.psum_banks, used, instruction
                 )
             self.psum += rec.banks
-            self.peak_psum = max(self.peak_psum, self.psum)
+            self.peak_psum = max(self.peak_psum, self.psum + self.psum_placed)
         rec.live = True
         self.live.add(rec)
+        if self.hist[rec.buffer] is not None:
+            self._note(rec)
+
+    def add_explicit(self, rec: AllocRecord, instruction: str = "allocation", mode=None) -> None:
+        """Place an `address=` tile (at allocation, or again when an instruction uses it after it was
+        evicted; `mode` "r"/"w" of that use): evict the placed tiles it overlaps, then check the capacity."""
+        if rec.evicted_by:
+            if mode != "w":
+                self._check_not_overwritten(rec, instruction)
+            rec.evicted_by = None
+        p0, p1, b0, b1 = rec.addr
+        label = None
+        for old in list(self.placed_any):
+            if old is rec or old.buffer != rec.buffer:
+                continue
+            q0, q1, c0, c1 = old.addr
+            if p0 < q1 and q0 < p1 and b0 < c1 and c0 < b1:
+                if label is None:
+                    label = rec.label()
+                if old.evicted_by is None:
+                    old.evicted_by = []
+                if len(old.evicted_by) < 8:
+                    old.evicted_by.append((label, rec.storage))
+                self.release(old)
+        self.placed.add(rec)
+        self.placed_any.add(rec)
+        self._recount_placed()
+        if rec.buffer == "sbuf":
+            used = self.sbuf + self.sbuf_placed
+            if used > self.tgt.sbuf_usable_bytes:
+                self._unplace(rec)
+                self._overflow(rec, "SBUF bytes per partition", self.tgt.sbuf_usable_bytes, used, instruction)
+            self.peak_sbuf = max(self.peak_sbuf, used)
+        else:
+            used = self.psum + self.psum_placed
+            if used > self.tgt.psum_banks:
+                self._unplace(rec)
+                self._overflow(
+                    rec, "PSUM banks (2 KiB per partition each)", self.tgt.psum_banks, used, instruction
+                )
+            self.peak_psum = max(self.peak_psum, used)
+        rec.live = True
+        self.live.add(rec)
+
+    def _check_not_overwritten(self, rec: AllocRecord, instruction: str) -> None:
+        """Reading an evicted placed tile: fail if a tile placed over its bytes since has been written."""
+        for label, ref in rec.evicted_by:
+            st = ref() if ref is not None else None
+            if st is not None and _holds_data(st):
+                a = rec.addr
+                raise NkiValidationError(
+                    f"reads '{rec.operand()}' (placed at address=({a[0]}, {a[2]}), "
+                    f"{rec.loc[0]}:{rec.loc[1]}) after {label} was placed over its bytes and written: on "
+                    "hardware this reads the newer tile's data. Give the tiles disjoint addresses, or write "
+                    "this one before reading it",
+                    instruction=instruction,
+                    operand=rec.operand(),
+                    limit="no write to an overlapping placed tile since this one's last use",
+                    value=f"bytes [{a[2]}, {a[3]}) of partitions [{a[0]}, {a[1]})",
+                    location=user_location(3),
+                )
+
+    def _unplace(self, rec: AllocRecord) -> None:
+        self.placed.discard(rec)
+        self.placed_any.discard(rec)
+        self._recount_placed()
+
+    def _recount_placed(self) -> None:
+        bank = self.tgt.psum_bank_bytes
+        sb, banks = [], set()
+        for r in self.placed:
+            if r.buffer == "sbuf":
+                sb.append((r.addr[2], r.addr[3]))
+            else:
+                banks.update(range(r.addr[2] // bank, -(-r.addr[3] // bank)))
+        self.sbuf_placed = _union_length(sb)
+        self.psum_placed = len(banks)
 
     def release(self, rec: AllocRecord) -> None:
         if not rec.live:
             return
         rec.live = False
-        if rec.buffer == "sbuf":
+        self.live.discard(rec)
+        if rec.addr is not None:
+            self.placed.discard(rec)
+            self._recount_placed()
+        elif rec.buffer == "sbuf":
             self.sbuf -= rec.nbytes
         else:
             self.psum -= rec.banks
-        self.live.discard(rec)
+        if self.hist[rec.buffer] is not None:
+            self._note(rec)
 
     def _overflow(self, rec, what, limit, value, instruction):
         live = sorted((r for r in self.live if r.buffer == rec.buffer), key=lambda r: -r.nbytes)
@@ -290,9 +527,10 @@ class Program:
         self.mem.add(rec)
         (self.loops[-1].allocs if self.loops else self.top_allocs).append(rec)
 
-    def revive(self, rec: AllocRecord, instruction: str) -> None:
-        """A tile used after the iteration that created it ended is live again until the current one ends."""
-        self.mem.add(rec, instruction)
+    def revive(self, rec: AllocRecord, instruction: str, mode: str | None = None) -> None:
+        """A tile used after the iteration that created it ended (or, when placed by address=, after another
+        placed tile took its bytes) is live again until the current iteration ends. `mode`: "r"/"w"."""
+        self.mem.add(rec, instruction, mode)
         (self.loops[-1].allocs if self.loops else self.top_allocs).append(rec)
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 import enum
 import gc
 import inspect
+import linecache
 import math
 import operator
+import re
 import sys
+import weakref
 
 import numpy as np
 
 from . import numerics, runtime
-from .errors import NkiCapacityError, NkiValidationError, user_callers, user_frame
+from .errors import SIM_DIR, NkiCapacityError, NkiValidationError, user_callers, user_frame
 
 
 class MemoryRegion(str, enum.Enum):  # noqa: UP042 (StrEnum needs py3.11; project targets 3.10)
@@ -338,49 +341,204 @@ def allocate(
             banks = -(-per_part // prog.tgt.psum_bank_bytes)
         else:
             banks = 0
-        rec = runtime.AllocRecord(buf, per_part, banks, name, loc, shape, dtype)
+        placed = None if address is None else _placement(address, shape, per_part, buf, prog, name, loc)
+        rec = runtime.AllocRecord(buf, per_part, banks, name, loc, shape, dtype, placed)
+        rec.storage = weakref.ref(st)
         try:
             prog.register_alloc(rec)
         except NkiCapacityError:
-            if not _release_rebound(f, prog):
-                raise
-            prog.register_alloc(rec)
+            _register_on_overflow(prog, rec, f)
         st.rec = rec
         st.mem = prog.mem
+    elif address is not None:
+        raise NkiValidationError(
+            "address= places SBUF/PSUM tensors only (HBM tensors are placed by the runtime)",
+            instruction=instruction,
+            operand="address",
+            limit="nl.sbuf/nl.psum",
+            value=buf,
+            location=f"{loc[0]}:{loc[1]}",
+        )
     if buf == "shared_hbm" and launch.nprog > 1:
         launch.shared.append(st)
     return NkiTensor._base(st)
 
 
+def _placement(address, shape, per_part: int, buf: str, prog, name: str, loc) -> tuple:
+    """Validate `address=(partition_offset, byte_offset)` ([NKI-API] `ndarray`; byte offsets per partition,
+    PSUM ones on a 2 KiB bank boundary, [NKI-ALLOC]); returns (p0, p1, b0, b1) for the capacity model."""
+    where = f"{loc[0]}:{loc[1]}"
+    try:
+        p0, b0 = (operator.index(a) for a in address)
+    except (TypeError, ValueError):
+        raise NkiValidationError(
+            "address must be a (partition_offset, byte_offset) pair of ints",
+            instruction="ndarray",
+            operand="address",
+            value=address,
+            location=where,
+        ) from None
+    tgt = prog.tgt
+    if p0 < 0 or p0 + shape[0] > tgt.partitions:
+        raise NkiValidationError(
+            "address partition offset + partitions exceeds the partitions",
+            instruction="ndarray",
+            operand=name or "address",
+            limit=tgt.partitions,
+            value=f"{p0} + {shape[0]}",
+            location=where,
+        )
+    cap = tgt.sbuf_usable_bytes if buf == "sbuf" else tgt.psum_bytes
+    if b0 < 0 or b0 + per_part > cap:
+        raise NkiValidationError(
+            f"address byte offset + bytes per partition exceeds the {buf.upper()} partition size",
+            instruction="ndarray",
+            operand=name or "address",
+            limit=cap,
+            value=f"{b0} + {per_part}",
+            location=where,
+        )
+    if buf == "psum" and b0 % tgt.psum_bank_bytes:
+        raise NkiValidationError(
+            "a PSUM address must start on a bank boundary",
+            instruction="ndarray",
+            operand=name or "address",
+            limit=f"multiple of {tgt.psum_bank_bytes}",
+            value=b0,
+            location=where,
+        )
+    return (p0, p0 + shape[0], b0, b0 + per_part)
+
+
 def _release_rebound(f, prog) -> bool:
-    """On a capacity overflow at `name = nl.ndarray(...)`: free the tile `name` still holds, if nothing else
-    can reach it. The assignment is about to drop it, so it is dead (the compiler's liveness); a use on the
-    right-hand side (`t = nl.exp(t)`) revives it, and counts it again, before it is dropped.
+    """On a capacity overflow at `name = nl.ndarray(...)`: free the tiles `name` still holds, if nothing else
+    can reach them. The assignment is about to drop them, so they are dead (the compiler's liveness); a use on
+    the right-hand side (`t = nl.exp(t)`) revives them, and counts them again, before they are dropped.
+
+    The allocation may sit in a helper or a comprehension (`ps = [nl.ndarray(...) for ...]`,
+    `p = new_psum_tile()`): every kernel frame on the call path is asked, innermost first, for the variable
+    its current line assigns, and `name` may hold a tile or a (nested) list/tuple of tiles.
 
     Only on the overflow path: reading the kernel's locals and their referrers is slow but exact.
     """
-    if f is None or not f.f_code.co_flags & inspect.CO_OPTIMIZED:  # a function frame (not module globals)
-        return False
-    target = runtime._guess_var_name((f.f_code.co_filename, f.f_lineno))
-    if target is None or not target.isidentifier():
-        return False
-    local = f.f_locals  # a snapshot dict of the frame's variables (Python 3.11/3.12)
+    frames = []
+    while f is not None and not f.f_code.co_filename.startswith(SIM_DIR):
+        if not f.f_code.co_flags & inspect.CO_OPTIMIZED:  # module code: not a kernel function's locals
+            break
+        frames.append(f)
+        f = f.f_back
+    # Snapshot dicts of every frame's variables first (Python 3.11/3.12): a tile one of them still names
+    # (e.g. passed down as an argument) then shows up as a referrer and is kept.
+    snapshots = [g.f_locals for g in frames]
+    released = False
     try:
-        old = local.get(target)
-        if not isinstance(old, NkiTensor) or old.st.rec is None or not old.st.rec.live:
-            return False
-        st = old.st
-        # No comprehensions here: a closure cell over `old` would itself be a referrer.
-        tile_holders = gc.get_referrers(old)
-        storage_holders = gc.get_referrers(st)
-        if len(tile_holders) != 1 or tile_holders[0] is not local or len(storage_holders) != 1:
-            return False  # another variable, list or view still reaches it
-        prog.mem.release(st.rec)
-        return True
+        for g, local in zip(frames, snapshots):
+            for target in _assigned_names(g.f_code.co_filename, g.f_lineno):
+                dead = _only_held_by(local.get(target), local, snapshots, frames)
+                for st in dead:
+                    if st.rec is not None and st.rec.live:
+                        prog.mem.release(st.rec)
+                        released = True
+        return released
     finally:
-        # The snapshot would keep every tile it names alive past its rebinding (and so counted as live).
-        if isinstance(local, dict):
-            local.clear()
+        # The snapshots would keep every tile they name alive past its rebinding (and so counted as live).
+        for local in snapshots:
+            if isinstance(local, dict):
+                local.clear()
+        del frames, snapshots
+
+
+def _register_on_overflow(prog, rec, f) -> None:
+    """The allocation does not fit: free what is dead, then retry; else re-raise the capacity error.
+
+    Dead are the tiles the assignment is about to rebind (_release_rebound) and, for compiler-placed
+    tiles, the ones a stale variable still names after their last use (MemTracker.suspend).
+    """
+    if _release_rebound(f, prog):
+        try:
+            prog.register_alloc(rec)
+            return
+        except NkiCapacityError:
+            pass
+    buf = rec.buffer
+    mem = prog.mem
+    cap = prog.tgt.sbuf_usable_bytes if buf == "sbuf" else prog.tgt.psum_banks
+    need = mem.usage(buf) + (rec.nbytes if buf == "sbuf" else rec.banks) - cap
+    if rec.addr is None and mem.suspend(buf, need, _held_by_the_running_call()):
+        prog.register_alloc(rec)
+        return
+    prog.register_alloc(rec)  # raises the capacity error, listing the live allocations
+
+
+def _held_by_the_running_call() -> set:
+    """ids of the storages the emulator frames on the stack hold (operands of the API call in progress, e.g.
+    the `t` of `t = nl.exp(t)`), one list/tuple level deep. Only on the overflow path."""
+    keep = set()
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(SIM_DIR):
+        for v in list(f.f_locals.values()):
+            if isinstance(v, NkiTensor):
+                keep.add(id(v.st))
+            elif type(v) in (list, tuple):
+                for w in v:
+                    if isinstance(w, NkiTensor):
+                        keep.add(id(w.st))
+        f = f.f_back
+    del f
+    return keep
+
+
+_TARGETS = re.compile(r"^\s*([A-Za-z_][\w\s,()]*?)\s*(?::[^=]+)?=[^=]")
+
+
+def _assigned_names(filename: str, lineno: int) -> list:
+    """Plain variable names a source line assigns (`t = ...`, `a, b = ...`, `(a, b) = ...`)."""
+    m = _TARGETS.match(linecache.getline(filename, lineno))
+    if m is None:
+        return []
+    names = [n.strip(" ()") for n in m.group(1).split(",")]
+    return [n for n in names if n.isidentifier()]
+
+
+def _only_held_by(value, local, *ours) -> list:
+    """Storages of the on-chip tiles in `value` (a tile or nested lists/tuples of them) that nothing but
+    `local[...]` (and `value`'s own containers) reaches; [] when anything else holds any of them."""
+    if value is None or isinstance(value, (int, float, str)):
+        return []
+    objs, stack, storages = [], [value], []
+    while stack:  # no comprehensions here: a closure cell over these objects would itself be a referrer
+        v = stack.pop()
+        if isinstance(v, NkiTensor):
+            if v.st.rec is None:
+                return []
+            objs.append(v)
+            storages.append(v.st)
+        elif type(v) in (list, tuple):
+            if len(objs) > 4096:
+                return []
+            objs.append(v)
+            stack.extend(v)
+        elif not (v is None or isinstance(v, (int, float, str))):
+            return []  # something else (a dict, an object): do not guess who else sees the tiles
+    if not storages:
+        return []
+    named = 0
+    for v in local.values():
+        named += v is value
+    if named != 1:  # also bound to another variable (`prev = ps`): still in use
+        return []
+    everything = objs + storages
+    inside = set(map(id, objs))
+    mine = {id(objs), id(stack), id(storages), id(everything), *map(id, ours)}
+    for o in everything:
+        for r in gc.get_referrers(o):
+            rid = id(r)
+            # Only the top value may be named by the frame; an element also bound to another variable
+            # (`p0 = ps[0]`) is still in use.
+            if rid in mine or rid in inside or (r is local and o is value):
+                continue
+            return []
+    return storages
 
 
 def from_array(arr: np.ndarray, buffer: str, name: str = "", serial: int = 0) -> NkiTensor:
@@ -395,6 +553,26 @@ def from_array(arr: np.ndarray, buffer: str, name: str = "", serial: int = 0) ->
     st = Storage(shape, dtype, buffer, raw, serial, name, ("<input>", 0), False)
     st.is_input = True
     return NkiTensor._base(st)
+
+
+def _using_instruction():
+    """(the Instr whose operand is being accessed, the operand name) from the call stack; (None, None) outside
+    an instruction. Only on error paths (reads frame locals)."""
+    f = sys._getframe(2)
+    ins = operand = None
+    try:
+        while f is not None and f.f_code.co_filename.startswith(SIM_DIR) and operand is None:
+            local = f.f_locals
+            if isinstance(local.get("operand"), str):
+                operand = local["operand"]  # Instr.read/write/_access(operand, ...)
+            for key in ("self", "ins"):
+                v = local.get(key)
+                if ins is None and type(v).__name__ == "Instr":
+                    ins = v
+            f = f.f_back
+        return ins, operand
+    finally:
+        del f
 
 
 def _norm_index(i, n: int, dim: int, t) -> int:
@@ -490,7 +668,7 @@ def _reshape_steps(old: list, new: tuple):
 class NkiTensor:
     """A tensor view. Attributes: shape, dtype (str), buffer, ndim, size, offset, name; get_pattern()."""
 
-    __slots__ = ("st", "dtype", "pat", "off", "dyn", "_pf", "_v", "_vgen", "__weakref__")
+    __slots__ = ("st", "dtype", "pat", "off", "dyn", "oob", "_pf", "_v", "_vgen", "__weakref__")
     __array_priority__ = 1000  # keep numpy from treating tiles as sequences
 
     def __init__(self, st: Storage, dtype: str, pat: tuple, off: int, dyn=None):
@@ -499,6 +677,10 @@ class NkiTensor:
         self.pat = pat
         self.off = off
         self.dyn = dyn
+        # Where an .ap() view that reaches outside its tensor was built ("file:line"), else None. Such a view
+        # is legal until an instruction uses it (kernels build next iteration's pattern before testing the
+        # bound, [NKILIB] output_projection_tkg); _use_check() then fails at the instruction's line.
+        self.oob = None
         self._pf = None
         self._v = None  # cached strided ndarray over the storage data (see _data)
         self._vgen = -1  # Storage.gen the cached view was made for
@@ -540,6 +722,12 @@ class NkiTensor:
         return self.off
 
     @property
+    def address(self) -> tuple | None:
+        """`address=` of the allocation, (partition_offset, byte_offset); None when the compiler places it."""
+        rec = self.st.rec
+        return None if rec is None else rec.address
+
+    @property
     def name(self) -> str:
         return self.st.name
 
@@ -572,8 +760,11 @@ class NkiTensor:
     def __len__(self) -> int:
         return self.pat[0][1]
 
-    def __bool__(self):
-        raise TypeError("The truth value of an array with more than one element is ambiguous")
+    def __bool__(self) -> bool:
+        # The tracer sees a tensor handle as a Python object, not as its values: `if t:` / `if params.x:`
+        # is true for any tensor (production kernels test optional tensor arguments that way, [NKILIB]).
+        # Data-dependent branching on values needs nl.where / predicates, which are built explicitly.
+        return True
 
     def __iter__(self):
         raise TypeError("NKI tensors are not iterable; index them with slices")
@@ -614,9 +805,13 @@ class NkiTensor:
         return pf
 
     def p_start(self) -> int:
+        if self.oob is not None:
+            self._use_check()
         return self.off // self.part_step()
 
     def free_byte_range(self) -> tuple[int, int]:
+        if self.oob is not None:
+            self._use_check()
         isz = ITEMSIZE[self.dtype]
         if self.on_chip:
             base = self.off % self.part_step()
@@ -652,6 +847,8 @@ class NkiTensor:
 
     def _nd(self, arr: np.ndarray) -> np.ndarray:
         """Strided ndarray over a flat array whose element units equal this view's element units."""
+        if self.oob is not None:
+            self._use_check()
         isz = arr.itemsize
         key = (self.pat, isz)
         geom = _ND_GEOMETRY.get(key)
@@ -686,6 +883,8 @@ class NkiTensor:
 
     def _storage_index(self) -> np.ndarray:
         """Storage element index of every view element (slow path for reinterpreting views)."""
+        if self.oob is not None:
+            self._use_check()
         return self._view_index() * ITEMSIZE[self.dtype] // ITEMSIZE[self.st.dtype]
 
     def mask_get(self, arr: np.ndarray) -> np.ndarray:
@@ -700,18 +899,42 @@ class NkiTensor:
         else:
             arr[self._storage_index()] = values
 
-    def check_bounds(self, what: str = "access pattern") -> None:
+    def _span(self) -> tuple[int, int, int]:
+        """(lowest, highest) element the view touches and the tensor's element count, in view units."""
         total = self.st.raw.nbytes // ITEMSIZE[self.dtype]
         lo = self.off + sum(min(0, s * (n - 1)) for s, n in self.pat)
         hi = self.off + sum(max(0, s * (n - 1)) for s, n in self.pat)
+        return lo, hi, total
+
+    def check_bounds(self, what: str = "access pattern") -> None:
+        lo, hi, total = self._span()
         if lo < 0 or hi >= total:
             raise self._error(
                 f"{what} outside its tensor", "ap", limit=f"elements [0, {total - 1}]", value=f"[{lo}, {hi}]"
             )
 
+    def _use_check(self) -> None:
+        """An instruction uses a view derived from an out-of-bounds .ap(): fail unless this view is inside."""
+        lo, hi, total = self._span()
+        if 0 <= lo and hi < total:
+            self.oob = None  # this view (e.g. a slice of it) stays inside: nothing to check again
+            return
+        ins, operand = _using_instruction()
+        raise NkiValidationError(
+            f"access pattern outside its tensor {self._label()} (the .ap() view was built at {self.oob})",
+            instruction=ins.opcode if ins is not None else "ap",
+            operand=operand or self._label(),
+            limit=f"elements [0, {total - 1}]",
+            value=f"[{lo}, {hi}]",
+            location=ins.location if ins is not None else None,
+        )
+
     # ---- views -------------------------------------------------------------------------------------
     def _new(self, pat, off, dtype=None) -> NkiTensor:
-        return NkiTensor(self.st, dtype or self.dtype, tuple(pat), off)
+        out = NkiTensor(self.st, dtype or self.dtype, tuple(pat), off)
+        if self.oob is not None:
+            out.oob = self.oob  # derived from an out-of-bounds .ap(): checked when used
+        return out
 
     def __getitem__(self, key) -> NkiTensor:
         if self.dyn is not None:
@@ -847,21 +1070,28 @@ class NkiTensor:
                 )
             if st.buffer in ON_CHIP:
                 raise self._error("vector_offset indirection needs an HBM tensor", "ap", value=st.buffer)
-            row = math.prod(st.shape[1:]) * ratio_num // ratio_den
-            out.dyn = ("vector", vector_offset, row, st.shape[0])
+            # Rows of the tensor .ap() is called on: a reshaped view indexes its own rows ([NKILIB]
+            # router_topk scatters into `x.reshape((T * E,))`), not the allocation's.
+            shape, isz = self.shape, ITEMSIZE[self.dtype]
+            row = math.prod(shape[1:]) * isz // ratio_den
+            out.dyn = ("vector", vector_offset, row, shape[0])
         elif scalar_offset is not None:
-            if not 0 <= indirect_dim < len(st.shape):
+            shape, isz = self.shape, ITEMSIZE[self.dtype]
+            if not 0 <= indirect_dim < len(shape):
                 raise NkiValidationError(
                     "indirect_dim out of range",
                     instruction="ap",
                     operand="indirect_dim",
-                    limit=len(st.shape) - 1,
+                    limit=len(shape) - 1,
                     value=indirect_dim,
                 )
-            mult = math.prod(st.shape[indirect_dim + 1 :]) * ratio_num // ratio_den
-            out.dyn = ("scalar", scalar_offset, mult, st.shape[indirect_dim])
+            mult = math.prod(shape[indirect_dim + 1 :]) * isz // ratio_den
+            out.dyn = ("scalar", scalar_offset, mult, shape[indirect_dim])
         else:
-            out.check_bounds()
+            lo, hi, total = out._span()
+            if lo < 0 or hi >= total:
+                f = user_frame(2)
+                out.oob = f"{f.f_code.co_filename}:{f.f_lineno}" if f is not None else "<unknown>"
         return out
 
     # ---- HEAD view helpers (cheap ones) ------------------------------------------------------------
