@@ -91,7 +91,7 @@ class NKIObject:
             if name not in kwargs and callable(factory) and type(factory).__name__ != "_MISSING_TYPE":
                 kwargs[name] = factory()
         for name, value in kwargs.items():
-            setattr(self, name, value)
+            object.__setattr__(self, name, value)  # as dataclass's own __init__ does, frozen ones too
         post = getattr(self, "__post_init__", None)
         if callable(post):
             post()

@@ -451,8 +451,9 @@ def memset_value_error(value: Any, dtype_name: str) -> str | None:
     is_float_value = isinstance(value, (float, np.floating))
     if not (is_int_value or is_float_value):
         return f"value must be a compile-time int or float, got {type(value).__name__}"
-    if numerics.is_int(dtype_name) and not is_int_value:
-        return f"a float value cannot fill an integer ({dtype_name}) tensor; use an int"
+    if numerics.is_int(dtype_name) and not is_int_value and not float(value).is_integer():
+        # An integral float (0.0) is what AWS's production kernels pass ([NKILIB]): memset warns and runs.
+        return f"a non-integral float value cannot fill an integer ({dtype_name}) tensor; use an int"
     return None
 
 
