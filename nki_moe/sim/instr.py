@@ -7,6 +7,7 @@ uninitialised-data taint, checks affine_range independence and appends one trace
 from __future__ import annotations
 
 import sys
+import weakref
 
 import numpy as np
 
@@ -50,6 +51,35 @@ def _elem_span(st, dtype: str, pat: tuple, off: int) -> tuple[int, int]:
     hi = off + sum(max(0, s * (n - 1)) for s, n in pat) + 1
     a, b = ITEMSIZE[dtype], ITEMSIZE[st.dtype]
     return lo * a // b, -(-hi * a // b)
+
+
+_SCAN_DEBT: dict = {"taint": weakref.WeakKeyDictionary(), "mminit": weakref.WeakKeyDictionary()}
+
+
+def scan_due(st, n: int, mask: str) -> bool:
+    """Whether a whole-storage scan of `mask` ('taint' or 'mminit') is due after a write of n elements.
+
+    True once the writes since the last scan add up to the storage's element count: a mask can only have
+    become uniform after that many, and the scans cost at most one mask byte per element written.
+    """
+    if n >= st.nelem:
+        return True
+    debt = _SCAN_DEBT[mask]
+    d = debt.get(st, 0) + n
+    if d >= st.nelem:
+        debt.pop(st, None)
+        return True
+    debt[st] = d
+    return False
+
+
+def _drop_clear_taint(st, n: int) -> None:
+    """Drop a storage's taint mask once it is all clear: None means the same, and spares every later read
+    of the storage a mask scan. A pending HBM fill (Storage.unfilled) with an all-clear mask has nothing
+    left to fill: materialize() would drop both the same way."""
+    if scan_due(st, n, "taint") and not st.taint.any():
+        st.taint = None
+        st.unfilled = False
 
 
 def _overlaps(span: tuple[int, int], lo: int, hi: int) -> bool:
@@ -501,6 +531,7 @@ class Instr:
             if out is None:
                 if st.taint is not None:
                     t.mask_set(st.taint, False)
+                    _drop_clear_taint(st, P * F)
             else:
                 if st.buffer in _HBM and (st.is_input or st.buffer == "shared_hbm"):
                     bad = np.argwhere(out)[0]

@@ -639,11 +639,12 @@ def memset(dst, value, engine=_engine.unknown, name=None, **kw) -> None:
             lo, hi = numerics.int_range(dst.dtype)
             if not lo <= int(value) <= hi:
                 ins.fail("value out of range for dst dtype", "value", limit=f"[{lo}, {hi}]", value=value)
-        p, f = dst.pf()
+        # One value, converted once and broadcast by the store (the same bits as a full fp32/int64 tile
+        # cast element by element, without a tile-sized temporary and its conversion pass).
         if numerics.is_int(dst.dtype) or numerics.is_packed(dst.dtype):
-            fill = np.full((p, f), int(value), dtype=np.int64)
+            fill = np.asarray(int(value), dtype=np.int64)
         else:
-            fill = np.full((p, f), value, dtype=np.float32)
+            fill = np.asarray(value, dtype=np.float32)
         ins.write("dst", dst, fill, taint=None)
 
 
