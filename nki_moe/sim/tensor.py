@@ -67,6 +67,17 @@ def normalize_buffer(buffer, compat: str | None = None) -> MemoryRegion:
     )
 
 
+def _fill_poison(raw: np.ndarray) -> None:
+    """raw[...] = poison; ml_dtypes buffers (bf16, fp8) through an unsigned view of the same bits, because
+    their own fill converts element by element (8x slower for 2M bf16 elements)."""
+    poison = np.array(_poison(raw.dtype), raw.dtype)
+    if raw.dtype.isbuiltin == 2:  # a user-defined (ml_dtypes) dtype
+        u = np.dtype(f"u{raw.itemsize}")
+        raw.view(u).fill(poison.view(u)[()])
+    else:
+        raw.fill(poison)
+
+
 def _poison(dtype: np.dtype):
     if dtype.kind == "f" or dtype.kind == "V" or "float" in dtype.name:
         return np.nan
@@ -183,7 +194,7 @@ class Storage:
         """Apply the deferred poison fill (and all-tainted mask) of a fresh allocation."""
         if self.fresh:
             self.fresh = False
-            self.raw.fill(_poison(self.raw.dtype))
+            _fill_poison(self.raw)
             if self.tainted_fill:
                 self.taint = np.ones(self.nelem, np.bool_)
         elif self.unfilled:
