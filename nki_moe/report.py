@@ -76,6 +76,9 @@ _UNITS: tuple[tuple[re.Pattern, Callable[[float], str]], ...] = (
 )
 
 _LABELS = {
+    "cost_model_in_sample": "cost model, in-sample errors",
+    "cost_model_out_of_sample": "cost model, out-of-sample errors",
+    "cost_model_ladders": "cost model, speed-up ladders (τ, spread)",
     "params_total": "parameters",
     "params_active": "active parameters per token",
     "kv_cache_bytes_per_token": "KV cache per attended position",
@@ -166,9 +169,17 @@ _CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "00_cost_model_calibration": (
         "cost-model estimates vs published measurements",
-        "Every published Trn2/Trn3 kernel measurement, re-created as an NKI kernel and estimated by the cost "
-        "model: estimate ÷ published on a log scale, with the ±25 % and ±50 % bands. Hollow markers: the "
-        "three points the one fitted constant uses; filled: out of sample.",
+        "Every published Trn1/Trn2/Trn3 kernel measurement, re-created as an NKI kernel or run as the public "
+        "tutorial kernel, and estimated by the cost model: estimate ÷ published on a log scale, with the "
+        "±25 % and ±50 % bands. Hollow markers: the four points the two fitted constants use "
+        "(calibration.FITS); filled: out of sample.",
+    ),
+    "00_cost_model_predicted_vs_published": (
+        "cost-model estimates vs published measurements, by ladder",
+        "Every published Trn1/Trn2/Trn3 kernel measurement against the cost model's estimate, each in its "
+        "own unit on log-log axes, with y = x and ±25 %. Filled markers: held out (out of sample); hollow: "
+        "the points a fitted constant was fitted on (calibration.FITS); lines join the versions of each "
+        "ladder.",
     ),
 }
 

@@ -40,6 +40,7 @@ STATIONARY_CAP = 64  # [ISA-OLD]: max(min(64, N_stationary), N_moving) (fast Loa
 # ([NKI-T1], [PERF]); fast LoadStationary is "up to 4× faster than an MM of
 # equal free size: a 128-column LS takes ~32 cycles" ([PERF] Opt #7).
 MM_ISSUE_MIN = 64  # [NKI-T1], [PERF]: MultiplyMoving issue interval floor, cycles
+MM_INIT_LATENCY = 64  # [NKI-T1]: matmul initiation latency, cycles (dependency latency; profiler active)
 LS_SPEEDUP = 4  # [PERF] Opt #7: LoadStationary vs an MM of the same free size
 STRIDE_BYTES = 16  # [NKI-T1]: an innermost free-dim stride above 16 bytes halves SBUF/PSUM port bandwidth
 BCN_AGGR_NUM, BCN_AGGR_DEN = 13, 3  # [ISA-OLD]: bn_aggr costs 13·N/3
@@ -47,7 +48,7 @@ RECIPROCAL_FACTOR = 8  # [ISA-OLD]: DVE reciprocal costs 8N
 # Dependency latency: a consumer starts this many of its own engine cycles after its producer finishes.
 # PE: MM_INIT_LATENCY = 64 cycles [NKI-T1]; the others: ~60 cycles of static overhead per SBUF/PSUM access
 # [NKI-T1] (the published ~100-cycle II of dependent tiny DVE/ACT instructions ≈ MIN_II + this, derived).
-DEP_LATENCY_CYCLES = {"pe": 64, "act": 60, "dve": 60, "pool": 60, "sp": 60}
+DEP_LATENCY_CYCLES = {"pe": MM_INIT_LATENCY, "act": 60, "dve": 60, "pool": 60, "sp": 60}
 SP_CYCLES = MIN_II  # derived: sync-engine register ops are charged one MIN_II (no published figure)
 
 ENGINE_OF = {"pe": "PE", "act": "ACT", "dve": "DVE", "pool": "POOL", "sp": "ACT"}  # sp: no clock published
@@ -131,14 +132,17 @@ def pe_active_cycles(
       ``max(M, 64)``; 128 columns → 32 cycles as published);
 
     so ``active = max(M, 64)/4 + max(N, 64)``, ×4 for fp32 inputs (both instructions, derived from the 4×
-    fp32 matmul rate). A PE transpose is a matmul of the data (stationary) with an identity (moving):
-    the same expression with M = F and N = P. Nothing here is fitted.
+    fp32 matmul rate), plus ``MM_INIT_LATENCY`` = 64 cycles per matmul ([NKI-T1]): the profiler times each
+    instruction from its start, so the initiation latency that back-to-back matmuls pipeline away in the
+    throughput formula is inside every instruction's duration (derived reading, the same argument as for
+    the hidden LoadStationary; not fitted). A PE transpose is a matmul of the data (stationary) with an
+    identity (moving): the same expression with M = F and N = P. Nothing here is fitted.
     """
     del K, perf_mode  # the published LS/MM durations depend on the free sizes only
     ls = max(M, MM_ISSUE_MIN) / LS_SPEEDUP
     mm = max(N, MM_ISSUE_MIN)
     factor = FP32_MATMUL_FACTOR if dtype in ("float32", "tfloat32") and not is_transpose else 1
-    return factor * (ls + mm)
+    return factor * (ls + mm) + MM_INIT_LATENCY
 
 
 def strided(acc) -> bool:
@@ -196,6 +200,7 @@ def _vector_cycles(rec, engine: str, N: int) -> tuple[float, str]:
         "tensor_partition_reduce",
         "sequence_bounds",
         "shared_identity_matrix",
+        "nonzero_with_count",  # a GpSimd scan like iota's; no published cost of its own
     ):
         return GPSIMD_START + N, "150+N"
     if op == "local_gather":
@@ -264,7 +269,13 @@ def compute_cost(rec, hw: HardwareSpec, *, nc_version: int | None = None) -> Ins
             shape = (info["K"], info["M"], info["N"], info.get("dtype", "bfloat16"))
             mode = dict(is_transpose=bool(info.get("is_transpose")), perf_mode=info.get("perf_mode", "none"))
             cycles, rule = matmul_cycles(*shape, **mode)
-            return InstrCost(engine, cycles, cycles / clock, rule, pe_active_cycles(*shape, **mode))
+            active = pe_active_cycles(*shape, **mode)
+            if any(a.mode == "r" and a.buffer == "sbuf" and strided(a) for a in rec.accesses):
+                # [NKI-T1]: an innermost free-dim stride above 16 bytes halves the SBUF read port bandwidth;
+                # the operand fetch (moving streams one column per cycle) runs at half rate (derived)
+                cycles, rule = 2 * cycles, rule + " ×2 strided operand"
+                active = 2 * active - MM_INIT_LATENCY  # the data streaming doubles, not the init latency
+            return InstrCost(engine, cycles, cycles / clock, rule, active)
         return InstrCost(engine, float(MIN_II), MIN_II / clock, "MIN_II")
     N = main_elements(rec)
     cycles, rule = _vector_cycles(rec, engine, N)

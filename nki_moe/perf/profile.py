@@ -37,7 +37,9 @@ def trace_flops_bytes(trace) -> tuple[int, int, str]:
                 else "bf16"
             )
             by_dtype[kind] = by_dtype.get(kind, 0) + mac
-        if r.engine == "dma" and any(a.buffer in ("private_hbm", "shared_hbm") for a in r.accesses):
+        if r.opcode == "dma_compute":  # several sources: count the HBM ends only (sources and dst)
+            hbm += sum(a.nbytes for a in r.accesses if a.buffer in ("private_hbm", "shared_hbm"))
+        elif r.engine == "dma" and any(a.buffer in ("private_hbm", "shared_hbm") for a in r.accesses):
             hbm += int(info.get("dma_bytes", 0))
     macs = sum(by_dtype.values())
     dtype = max(by_dtype, key=by_dtype.get) if by_dtype else "bf16"  # the peak of the dominant MACs

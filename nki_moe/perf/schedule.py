@@ -12,9 +12,13 @@ Buffer rotation: the emulator gives every ``nl.ndarray`` call a new allocation, 
 loop would look infinitely buffered. The Neuron compiler instead gives an allocation site a fixed set of
 physical buffers and rotates the iterations over them (its allocator pass ``AddressRotation``, [AUTOTUNE]
 learnings). :func:`physical_buffers` maps the on-chip allocations of one site (``Trace.allocs``: file, line
-and the call path above it, so that a helper called from two places is two sites) to
-``max(rotation, peak simultaneously live allocations of the site)`` physical buffers, least recently used
-first, so iterations that share a physical buffer get WAR/WAW dependencies.
+and the call path above it, so that a helper called from two places is two sites) to physical buffers,
+least recently used first, so iterations that share a physical buffer get WAR/WAW dependencies. A site
+whose allocations recur (more of them than are ever live at once) gets ``rotation`` generations of its
+peak live set (``rotation × peak`` buffers: the next iteration's set fills while this one is used) as
+far as SBUF/PSUM capacity allows: the extra buffers are granted smallest first from what the peak sets
+leave free (ASSUMPTION: the allocator's policy is not published; this one double-buffers as many sites
+as fit). A site allocated once keeps its peak.
 
 The dependency index keeps, per allocation, the live read and write rectangles; a write that covers an
 earlier rectangle retires it (the new writer already waits for it), so tile-reuse traces stay small. Large
@@ -38,12 +42,14 @@ __all__ = ["Schedule", "schedule_trace", "physical_buffers", "COMPUTE_ENGINES", 
 COMPUTE_ENGINES = ("pe", "act", "dve", "pool", "sp")
 _BARRIER_SEM_NS_ATTR = "dma_semaphore_us"  # cross-core barrier = one semaphore hop ([DMA-BW], derived)
 _NUMPY_THRESHOLD = 48
-# Physical buffers per in-loop allocation site. ASSUMPTION (no public source gives the count): the compiler
-# rotates in-loop tiles over several addresses ([AUTOTUNE]: disabling AddressRotation costs ~48 pp MFU on the
-# 2048³ matmul); 2 is the fewest that lets iteration i+1 load while iteration i computes. Not fitted: the
-# sensitivity of the calibration table to 1–4 is listed in docs/cost-model.md.
+# Generations of an in-loop allocation site's peak live set (rotation × peak physical buffers, within
+# SBUF/PSUM capacity). ASSUMPTION (no public source gives the count): the compiler rotates in-loop tiles
+# over several addresses ([AUTOTUNE]: disabling AddressRotation costs ~48 pp MFU on the 2048³ matmul); 2 is
+# the fewest that lets iteration i+1 load while iteration i computes. Not fitted: the sensitivity of the
+# calibration table to 1–4 is listed in docs/cost-model.md.
 DEFAULT_ROTATION = 2
 _ON_CHIP = ("sbuf", "psum")
+_RENDEZVOUS = ("core_barrier", "sendrecv")  # instructions that wait for the other programs of an LNC launch
 
 
 class _Regions:
@@ -172,7 +178,7 @@ class Schedule:
     track: list[str]  # Perfetto track: the engine, or 'dma:<queue>' for DMAs
     pid: np.ndarray
     pred: np.ndarray  # record that bound the start (dependency or resource), -1 at the start
-    pred_kind: list[str]  # 'dep' | 'engine' | 'dma_engine' | 'dge' | 'queue' | 'barrier' | ''
+    pred_kind: list[str]  # 'dep' | 'engine' | 'dma_engine' | 'dge' | 'queue' | 'barrier' | 'peer' | ''
     rules: list[str]  # cost rule applied
     dma_bytes: np.ndarray
     hbm_bytes: np.ndarray  # bytes read or written in HBM by each DMA
@@ -284,13 +290,17 @@ def _union_per_pid(pid: np.ndarray, sel: list[int], lo: np.ndarray, hi: np.ndarr
     return float(total)
 
 
-def physical_buffers(records, allocs: dict, *, rotation: int = DEFAULT_ROTATION) -> dict[int, tuple]:
+def physical_buffers(
+    records, allocs: dict, *, rotation: int = DEFAULT_ROTATION, capacity: dict | None = None
+) -> dict[int, tuple]:
     """Physical buffer of every on-chip allocation: serial -> (pid, buffer, file, line, callers, slot).
 
     Args:
         records: trace records in program order.
         allocs: ``Trace.allocs`` (serial -> (buffer, file, line, bytes per partition[, callers])).
-        rotation: physical buffers per site when fewer of its allocations are live at once.
+        rotation: generations of a recurring site's peak live set (see the module docstring).
+        capacity: bytes per partition per buffer kind ({'sbuf': ..., 'psum': ...}) the extra generations
+            must fit in, with every site's peak set counted; None: no limit.
     Returns:
         Mapping for the allocations that appear in ``allocs`` and are accessed on chip; allocations of one
         site whose live ranges (first to last access) overlap never share a slot.
@@ -311,12 +321,15 @@ def physical_buffers(records, allocs: dict, *, rotation: int = DEFAULT_ROTATION)
         callers = allocs[s][4] if len(allocs[s]) > 4 else ()  # a helper's line, per call path
         if buf in _ON_CHIP:
             sites[(owner[s], buf, f, line, callers)].append(s)
-    out: dict[int, tuple] = {}
+    peaks: dict = {}
     for site, serials in sites.items():
         ends = sorted(last[s] for s in serials)
         # peak overlap of the [first, last] live ranges (serials are sorted by first access)
-        peak = max(i + 1 - bisect_right(ends, first[s] - 1) for i, s in enumerate(serials))
-        n = max(rotation, peak)
+        peaks[site] = max(i + 1 - bisect_right(ends, first[s] - 1) for i, s in enumerate(serials))
+    counts = _generations(sites, peaks, allocs, rotation, capacity)
+    out: dict[int, tuple] = {}
+    for site, serials in sites.items():
+        n = counts[site]
         lru = list(range(n))  # least recently used slot first
         free_at = [-1] * n  # last access of the slot's current occupant
         for s in serials:
@@ -326,6 +339,28 @@ def physical_buffers(records, allocs: dict, *, rotation: int = DEFAULT_ROTATION)
             free_at[k] = last[s]
             out[s] = (*site, k)
     return out
+
+
+def _generations(sites: dict, peaks: dict, allocs: dict, rotation: int, capacity: dict | None) -> dict:
+    """Physical buffers per site: its peak, plus up to (rotation − 1) × peak more for a recurring site,
+    granted smallest request first while the (program, buffer kind)'s capacity left by the peaks allows."""
+    counts = {site: peaks[site] for site in sites}
+    want: dict = defaultdict(list)  # (pid, buffer) -> [(extra bytes, extra buffers, site)]
+    used: dict = defaultdict(int)
+    for site, serials in sites.items():
+        pid, buf = site[0], site[1]
+        size = max(1, int(allocs[serials[0]][3]))
+        used[(pid, buf)] += peaks[site] * size
+        extra = max(rotation * peaks[site], rotation) - peaks[site]
+        if len(serials) > peaks[site] and extra > 0:
+            want[(pid, buf)].append((extra * size, extra, size, site))
+    for key, reqs in want.items():
+        left = float("inf") if capacity is None else capacity.get(key[1], float("inf")) - used[key]
+        for _nbytes, extra, size, site in sorted(reqs, key=lambda r: (r[0], r[3][2:])):
+            grant = extra if left == float("inf") else min(extra, max(0, int(left // size)))
+            counts[site] += grant
+            left -= grant * size
+    return counts
 
 
 def _rect(acc, phys: dict) -> tuple[tuple, int, int, int, int]:
@@ -341,15 +376,15 @@ def _rect(acc, phys: dict) -> tuple[tuple, int, int, int, int]:
 def _epoch_order(records) -> list[int]:
     """Processing order: stable by (barriers the program has passed, trace index).
 
-    The emulator appends a blocked program's ``core_barrier`` record only when it resumes, so another
-    program's post-barrier records can precede it in the trace; ordering by barrier epoch fixes that while
-    keeping every program's own order.
+    The emulator appends a blocked program's ``core_barrier`` (or ``sendrecv``) record only when it resumes,
+    so another program's later records can precede it in the trace; ordering by rendezvous epoch fixes that
+    while keeping every program's own order.
     """
     passed: dict = defaultdict(int)
     epoch = []
     for r in records:
         epoch.append(passed[r.pid])
-        if r.opcode == "core_barrier":
+        if r.opcode in _RENDEZVOUS:
             passed[r.pid] += 1
     return sorted(range(len(records)), key=lambda i: (epoch[i], i))
 
@@ -371,7 +406,8 @@ def schedule_trace(
     hw = get_hardware(hw) if isinstance(hw, str) else hw
     records = list(trace)
     allocs = getattr(trace, "allocs", None)
-    phys = physical_buffers(records, allocs, rotation=rotation) if allocs and rotation else {}
+    cap = {"sbuf": hw.sbuf_usable_bytes_per_partition, "psum": hw.psum_bytes_per_partition}
+    phys = physical_buffers(records, allocs, rotation=rotation, capacity=cap) if allocs and rotation else {}
     return _Scheduler(records, hw, phys).run()
 
 
@@ -396,6 +432,8 @@ class _Scheduler:
         self.pid_last_end: dict = defaultdict(float)
         self.barriers: dict = defaultdict(list)  # barrier ordinal -> record indices
         self.barrier_count: dict = defaultdict(int)
+        self.sendrecvs: dict = defaultdict(list)  # exchange ordinal -> [(record index, regions)]
+        self.sr_count: dict = defaultdict(int)
         self.n_programs = len({r.pid for r in records}) or 1
         # per core: the 16 DMA engines' busy intervals; engines with identical histories share one object
         self.lanes: dict = defaultdict(lambda: [_Timeline()] * 16)
@@ -418,10 +456,36 @@ class _Scheduler:
                 if rec.opcode == "core_barrier" and self.n_programs > 1:
                     self._barrier(i, p)
             sched.pred[i], sched.pred_kind[i] = pred
+            if rec.opcode == "sendrecv" and self.n_programs > 1:
+                self._sendrecv(i, p, rects)  # records its regions once the peer's half is known
+                continue
             self.pid_last_end[p] = max(self.pid_last_end[p], sched.end[i])
             self._record(i, rects)
+        for members in self.sendrecvs.values():  # unmatched halves (a program that never met its peer)
+            for j, rects in members:
+                self._record(j, rects)
         sched.dma_engines_busy_ns = dict(sched.dma_engines_busy_ns)
         return sched
+
+    def _sendrecv(self, i: int, p, rects) -> None:
+        """The k-th ``sendrecv`` of every program is one exchange: each half completes when it has sent its
+        own data and received the peer's, i.e. at the later of the two transfers' ends (the peer's data
+        cannot leave before the peer issues its half). Regions are entered at that end."""
+        k = self.sr_count[p]
+        self.sr_count[p] += 1
+        members = self.sendrecvs[k]
+        members.append((i, rects))
+        if len(members) < self.n_programs:
+            return
+        done = max(self.sched.end[j] for j, _ in members)
+        for j, rj in members:
+            if self.sched.end[j] < done:
+                self.sched.pred_kind[j] = "peer"
+            self.sched.end[j] = done
+            pj = int(self.sched.pid[j])
+            self.pid_last_end[pj] = max(self.pid_last_end[pj], done)
+            self._record(j, rj)
+        del self.sendrecvs[k]
 
     def _dependency(self, rects) -> tuple[float, int]:
         """(finish time, index) of the latest earlier record this one must wait for; (-1, -1) if none."""

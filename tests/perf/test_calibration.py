@@ -18,13 +18,18 @@ from nki_moe.perf.calibration import (  # noqa: E402
     error_stats,
     plot_calibration,
     run_calibration_kernel,
+    split_stats,
+    tutorial_available,
 )
 from nki_moe.perf.profile import trace_flops_bytes  # noqa: E402
+
+# the Trn1 tutorial points need the nki-samples checkout (skipped without it, see tests/perf/test_ladders.py)
+AVAILABLE = [m for m in MEASUREMENTS if tutorial_available() or not m.kernel.startswith("mmtut_")]
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return calibration_table()
+    return calibration_table(AVAILABLE)
 
 
 def test_goal_median_and_max(rows):
@@ -56,10 +61,11 @@ def test_activity_points_use_profiler_definitions(rows):
             assert r.predicted > prof.busy_us[eng] / prof.programs
 
 
-@pytest.mark.parametrize("kernel", sorted({m.kernel for m in MEASUREMENTS}))
+@pytest.mark.parametrize("kernel", sorted({m.kernel for m in AVAILABLE}))
 def test_analytic_counts_match_trace(kernel):
     macs, nbytes = analytic_counts(kernel)
-    flops, hbm, _ = trace_flops_bytes(run_calibration_kernel(kernel, "trn2"))
+    target = next(m.hardware for m in AVAILABLE if m.kernel == kernel)  # the trace the table already ran
+    flops, hbm, _ = trace_flops_bytes(run_calibration_kernel(kernel, target))
     assert flops == 2 * macs
     assert hbm == nbytes
 
@@ -76,6 +82,15 @@ def test_latencies_and_mfus_within_bound(rows):
     for r in rows:
         if r.measurement.metric in ("latency", "mfu", "dma_transfer"):
             assert abs(r.error) <= 0.25, (r.measurement.key, r.error)
+
+
+def test_out_of_sample_goal(rows):
+    """Issue 13's goal on the points no constant was fitted on: latencies, MFUs and transfers within
+    median 20 % and max 40 % (the profiler activity figures are reported separately, see docs)."""
+    timing = [r for r in rows if r.measurement.metric in ("latency", "mfu", "dma_transfer")]
+    oos = split_stats(timing)["out_of_sample"]
+    assert oos["n"] >= 10
+    assert oos["median_abs_error"] <= 0.20 and oos["max_abs_error"] <= 0.40, oos
 
 
 def test_fitted_keys_and_sources():

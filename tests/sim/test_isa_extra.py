@@ -510,3 +510,24 @@ def test_unknown_kwarg_is_a_kwarg_error(fn) -> None:
     with pytest.raises(NkiKwargError, match="unexpected keyword argument 'dtype'") as info:
         run(body)
     assert_names_kernel_line(info.value, fn, "dtype")
+
+
+def test_profile_counts_dma_compute_hbm_ends_and_costs_it():
+    """The cost model sees dma_compute's srcs[i] operands: HBM bytes are the HBM sources + an HBM dst."""
+    from nki_moe.perf.profile import profile_trace
+
+    a = np.ones((128, 64), np.float32)
+
+    def body(a):
+        t = sb((128, 64), "bfloat16")
+        nisa.memset(dst=t, value=1.0)
+        out = nl.ndarray((128, 64), nl.float32, buffer=nl.shared_hbm)
+        dma_compute(dst=out, srcs=[a, t], reduce_op=nl.add)  # HBM + SBUF -> HBM
+        return out
+
+    r = run(body, a)
+    np.testing.assert_array_equal(r.outputs, np.full((128, 64), 2.0, np.float32))
+    p = profile_trace(r.trace, target="trn2")
+    # the HBM source (32 KiB fp32) and the HBM dst (32 KiB); the bf16 SBUF source is not HBM traffic
+    assert p.hbm_bytes == 2 * 128 * 64 * 4
+    assert p.latency_us > 0
