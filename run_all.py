@@ -86,10 +86,13 @@ def parse_only(value: str) -> set[str]:
 
 
 def neuron_available() -> bool:
-    """True when the real Neuron compiler (and with it the real ``nki``) is importable."""
-    import importlib.util
+    """True when the real Neuron compiler (and with it the real ``nki``) is importable.
 
-    return importlib.util.find_spec("neuronxcc") is not None
+    Searched on sys.path, not in sys.modules: the emulator registers a stand-in ``neuronxcc`` package there.
+    """
+    import importlib.machinery
+
+    return importlib.machinery.PathFinder.find_spec("neuronxcc") is not None
 
 
 def notebook_parameters(ipynb: Path) -> dict:

@@ -50,6 +50,7 @@ from nki_moe.competition import BASELINES, FIRST_PLACE_TRN3, PROMPTS, SEQ_LEN, s
 from nki_moe.figures import save_figure
 from nki_moe.model import counts
 from nki_moe.model.config import get_config
+from nki_moe.perf import calibration
 from nki_moe.perf.calibration import (
     FITS,
     FITTED_KEYS,
@@ -302,6 +303,9 @@ assert 6 < first_ms_per_token < 7  # derived from [WIN1]: ≈ 6.5 ms per generat
 CHEAP = ("dma_1engine", "attn")  # the 2048³ matmuls and the MoE layer take ~15 s more, the tutorial ~2 min
 cal = calibration_table([m for m in MEASUREMENTS if (not SMOKE or m.kernel in CHEAP)
                          and (tutorial_available() or not m.kernel.startswith("mmtut_"))])
+if not tutorial_available():
+    print(f"the Trn1 tutorial ladder is left out: no nki-samples checkout at {calibration.TUTORIAL_ROOT} "
+          "(git clone https://github.com/aws-neuron/nki-samples there, or set NKI_SAMPLES / NKI_MOE_EXT)")
 print("fitted constants and their points:", FITS)
 rows = [(r.measurement.key, r.measurement.hardware, r.measurement.source[:34], r.measurement.measured,
          r.predicted, r.measurement.unit, 100 * r.error, "fit" if r.measurement.key in FITTED_KEYS else "")

@@ -93,12 +93,9 @@ _EMULATED_NAMES = (
 
 def _real_neuronxcc_available() -> bool:
     mod = sys.modules.get("neuronxcc")
-    if mod is not None:
-        return not getattr(mod, "EMULATED", False)
-    try:
-        return importlib.util.find_spec("neuronxcc") is not None
-    except (ImportError, ValueError):
-        return False
+    if mod is not None and not getattr(mod, "EMULATED", False):
+        return True
+    return importlib.machinery.PathFinder.find_spec("neuronxcc") is not None  # on sys.path, not sys.modules
 
 
 def _neuronxcc_package():
@@ -106,6 +103,8 @@ def _neuronxcc_package():
 
     pkg = types.ModuleType("neuronxcc", "Emulated stand-in: neuronxcc.nki is the emulator's nki.")
     pkg.__path__ = []  # a package, so `import neuronxcc.nki.typing` resolves through sys.modules
+    # A spec, so importlib.util.find_spec("neuronxcc") answers instead of raising; EMULATED marks it.
+    pkg.__spec__ = importlib.machinery.ModuleSpec("neuronxcc", None, is_package=True)
     pkg.nki = frontend
     pkg.EMULATED = True
     return pkg
