@@ -314,7 +314,8 @@ class Instr:
                 self.fail(
                     "scalar_offset tensor must hold exactly one element", operand, limit=1, value=src.shape
                 )
-            raw = self.read_raw(operand, src)
+            # Recorded as its own operand: the cost model must not take this 4-byte read for the transfer.
+            raw = self.read_raw(f"{operand}.scalar_offset", src)
             if self.last_taint is not None:
                 self.fail(
                     "index/address computed from uninitialised memory", operand, cls=NkiUninitializedError
