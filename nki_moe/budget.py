@@ -346,6 +346,9 @@ def launches(
             L,
             attention_core_cost(T, cached, n_q, n_kv, d),
             f"q [{T}, {n_q}, {d}], KV [{cached + T}, {n_kv}, {d}]",
+            # nki_moe.kernels.attention (its q/k norms and RoPE inside; their lines stay floors)
+            "attention_decode" if T == 1 else "attention_prefill" if cached == 0 else None,
+            dict(L=cached, n_q=n_q, n_kv=n_kv) if T == 1 else dict(T=T, n_q=n_q, n_kv=n_kv),
         ),
         proj("o_proj", L, T, n_q * d, H),
         Launch(
@@ -364,6 +367,8 @@ def launches(
             L,
             moe_experts_cost(T, H, inter, k, touched) + moe_combine_cost(T, H, k),
             f"[{T}, {H}] x {touched:.3g} experts of [{H}, {inter}]x3",
+            "moe_decode",
+            dict(T=T, tp=deployment.tp),
         ),
         Launch("embed", 1, embed_cost(T, H), f"{T} rows of [{cfg.vocab_size}, {H}]"),
         norm("final_norm", 1, 1, H),

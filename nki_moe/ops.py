@@ -13,16 +13,45 @@ The tests, the report and the README's op table iterate over :data:`OPS` (a test
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import ml_dtypes
 import numpy as np
 
 from nki_moe.check import check_close
 from nki_moe.kernels.layouts import tile_weight
 from nki_moe.ladder import Ladder, Version, exact, ratio
-from nki_moe.reference import add_rms_norm, add_rms_norm_cost, linear, linear_cost, rms_norm, rms_norm_cost
+from nki_moe.reference import (
+    add_rms_norm,
+    add_rms_norm_cost,
+    linear,
+    linear_cost,
+    moe_block,
+    moe_combine,
+    moe_combine_cost,
+    moe_experts,
+    moe_experts_cost,
+    rms_norm,
+    rms_norm_cost,
+)
+from nki_moe.reference.attention import attention_core_cost, gqa_attention
+from nki_moe.reference.norms import qk_norm
+from nki_moe.reference.numerics import OpCost
+from nki_moe.reference.rope import apply_rope, rope_cos_sin
 from nki_moe.reference.router import router_cost, routing
 
-__all__ = ["OPS", "get", "bf16", "readme_table"]
+__all__ = [
+    "OPS",
+    "get",
+    "bf16",
+    "readme_table",
+    "attention_decode",
+    "check_with_cache",
+    "moe_decode",
+    "moe_layer_decode",
+    "moe_read_bytes",
+    "moe_weight_bytes",
+]
 
 HIDDEN = 2048
 EPS = 1e-6
@@ -99,6 +128,291 @@ def _compare_router(out, lowp, fp32):
     return got
 
 
+# ---- MoE decode ------------------------------------------------------------------------------------------
+MOE_I, MOE_E, TOP_K = 768, 128, 8  # Qwen3-30B-A3B: moe_intermediate_size, experts, experts per token
+
+
+def _rank_inter(tp: int, inter: int = MOE_I) -> int:
+    """One TP rank's share of each expert's intermediate dim (the deployment's split, I/tp rounded up)."""
+    return -(-inter // tp)
+
+
+@lru_cache(maxsize=2)
+def _moe_weights(seed: int, H: int, inter: int, E: int) -> tuple:
+    """One rank's expert weights, seeded and cached (128 experts are 0.3 GB at TP=4, 1.2 GB at TP=1), drawn
+    one expert at a time: w_gate_up [E, H, 2I] (unit-variance GEMV outputs), w_down [E, I, H]."""
+    rng = np.random.default_rng(seed)
+    gate_up = np.empty((E, H, 2 * inter), ml_dtypes.bfloat16)
+    down = np.empty((E, inter, H), ml_dtypes.bfloat16)
+    for e in range(E):
+        gate_up[e] = rng.standard_normal((H, 2 * inter), dtype=np.float32) / np.float32(np.sqrt(H))
+        down[e] = rng.standard_normal((inter, H), dtype=np.float32) / np.float32(np.sqrt(inter))
+    return gate_up, down
+
+
+def _moe_args(
+    seed: int,
+    T: int,
+    tp: int = 4,
+    routing: str = "random",
+    H: int = HIDDEN,
+    inter: int = MOE_I,
+    E: int = MOE_E,
+) -> tuple:
+    """x [T, H], idx [T, 8] uint32, weights [T, 8] bf16 (softmax of the 8 largest of random logits, in
+    descending order), w_gate_up [E, H, 2I/tp], w_down [E, I/tp, H].
+
+    ``routing``: "random" (each token's top-8 of its own logits), "repeat" (every token draws from the same
+    10 experts: experts chosen by several tokens) or "half" (all experts from [0, E/2): what a split of the
+    experts by owner would put on one core).
+    """
+    rng = np.random.default_rng(seed + T)
+    x = bf16(rng.standard_normal((T, H)))
+    logits = rng.standard_normal((T, E))
+    if routing == "repeat":
+        logits[:, 10:] -= 100.0
+    elif routing == "half":
+        logits[:, E // 2 :] -= 100.0
+    elif routing != "random":
+        raise ValueError(f"routing must be 'random', 'repeat' or 'half', got {routing!r}")
+    idx = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+    top = np.take_along_axis(logits, idx, axis=1)
+    w = np.exp(top - top[:, :1])
+    return (
+        x,
+        idx.astype(np.uint32),
+        bf16(w / w.sum(1, keepdims=True)),
+        *_moe_weights(seed, H, _rank_inter(tp, inter), E),
+    )
+
+
+def moe_decode(x, idx, weights, w_gate_up, w_down, dtype="fp32"):
+    """The reference with the kernels' signature: ``moe_combine(moe_experts(...))`` (HF's order)."""
+    idx = np.asarray(idx).astype(np.int64)
+    return moe_combine(moe_experts(x, idx, weights, w_gate_up, w_down, dtype), idx, dtype)
+
+
+def moe_weight_bytes(
+    T: int, tp: int = 4, experts: float = TOP_K, H: int = HIDDEN, inter: int = MOE_I
+) -> float:
+    """Bytes of ``experts`` experts' gate, up and down weights on one rank (bf16)."""
+    return experts * 3 * H * _rank_inter(tp, inter) * 2
+
+
+def _moe_cost(
+    T: int, tp: int = 4, routing: str = "random", H: int = HIDDEN, inter: int = MOE_I, E: int = MOE_E
+):
+    """The experts' launch as the budget counts it: T·8 expert MLPs + the combine, the weights of the
+    experts touched under uniform routing, E·(1 − (1 − 8/E)^T) (8 at T = 1); ``routing`` changes only the
+    values, not the ideal work."""
+    touched = E * (1 - (1 - TOP_K / E) ** T)
+    return moe_experts_cost(T, H, _rank_inter(tp, inter), TOP_K, touched) + moe_combine_cost(T, H, TOP_K)
+
+
+def _moe_layer_args(
+    seed: int, T: int, tp: int = 4, H: int = HIDDEN, inter: int = MOE_I, E: int = MOE_E
+) -> tuple:
+    """The fused layer's inputs: h [T, H] (the residual stream), gamma [H] (≈ 1), w_router [H, E] (logits of
+    std ≈ 2), one rank's w_gate_up [E, H, 2I/tp] and w_down [E, I/tp, H] (as ``moe_decode``'s), eps."""
+    rng = np.random.default_rng(seed + T)
+    h = bf16(rng.standard_normal((T, H)))
+    gamma = bf16(1 + 0.1 * rng.standard_normal(H))
+    w_router = bf16(rng.standard_normal((H, E)) / 20)
+    return (h, gamma, w_router, *_moe_weights(seed, H, _rank_inter(tp, inter), E), EPS)
+
+
+def moe_layer_decode(h, gamma, w_router, w_gate_up, w_down, eps, dtype="fp32"):
+    """The fused layer's reference: ``rms_norm`` then ``moe_block`` (router top-8, experts, HF's combine).
+    Returns: (y [T, H], idx [T, 8], weights [T, 8])."""
+    return moe_block(rms_norm(h, gamma, eps, dtype), w_router, w_gate_up, w_down, TOP_K, True, dtype)
+
+
+def _moe_layer_cost(T: int, tp: int = 4, H: int = HIDDEN, inter: int = MOE_I, E: int = MOE_E, cores: int = 2):
+    """RMSNorm + router + the experts' launch (``_moe_cost``); the norm and router run on each of the
+    launch's ``cores`` (no cross-core exchange before the first expert DMA, as in [MEGA] K13): counted
+    ``cores`` times, the norm's cross-partition sum of squares as one [128, 128] ones matmul per token."""
+    replicated = rms_norm_cost(T, H) + router_cost(T, H, E) + OpCost(128 * 128 * T, 0, 0)
+    return OpCost(cores * replicated.macs, cores * replicated.weight_bytes, cores * replicated.act_bytes) + (
+        _moe_cost(T, tp, "random", H, inter, E)
+    )
+
+
+def _compare_moe_layer(out, lowp, fp32):
+    """y by its error ratio; ids exact (equal logits: lower expert first); weights bf16-close."""
+    return [
+        ratio(out[0], lowp[0], fp32[0]),
+        exact(out[1].astype(np.int64), lowp[1], "idx"),
+        check_close(out[2].astype(np.float32), lowp[2], "bf16", name="weights"),
+    ]
+
+
+def moe_read_bytes(trace) -> int:
+    """Bytes the DMAs of an emulator trace read from HBM (the weights' share of a MoE kernel's traffic)."""
+    hbm = ("private_hbm", "shared_hbm")
+    return sum(
+        int(r.info.get("dma_bytes", 0))
+        for r in trace
+        if r.engine == "dma" and any(a.operand == "src" and a.buffer in hbm for a in r.accesses)
+    )
+
+
+# ---- decode attention ------------------------------------------------------------------------------------
+ROPE_THETA = 1e6  # Qwen3-30B-A3B rope_theta [QWEN3-CONFIG]
+
+
+def _attn_decode_args(seed: int, L: int, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640) -> tuple:
+    """q [1, n_q·d], k, v [1, n_kv·d] (projection outputs, scale 2), q/k norm weights [d] (≈ 1), cos/sin
+    [1, d] of position L (bf16, θ = 1e6), k_cache, v_cache [max(cap, L + 1), n_kv, d], L, eps.
+
+    Cache rows L and beyond hold stale values 8× larger than the real ones: a kernel that reads row L
+    before writing it, or any row past it, changes the output.
+    """
+    rng = np.random.default_rng(seed + L)
+    rows = max(cap, L + 1)
+    caches = []
+    for _ in range(2):
+        c = rng.standard_normal((rows, n_kv, d))
+        c[L:] *= 8
+        caches.append(bf16(c))
+    cos, sin = rope_cos_sin(np.array([L]), d, ROPE_THETA, "bf16")
+    return (
+        bf16(2 * rng.standard_normal((1, n_q * d))),
+        bf16(2 * rng.standard_normal((1, n_kv * d))),
+        bf16(rng.standard_normal((1, n_kv * d))),
+        bf16(1 + 0.1 * rng.standard_normal(d)),
+        bf16(1 + 0.1 * rng.standard_normal(d)),
+        bf16(cos),
+        bf16(sin),
+        *caches,
+        L,
+        EPS,
+    )
+
+
+def attention_decode(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps, dtype="fp32"):
+    """The reference with the kernels' signature: q/k norm, RoPE, append at row L, ``gqa_attention``.
+
+    Returns: (out [1, n_q·d], the appended k row [1, n_kv, d], the appended v row [1, n_kv, d]); the
+    kernels return out and write the rows into the caches (``check_with_cache`` compares those).
+    """
+    _, n_kv, d = k_cache.shape
+    qn = apply_rope(qk_norm(q.reshape(1, -1, d), q_norm_w, eps, dtype), cos, sin, dtype)
+    kn = apply_rope(qk_norm(k.reshape(1, n_kv, d), k_norm_w, eps, dtype), cos, sin, dtype)
+    keys = np.concatenate([k_cache[:L], kn])  # rows 0..L: the cache's first L, then the new one
+    values = np.concatenate([v_cache[:L], v.reshape(1, n_kv, d)])
+    out = gqa_attention(qn, keys, values, L, dtype)
+    return out.reshape(1, -1), kn, v.reshape(1, n_kv, d)
+
+
+def _attn_decode_cost(L: int, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640):
+    """One decode token over L cached positions: ``attention_core_cost`` (QKᵀ and PV over L + 1 keys)
+    plus the two norm weights and the cos/sin row; ``cap`` changes only the cache's size, not the work."""
+    return attention_core_cost(1, L, n_q, n_kv, d) + OpCost(0, 2 * d * 2, 2 * d * 2)
+
+
+def _compare_out(out, lowp, fp32):
+    """The attention output by its 3-way error ratio (the kernels return no other output)."""
+    return [ratio(out[0], lowp[0], fp32[0], "out")]
+
+
+def check_with_cache(op, version, seed: int | None = None, target: str | None = None, **shape):
+    """``op.check`` of an attention version plus both caches after it. From row L (the op's ``L`` argument;
+    0 for a prefill) the kernel's new rows: v bit-exact, k (after norm + RoPE) within bf16 tolerance — the
+    RMS's fp32 sum order is not NumPy's, so a row can differ by one bf16 ulp; every other row untouched
+    (bit-exact). Returns (Checked, cache outcomes)."""
+    args = op.args(seed, **shape)
+    before = [np.asarray(c).astype(np.float32) for c in args[7:9]]
+    checked = op.check(version, args=args, target=target, **shape)
+    L = args[9] if isinstance(args[9], int) else 0
+    outcomes = []
+    for name, cache, old, rows in zip(("k_cache", "v_cache"), args[7:9], before, checked.expected[1:3]):
+        after, n = np.asarray(cache).astype(np.float32), len(rows)
+        kept = np.concatenate([after[:L], after[L + n :]]), np.concatenate([old[:L], old[L + n :]])
+        outcomes.append(exact(*kept, f"{name} rows not written"))
+        if name == "v_cache":
+            outcomes.append(exact(after[L : L + n], rows, f"{name} rows {L}..{L + n - 1}"))
+        else:
+            outcomes.append(check_close(after[L : L + n], rows, "bf16", name=f"{name} rows {L}..{L + n - 1}"))
+    for o in outcomes:
+        assert o, f"{op.name} {version} {shape}: {o.message}"
+    return checked, outcomes
+
+
+def _attn_block_args(
+    seed: int, L: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640
+) -> tuple:
+    """x [1, H] (normed hidden), w_qkv [H, (n_q + 2·n_kv)·d] (q | k | v columns; GEMV outputs of scale 2),
+    w_o [n_q·d, H], then the norm weights, cos/sin, caches, L and eps of the decode-attention inputs."""
+    rng = np.random.default_rng(seed + L + 1)
+    w_qkv = 2 * rng.standard_normal((H, (n_q + 2 * n_kv) * d), dtype=np.float32) / np.float32(np.sqrt(H))
+    w_o = rng.standard_normal((n_q * d, H), dtype=np.float32) / np.float32(np.sqrt(n_q * d))
+    rest = _attn_decode_args(seed, L, n_q, n_kv, d, cap)[3:]
+    return (bf16(rng.standard_normal((1, H))), bf16(w_qkv), bf16(w_o), *rest)
+
+
+def attention_block_decode(
+    x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps, dtype="fp32"
+):
+    """The reference with the fused kernels' signature: the q|k|v projection, ``attention_decode``, o_proj.
+
+    Returns: (y [1, H], the appended k row, the appended v row), as ``attention_decode``.
+    """
+    _, n_kv, d = k_cache.shape
+    n_q = w_o.shape[0] // d
+    q, k, v = np.split(linear(x, w_qkv, dtype), [n_q * d, (n_q + n_kv) * d], axis=1)
+    out, k_row, v_row = attention_decode(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps, dtype
+    )
+    return linear(out, w_o, dtype), k_row, v_row
+
+
+def _attn_block_cost(L: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640):
+    """The fused block: the q|k|v and o projections' weights and MACs plus the decode attention's."""
+    qkv, o = linear_cost(1, H, (n_q + 2 * n_kv) * d), linear_cost(1, n_q * d, H)
+    return qkv + _attn_decode_cost(L, n_q, n_kv, d) + o
+
+
+def _attn_prefill_args(seed: int, T: int, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640) -> tuple:
+    """q [T, n_q·d], k, v [T, n_kv·d] (projection outputs), norm weights, cos/sin [T, d] of positions
+    0..T-1, k_cache, v_cache [max(cap, T), n_kv, d] of stale values (rows overwritten or untouched), eps."""
+    rng = np.random.default_rng(seed + T)
+    rows = max(cap, T)
+    cos, sin = rope_cos_sin(np.arange(T), d, ROPE_THETA, "bf16")
+    return (
+        bf16(2 * rng.standard_normal((T, n_q * d))),
+        bf16(2 * rng.standard_normal((T, n_kv * d))),
+        bf16(rng.standard_normal((T, n_kv * d))),
+        bf16(1 + 0.1 * rng.standard_normal(d)),
+        bf16(1 + 0.1 * rng.standard_normal(d)),
+        bf16(cos),
+        bf16(sin),
+        bf16(8 * rng.standard_normal((rows, n_kv, d))),
+        bf16(8 * rng.standard_normal((rows, n_kv, d))),
+        EPS,
+    )
+
+
+def attention_prefill(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, dtype="fp32"):
+    """The reference with the prefill kernels' signature: q/k norm, RoPE, causal ``gqa_attention`` from
+    position 0. Returns: (out [T, n_q·d], the k rows [T, n_kv, d] and v rows written to cache rows 0..T-1)."""
+    T = q.shape[0]
+    _, n_kv, d = k_cache.shape
+    qn = apply_rope(qk_norm(q.reshape(T, -1, d), q_norm_w, eps, dtype), cos, sin, dtype)
+    kn = apply_rope(qk_norm(k.reshape(T, n_kv, d), k_norm_w, eps, dtype), cos, sin, dtype)
+    values = v.reshape(T, n_kv, d)
+    return gqa_attention(qn, kn, values, 0, dtype).reshape(T, -1), kn, values
+
+
+def _attn_prefill_cost(T: int, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640):
+    """The prefill kernels' work: per head and 128-query tile [q0, q0 + tq) all keys 0 … q0 + tq − 1 (key
+    tiles past the diagonal skipped, the diagonal tile computed whole and masked), for QKᵀ and PV; bytes:
+    q, k, v in, out, K/V rows written. ``attention_core_cost(T, 0, …)`` is the ideal (masked pairs not
+    counted)."""
+    pairs = sum(min(128, T - q0) * min(T, q0 + 128) for q0 in range(0, T, 128))
+    io = T * (2 * n_q * d + 4 * n_kv * d) * 2  # q in, out; k, v in; k, v rows out
+    return OpCost(macs=2 * n_q * d * pairs, weight_bytes=2 * d * 2, act_bytes=io + 2 * T * d * 2)
+
+
 def _versions(kernel: str, lnc: tuple[int, ...], layout: tuple | None = None) -> tuple[Version, ...]:
     """v0 … vN of ``<kernel>_vI`` with each version's LNC degree (and host-side layout)."""
     layout = layout or (None,) * len(lnc)
@@ -158,6 +472,70 @@ OPS: dict[str, Ladder] = {
             notebook="notebooks/03_router_top8.py",
             figures=("03_router_top8_sweep", "03_router_top8_roofline"),
             tests=("tests/kernels/test_router.py",),
+        ),
+        Ladder(
+            name="moe_decode",
+            title="MoE decode: 8 of 128 experts [T, 2048] x [2048, 2I/tp], [I/tp, 2048]",
+            module="nki_moe.kernels.moe_decode",
+            make_args=_moe_args,
+            reference=moe_decode,
+            cost=_moe_cost,
+            compare=_compare_y,
+            versions=_versions("moe_decode", lnc=(1, 1, 1, 2, 2)),
+            notebook="notebooks/04_moe_decode.py",
+            figures=("04_moe_decode_sweep", "04_moe_decode_roofline"),
+            tests=("tests/kernels/test_moe_decode.py",),
+        ),
+        Ladder(
+            name="moe_layer_decode",
+            title="fused MoE decode layer: RMSNorm + router top-8 + 8 of 128 experts [T, 2048]",
+            module="nki_moe.kernels.moe_decode",
+            make_args=_moe_layer_args,
+            reference=moe_layer_decode,
+            cost=_moe_layer_cost,
+            compare=_compare_moe_layer,
+            versions=(Version("v0", "moe_decode_v5", 2),),  # the moe_decode ladder's v5, fused
+            notebook="notebooks/04_moe_decode.py",
+            tests=("tests/kernels/test_moe_decode.py",),
+        ),
+        Ladder(
+            name="attention_decode",
+            title="decode attention of one rank: q/k norm + RoPE + KV append + GQA over L",
+            module="nki_moe.kernels.attention",
+            make_args=_attn_decode_args,
+            reference=attention_decode,
+            cost=_attn_decode_cost,
+            compare=_compare_out,
+            versions=_versions("attention_decode", lnc=(1, 2, 1)),
+            notebook="notebooks/06_attention.py",
+            figures=("06_attention_decode_sweep", "06_attention_decode_roofline"),
+            tests=("tests/kernels/test_attention.py",),
+        ),
+        Ladder(
+            name="attention_block_decode",
+            title="fused decode attention block of one rank: QKV + norms + RoPE + append + GQA + o_proj",
+            module="nki_moe.kernels.attention",
+            make_args=_attn_block_args,
+            reference=attention_block_decode,
+            cost=_attn_block_cost,
+            compare=_compare_out,
+            versions=_versions("attention_block", lnc=(1, 2, 2, 2)),
+            notebook="notebooks/06_attention.py",
+            figures=("06_attention_block_sweep", "06_attention_block_roofline"),
+            tests=("tests/kernels/test_attention.py",),
+        ),
+        Ladder(
+            name="attention_prefill",
+            title="prefill attention of one rank: q/k norm + RoPE + KV write + causal GQA over T",
+            module="nki_moe.kernels.attention",
+            make_args=_attn_prefill_args,
+            reference=attention_prefill,
+            cost=_attn_prefill_cost,
+            compare=_compare_out,
+            versions=_versions("attention_prefill", lnc=(1, 1, 1, 1)),
+            notebook="notebooks/06_attention.py",
+            figures=("06_attention_prefill_sweep", "06_attention_prefill_roofline"),
+            tests=("tests/kernels/test_attention.py",),
         ),
     )
 }

@@ -112,7 +112,7 @@ _LABELS = {
     "check_error_ratio_v3": "v3 3-way error ratio",
 }
 
-_FINAL_KEY = re.compile(r"^(?P<target>trn\d)_T(?P<T>\d+)$")  # Sweep.final: "trn2_T640"
+_FINAL_KEY = re.compile(r"^(?P<target>trn\d)_(?P<axis>T|L)(?P<T>\d+)$")  # Sweep.final: trn2_T640, trn2_L639
 _PROJ_KEY = re.compile(r"^(?P<name>.+)_T(?P<T>\d+)_(?P<target>trn\d)$")  # notebook 02: "q_T1_trn2"
 
 
@@ -121,7 +121,7 @@ def _label(key: str) -> str:
     if key in _LABELS:
         return _LABELS[key]
     if m := _FINAL_KEY.match(key):
-        return f"{m['target']}, T = {m['T']}"
+        return f"{m['target']}, {m['axis']} = {m['T']}"
     if m := _PROJ_KEY.match(key):
         return f"{m['name']}, T = {m['T']}, {m['target']}"
     return key.replace("_", " ")
@@ -180,6 +180,35 @@ _CAPTIONS: dict[str, tuple[str, str]] = {
         "own unit on log-log axes, with y = x and ±25 %. Filled markers: held out (out of sample); hollow: "
         "the points a fitted constant was fitted on (calibration.FITS); lines join the versions of each "
         "ladder.",
+    ),
+    # notebook 06: swept over the cached positions L (one decode token), not over tokens T
+    "06_attention_decode_sweep": (
+        "cost-model estimates, trn2 and trn3",
+        "Decode attention of one TP rank (q/k norm + RoPE + KV append + GQA, 8/1 heads), versions v0…v2: "
+        "estimated latency (µs, log scale) and achieved TFLOP/s on the op's ideal FLOPs vs cached positions "
+        "L, against the floor and roof of each launch's cores; trn2 left, trn3 right.",
+    ),
+    "06_attention_decode_roofline": (
+        "cost-model estimates, trn2 and trn3",
+        "Decode attention of one TP rank, versions v0…v2: roofline points at the shortest and longest L, "
+        "placed at the op's ideal FLOP/byte (faster is higher), against the roof of each launch's cores.",
+    ),
+    "06_attention_block_sweep": (
+        "cost-model estimates, trn2 and trn3",
+        "The fused decode attention block of one TP rank (QKV + norms + RoPE + append + GQA + o_proj), "
+        "versions v0…v3: estimated latency and achieved TFLOP/s vs cached positions L, against each "
+        "launch's floor and roof (the weights' HBM time dominates the floor); trn2 left, trn3 right.",
+    ),
+    "06_attention_block_roofline": (
+        "cost-model estimates, trn2 and trn3",
+        "The fused decode attention block, versions v0…v3: roofline points at the shortest and longest L at "
+        "the op's ideal FLOP/byte (faster is higher), against the roof of each launch's cores.",
+    ),
+    "04_moe_decode_design_space": (
+        "cost-model estimates (trn2); weight bytes counted from the model config",
+        "One rank's MoE decode layer (T = 1) at TP = 1, 2, 4 (LNC = 2 ranks) and 8 (LNC = 1) with bf16 and "
+        "fp8 expert weights: the final kernel's estimated time, the layer's MoE all-reduce stacked on it "
+        "(collective model), the HBM floor of the rank's cores (black ticks) and each rank's expert weights.",
     ),
 }
 
@@ -370,7 +399,7 @@ def _op_rows(op, results: dict[str, dict]) -> list[tuple[str, str, dict]]:
             m = _FINAL_KEY.match(key)
             if m is None:
                 raise ValueError(f"results of {op.notebook}: final key {key!r} is not '<target>_T<tokens>'")
-            cells[m["target"], int(m["T"])] = numbers
+            cells[m["target"], m["axis"], int(m["T"])] = numbers  # axis: T tokens, L cached positions
         return [(op.name, version, cells)]
     rows: dict[str, dict] = {}
     for key, numbers in res["projections"].items():
@@ -379,7 +408,7 @@ def _op_rows(op, results: dict[str, dict]) -> list[tuple[str, str, dict]]:
             raise ValueError(
                 f"results of {op.notebook}: projection key {key!r} is not '<name>_T<T>_<target>'"
             )
-        rows.setdefault(f"{op.name}: {m['name']}", {})[m["target"], int(m["T"])] = numbers
+        rows.setdefault(f"{op.name}: {m['name']}", {})[m["target"], "T", int(m["T"])] = numbers
     # narrowest projection first: the floor of the first size grows with the projection's width N
     order = sorted(rows, key=lambda label: next(iter(sorted(rows[label].items())))[1]["floor_us"])
     return [(label, version, rows[label]) for label in order]
@@ -400,11 +429,11 @@ def _summary(notebooks: dict[str, _Notebook]) -> list[str]:
         nb = notebooks[Path(op.notebook).stem]
         for label, version, cells in _op_rows(op, nb.results):
             rows.append((nb, label, version, cells))
-    columns = sorted({key for *_, cells in rows for key in cells})
+    columns = sorted({key for *_, cells in rows for key in cells}, key=lambda c: (c[1] != "T", c))  # T first
     out = [
         "<h2 id='summary'>Summary: the best version of every op</h2>",
         "<table id='summary-table'><thead><tr><th rowspan='2'>op</th><th rowspan='2'>best version</th>",
-        *(f"<th colspan='2'>{tg} · T = {t}</th>" for tg, t in columns),
+        *(f"<th colspan='2'>{tg} · {axis} = {t}</th>" for tg, axis, t in columns),
         "<th rowspan='2'>check</th><th rowspan='2'>notebook</th></tr><tr>",
         *("<th>µs (est.)</th><th>% of floor</th>" for _ in columns),
         "</tr></thead><tbody>",

@@ -83,7 +83,8 @@ def _est(us=9.0, target="trn2", **shape):
 def test_an_op_without_a_kernel_or_an_estimate_is_shown_as_its_floor():
     b = budget.decode_budget([_est(T=2, H=2048), _est(target="trn3")], "trn2")  # other shape, other target
     lines = {ln.launch.op: ln for ln in b.lines}
-    assert lines["experts"].kind == "floor" and lines["experts"].source == "no kernel yet"
+    assert lines["rope"].kind == "floor" and lines["rope"].source == "no kernel yet"
+    assert lines["experts"].kind == "floor" and "moe_decode: not estimated" in lines["experts"].source
     assert lines["input_norm"].kind == "floor" and "not estimated at this shape" in lines["input_norm"].source
     assert all(ln.us_each == ln.floor_us_each for ln in b.lines)
     assert "experts" in b.missing and b.estimated_us == 0 and b.missing_us == b.total_us

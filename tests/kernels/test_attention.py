@@ -1,0 +1,138 @@
+"""Attention kernels (nki_moe.kernels.attention): decode, the fused decode block and prefill, strict.
+
+Every check asserts the output's 3-way error ratio at bf16, the MAC count against the analytic count and
+both caches after the kernel (``ops.check_with_cache``): the rows written (row L for decode, rows 0..T-1 for
+prefill) equal the reference's new v bit for bit and its k within bf16 tolerance (the RMS's fp32 sum order),
+every other row untouched bit for bit (they hold stale values 8x larger, so a kernel reading them fails).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nki_moe import budget, ops
+from nki_moe.ladder import ratio
+from nki_moe.reference import apply_rope, gqa_attention, qk_norm
+
+op, block = ops.get("attention_decode"), ops.get("attention_block_decode")
+SMALL = dict(n_q=4, n_kv=2, d=64, cap=16)  # two KV heads (g = 2), half-width heads, a short cache
+VERSIONS, BLOCK_VERSIONS = [v.name for v in op.versions], [v.name for v in block.versions]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("L", (20, 639))
+def test_every_version_at_real_width(version, L):
+    checked, cache = ops.check_with_cache(op, version, L=L)
+    assert checked.macs == 2 * 8 * 128 * (L + 1) and len(cache) == 4 and all(cache)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("L", (0, 1, 5, 15))
+def test_two_kv_heads_small_width_first_and_last_rows(version, L):
+    """L = 0: the first token attends only itself (v1: the second core has no position); L = 15 fills the
+    cache's last row."""
+    checked, _ = ops.check_with_cache(op, version, seed=3, L=L, **SMALL)
+    assert checked.macs == 2 * 4 * 64 * (L + 1)
+
+
+@pytest.mark.parametrize("L", (127, 128, 511, 512))
+def test_final_at_tile_boundaries(L):
+    """S = L + 1 positions straddle the 128-position tiles and the 512-position score matmuls."""
+    ops.check_with_cache(op, op.final, L=L)
+
+
+def test_trn3():
+    ops.check_with_cache(op, op.final, target="trn3", L=639)
+    ops.check_with_cache(op, "v1", target="trn3", L=639)
+    ops.check_with_cache(block, block.final, target="trn3", L=639)
+
+
+@pytest.mark.parametrize("version", BLOCK_VERSIONS)
+@pytest.mark.parametrize("L", (20, 128, 639))
+def test_fused_block_at_real_width(version, L):
+    """x [1, 2048] through q|k|v (1280 columns), attention over L + 1 positions and o (1024 -> 2048)."""
+    checked, _ = ops.check_with_cache(block, version, L=L)
+    assert checked.macs == 2048 * 1280 + 2 * 8 * 128 * (L + 1) + 1024 * 2048
+
+
+@pytest.mark.parametrize("version", BLOCK_VERSIONS)
+@pytest.mark.parametrize("L", (0, 15))
+def test_fused_block_two_kv_heads_small_width(version, L):
+    """H = 256: one contraction tile per core; 4 query heads over 2 KV heads split one KV head per core."""
+    ops.check_with_cache(block, version, seed=2, L=L, H=256, **SMALL)
+
+
+def test_order_preserving_versions_are_bit_identical_and_flash_decoding_is_not():
+    """v0 and v2 keep the reference's rounding points and normalise before p·V: bit-identical here;
+    v1's per-core rescaling changes the accumulation order (within the ratio, not the bits)."""
+    share = {}
+    for v in VERSIONS:
+        c = op.check(v, L=639)
+        share[v] = float((c.outputs[0].astype(np.float32) == c.expected[0]).mean())
+    assert share["v0"] == share["v2"] == 1.0 and share["v1"] < 0.9
+
+
+def test_a_stale_cache_row_would_fail_the_check():
+    """The check can fail: attending the stale row L instead of the new key is far outside the ratio."""
+    args = op.fp32_args(L=20)
+    stale = list(args)
+    stale[1] = args[7][20].reshape(1, -1)  # the key a kernel reading row L before its append would see
+    lowp, fp32 = op.expected(args, "bf16"), op.expected(args, "fp32")
+    wrong = op.expected(tuple(stale), "bf16")
+    assert ratio(lowp[0], lowp[0], fp32[0])
+    assert not ratio(wrong[0], lowp[0], fp32[0])
+
+
+def test_the_decode_attention_line_of_the_budget_uses_the_estimate():
+    est = budget.Estimate(
+        "attention_decode", dict(L=639, n_q=8, n_kv=1, d=128, cap=640), "trn2", 9.0, "v2", 1
+    )
+    lines = {ln.launch.op: ln for ln in budget.decode_budget([est], "trn2", budget.TP4_LNC2).lines}
+    assert lines["attention"].kind == "estimate" and lines["attention"].us_each == 9.0
+    assert budget.shapes("attention_decode", prefill=640) == [
+        dict(L=639, n_kv=1, n_q=8),
+        dict(L=639, n_kv=4, n_q=32),
+    ]
+
+
+prefill = ops.get("attention_prefill")
+PREFILL_VERSIONS = [v.name for v in prefill.versions]
+
+
+@pytest.mark.parametrize("version", PREFILL_VERSIONS)
+@pytest.mark.parametrize("T", (14, 129, 640))
+def test_prefill_every_version(version, T):
+    """Causal masks exact (-inf handled as equal), cache rows 0..T-1 written, the rest untouched; T = 129
+    leaves a one-token last tile; MACs = the tiled count (key tiles past each query tile skipped)."""
+    checked, _ = ops.check_with_cache(prefill, version, T=T)
+    pairs = sum(min(128, T - q0) * min(T, q0 + 128) for q0 in range(0, T, 128))
+    assert checked.macs == 2 * 8 * 128 * pairs >= 2 * 8 * 128 * T * (T + 1) // 2
+
+
+@pytest.mark.parametrize("version", PREFILL_VERSIONS)
+def test_prefill_two_kv_heads_small_width(version):
+    ops.check_with_cache(prefill, version, seed=4, T=20, n_q=4, n_kv=2, d=64, cap=32)
+
+
+def test_prefill_trn3_and_bits():
+    """The order-preserving prefill (v1: normalised before p·V) is bit-identical on almost every element;
+    flash (v2) is not."""
+    ops.check_with_cache(prefill, prefill.final, target="trn3", T=512)
+    share = {}
+    for v in ("v1", "v2"):
+        c = prefill.check(v, T=192)
+        share[v] = float((c.outputs[0].astype(np.float32) == c.expected[0]).mean())
+    assert share["v1"] > 0.99 and share["v2"] < 0.9
+
+
+def test_an_off_by_one_causal_mask_would_fail_the_check():
+    """The check can fail: queries missing their own key (the mask shifted by one) fail the ratio."""
+    args = prefill.fp32_args(T=20)
+    lowp, fp32 = prefill.expected(args, "bf16"), prefill.expected(args, "fp32")
+    q, k, v, qw, kw, cos, sin, kc, vc, eps = args
+    qn = apply_rope(qk_norm(q.reshape(20, -1, 128), qw, eps, "bf16"), cos, sin, "bf16")
+    kn = apply_rope(qk_norm(k.reshape(20, 1, 128), kw, eps, "bf16"), cos, sin, "bf16")
+    shifted = gqa_attention(qn[1:], kn, v.reshape(20, 1, 128), 0, "bf16")  # token t + 1 sees keys 0..t
+    assert ratio(lowp[0][1:], lowp[0][1:], fp32[0][1:])
+    assert not ratio(shifted.reshape(19, -1), lowp[0][1:], fp32[0][1:])
