@@ -395,53 +395,13 @@ def _kernel(kernel: str):
     return table[kernel]
 
 
-class _DtypeEqualsDst:
-    """Run-scoped stand-in for ``nisa.tensor_copy`` that drops a ``dtype=`` differing from dst's dtype.
-
-    nki-samples' ``nki_matmul_hoist_load_`` passes ``dtype=bfloat16`` into an fp32 dst; the emulator rejects
-    that (it cannot tell which of the two the compiler would honour). The timing does not depend on it (a
-    PSUM → SBUF copy of [128, 512] either way), so the calibration run, and only it, retries with the
-    argument dropped; the emulator itself stays strict.
-    """
-
-    def __init__(self):
-        import nki.isa as nisa
-
-        self.nisa, self.orig = nisa, nisa.tensor_copy
-
-    def __enter__(self):
-        orig = self.orig
-
-        def tensor_copy(dst, src, *args, dtype=None, **kw):
-            from nki_moe.sim import numerics
-
-            want = None if dtype is None else numerics.normalize_dtype(dtype, "tensor_copy")
-            if want is not None and want != getattr(dst, "dtype", None):
-                dtype = None
-            return orig(dst, src, *args, dtype=dtype, **kw)
-
-        self.nisa.tensor_copy = tensor_copy
-        return self
-
-    def __exit__(self, *exc):
-        self.nisa.tensor_copy = self.orig
-
-
 @functools.cache
 def run_calibration_kernel(kernel: str, target: str):
     """Emulator trace of a calibration kernel on ``target`` (cached)."""
     from nki_moe.sim import run
-    from nki_moe.sim.errors import NkiValidationError
 
     args, kwargs = _inputs(kernel)
-    fn = _kernel(kernel)
-    try:
-        return run(fn, *args, target=target, **kwargs).trace
-    except NkiValidationError as e:
-        if not (kernel.startswith("mmtut_") and "dtype= must equal" in str(e)):
-            raise
-    with _DtypeEqualsDst():  # see _DtypeEqualsDst: the module's nisa is the one patched
-        return run(fn, *args, target=target, **kwargs).trace
+    return run(_kernel(kernel), *args, target=target, **kwargs).trace
 
 
 def analytic_counts(kernel: str) -> tuple[float, float]:
