@@ -59,6 +59,11 @@ def cases(lm_head: bool):
         "add_rmsnorm": [dict(T=640)],
         "router": [dict(T=640)],
         "matmul": [dict(T=640, N=4096), dict(T=1, N=4096)] + ([dict(T=1, N=151936)] if lm_head else []),
+        "moe_decode": [dict(T=1, tp=4)],
+        "moe_layer_decode": [dict(T=1, tp=4)],
+        "attention_decode": [dict(L=639)],
+        "attention_block_decode": [dict(L=639)],
+        "attention_prefill": [dict(T=512)],
     }
     for name, points in shapes.items():
         op = ops.get(name)
