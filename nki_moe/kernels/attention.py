@@ -40,14 +40,17 @@ Versions (each adds one idea):
     attention_prefill_v2 flash attention: online softmax over 128 queries x 512 keys, running max and sum
     attention_prefill_v3 v1 with each query tile's heads interleaved stage by stage and the PSUM evictions
                          on ACT, so PE, ACT, DVE and GpSimd overlap
+    attention_prefill_v4 v3 on the two cores of an LNC=2 launch: the query heads split 4/4, core 0 writes
+                         the K cache rows and core 1 the V rows
 
 Run: ``nki_moe.sim.run(attention_block_v3, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
-L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v3, q, k, v, q_norm_w, k_norm_w, cos, sin,
-k_cache, v_cache, eps)``; checked in tests/kernels/test_attention.py.
+L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v4, q, k, v, q_norm_w, k_norm_w, cos, sin,
+k_cache, v_cache, eps, lnc=2)``; checked in tests/kernels/test_attention.py.
 
 Limits (asserted at entry):
     d <= 128, d even             v0-v3  one head on the partitions; rotate-half needs two halves
     n_q <= 128, n_q % n_kv == 0  v0-v3  all query heads on the partitions of one tile
+    n_q % 2 == 0                 prefill v4  the query heads split evenly over the two cores
     0 <= L < cap                 v0-v3  the new row fits the cache (prefill: 1 <= T <= cap)
     H % 128 == 0                 v0-v3  (block) whole contraction tiles and 128-column o groups
     H % 256 == 0, n_q even       v1-v3  (block) halves of the weights and heads for the two cores
@@ -829,24 +832,31 @@ def _norm_rope_heads(x_t, w_b, cos_b, sin_b, eps):
     return out
 
 
-def _prefill_inputs(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
-    """Norm + RoPE of every token tile, K/V appended to cache rows 0..T-1; returns (qT [d, n_q, T],
-    kT [d, n_kv, T] bf16 with d on partitions, v tiles [tsz, n_kv, d] per 128-token tile, the tiles)."""
+def _prefill_inputs(
+    q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, q_heads=None, write_k=True, write_v=True
+):
+    """Norm + RoPE of every token tile, K/V appended to cache rows 0..T-1; returns (qT [d, nh, T],
+    kT [d, n_kv, T] bf16 with d on partitions, v tiles [tsz, n_kv, d] per 128-token tile, the tiles).
+
+    q_heads (h0, h1): only query heads h0..h1-1 are loaded and normed (nh = h1 - h0; default all n_q);
+    write_k / write_v: whether this program writes k_cache / v_cache rows 0..T-1 (LNC=2: one each)."""
     T = q.shape[0]
     cap, n_kv, d = k_cache.shape
-    n_q = q.shape[1] // d
+    h0, h1 = q_heads or (0, q.shape[1] // d)
+    nh = h1 - h0
     tiles = [(t0, min(S_TILE, T - t0)) for t0 in range(0, T, S_TILE)]
-    qT = nl.ndarray((d, n_q, T), dtype=q.dtype, buffer=nl.sbuf)
+    qT = nl.ndarray((d, nh, T), dtype=q.dtype, buffer=nl.sbuf)
     kT = nl.ndarray((d, n_kv, T), dtype=k.dtype, buffer=nl.sbuf)
     v_tiles = []
+    nb = max(nh, n_kv)  # the cos/sin broadcasts serve q (nh heads) and k (n_kv heads)
     for t0, tsz in tiles:
-        cos_b, sin_b = _heads_broadcast(cos, t0, tsz, n_q, True), _heads_broadcast(sin, t0, tsz, n_q, True)
-        for x, w, heads, xT in ((q, q_norm_w, n_q, qT), (k, k_norm_w, n_kv, kT)):
+        cos_b, sin_b = _heads_broadcast(cos, t0, tsz, nb, True), _heads_broadcast(sin, t0, tsz, nb, True)
+        for x, w, c0, heads, xT in ((q, q_norm_w, h0, nh, qT), (k, k_norm_w, 0, n_kv, kT)):
             x_t = nl.ndarray((tsz, heads, d), dtype=x.dtype, buffer=nl.sbuf)
-            nisa.dma_copy(dst=x_t, src=x[t0 : t0 + tsz, :].reshape((tsz, heads, d)))
+            nisa.dma_copy(dst=x_t, src=x[t0 : t0 + tsz, c0 * d : (c0 + heads) * d].reshape((tsz, heads, d)))
             w_b = _heads_broadcast(w, 0, tsz, heads, False)
             xn = _norm_rope_heads(x_t, w_b, cos_b[:, 0:heads, :], sin_b[:, 0:heads, :], eps)
-            if x is k:
+            if x is k and write_k:
                 nisa.dma_copy(dst=k_cache[t0 : t0 + tsz, :, :], src=xn)
             for hd in range(heads):
                 t_psum = nl.ndarray((d, tsz), dtype=x.dtype, buffer=nl.psum)
@@ -854,7 +864,8 @@ def _prefill_inputs(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps
                 nisa.tensor_copy(dst=xT[:, hd, t0 : t0 + tsz], src=t_psum)
         v_t = nl.ndarray((tsz, n_kv, d), dtype=v.dtype, buffer=nl.sbuf)
         nisa.dma_copy(dst=v_t, src=v[t0 : t0 + tsz, :].reshape((tsz, n_kv, d)))
-        nisa.dma_copy(dst=v_cache[t0 : t0 + tsz, :, :], src=v_t)
+        if write_v:
+            nisa.dma_copy(dst=v_cache[t0 : t0 + tsz, :, :], src=v_t)
         v_tiles.append(v_t)
     return qT, kT, v_tiles, tiles
 
@@ -1106,4 +1117,82 @@ def attention_prefill_v3(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
                 )
             nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
         nisa.dma_copy(dst=out[q0 : q0 + tq, :].reshape((tq, n_q, d)), src=o)
+    return out
+
+
+# ---- prefill v4: v3 on each core's half of the query heads (LNC=2), one cache written per core -------------
+@nki.jit
+def attention_prefill_v4(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v3 on this core's share of the query heads; launch ``[2]``, n_q % 2 == 0.
+
+    Core c takes query heads [c·n_q/2, (c+1)·n_q/2): their norm + RoPE, scores, softmax, p·V and their
+    columns of out. Heads, not query blocks: every head costs the same under the causal mask (query blocks
+    would give the core holding the last block the longest rows) and no exchange is needed. Both cores norm
+    and transpose all n_kv KV heads and load V (the K/V work is 1/g of the q work); core 0 writes k_cache,
+    core 1 v_cache, so each row is written once and the two stores run on different cores' queues."""
+    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    g = n_q // n_kv
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    h0, nh = lnc_share(n_q)  # this core's query heads h0 .. h0 + nh - 1
+    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
+    qT, kT, v_tiles, tiles = _prefill_inputs(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps,
+        q_heads=(h0, h0 + nh), write_k=pid == 0, write_v=pid == n_prog - 1,
+    )  # fmt: skip
+    for q0, tq in tiles:
+        nk = q0 + tq
+        s = [nl.ndarray((tq, nk), dtype=q.dtype, buffer=nl.sbuf) for _ in range(nh)]
+        for h in range(nh):  # PE and ACT; h is local, KV head (h0 + h) // g
+            for c0 in range(0, nk, SCORE_TILE):
+                csz = min(SCORE_TILE, nk - c0)
+                s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
+                nisa.nc_matmul(
+                    dst=s_psum,
+                    stationary=qT[:, h, q0 : q0 + tq],
+                    moving=kT[:, (h0 + h) // g, c0 : c0 + csz],
+                )
+                nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum)  # bf16(q·kᵀ)
+        for h in range(nh):  # DVE, then GpSimd
+            nisa.tensor_scalar(dst=s[h], data=s[h], op0=nl.multiply, operand0=d**-0.5)
+        for h in range(nh):
+            nisa.affine_select(
+                dst=s[h][:, q0:nk],
+                pattern=[[-1, tq]],
+                channel_multiplier=1,
+                on_true_tile=s[h][:, q0:nk],
+                on_false_value=NEG_INF,
+                cmp_op=nl.greater_equal,
+            )
+        neg_max = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+        total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+        for h in range(nh):  # DVE
+            nisa.tensor_reduce(dst=neg_max[:, h : h + 1], op=nl.maximum, data=s[h], axis=1, negate=True)
+        e = [nl.ndarray((tq, nk), dtype=nl.float32, buffer=nl.sbuf) for _ in range(nh)]
+        for h in range(nh):  # ACT
+            nisa.activation(
+                dst=e[h],
+                op=nl.exp,
+                data=s[h],
+                bias=neg_max[:, h : h + 1],
+                reduce_op=nl.add,
+                reduce_res=total[:, h : h + 1],
+                reduce_cmd=nisa.reduce_cmd.reset_reduce,
+            )
+        for h in range(nh):  # DVE: p = bf16(e / Σe) into s[h]
+            nisa.tensor_scalar(dst=s[h], data=e[h], op0=nl.divide, operand0=total[:, h : h + 1])
+        o = nl.ndarray((tq, nh, d), dtype=q.dtype, buffer=nl.sbuf)
+        for h in range(nh):  # PE and ACT
+            o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
+            for i, k0 in enumerate(range(0, nk, S_TILE)):
+                ksz = min(S_TILE, nk - k0)
+                nisa.nc_matmul(
+                    dst=o_psum,
+                    stationary=_transpose(s[h][:, k0 : k0 + ksz], nisa.scalar_engine),
+                    moving=v_tiles[i][:, (h0 + h) // g, :],
+                    accumulate=i > 0,
+                )
+            nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
+        nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)
     return out

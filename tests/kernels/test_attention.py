@@ -115,9 +115,35 @@ def test_prefill_two_kv_heads_small_width(version):
     ops.check_with_cache(prefill, version, seed=4, T=20, n_q=4, n_kv=2, d=64, cap=32)
 
 
+def test_prefill_v4_splits_kv_heads_across_the_cores():
+    """n_q = 6 over n_kv = 3 (g = 2): core 0 takes query heads 0-2 (KV heads 0 and 1), core 1 heads 3-5
+    (KV heads 1 and 2): a KV head shared by both cores; the same bits on one core as on two."""
+    small = dict(seed=4, T=20, n_q=6, n_kv=3, d=64, cap=32)
+    two, _ = ops.check_with_cache(prefill, "v4", **small)
+    one = prefill.check("v4", lnc=1, **small)
+    assert np.array_equal(one.outputs[0], two.outputs[0])
+
+
+def test_prefill_v4_writes_each_cache_once_and_rejects_odd_head_counts():
+    """Each core stores its 4 heads' columns of out and one cache's rows (core 0 K, core 1 V): HBM bytes
+    written per core = T·(n_q/2 + n_kv)·d·2, nothing written twice. v4 gives v3's bits."""
+    T = 129
+    c4, c3 = prefill.check("v4", T=T), prefill.check("v3", T=T)
+    written = {0: 0, 1: 0}
+    for rec in c4.trace:
+        for a in rec.accesses:
+            if a.mode == "w" and not a.on_chip:
+                written[rec.pid] += a.nbytes
+    assert written == {0: T * (4 + 1) * 128 * 2, 1: T * (4 + 1) * 128 * 2}
+    assert np.array_equal(c4.outputs[0], c3.outputs[0])
+    with pytest.raises(AssertionError, match="3 query heads do not split evenly over 2 cores"):
+        prefill.check("v4", seed=4, T=20, n_q=3, n_kv=1, d=64, cap=32)
+
+
 def test_prefill_trn3_and_bits():
     """The order-preserving prefill (v1: normalised before p·V) is bit-identical on almost every element;
     flash (v2) is not."""
+    assert prefill.final.name == "v4" and prefill.final.lnc == 2
     ops.check_with_cache(prefill, prefill.final, target="trn3", T=512)
     share = {}
     for v in ("v1", "v2"):
