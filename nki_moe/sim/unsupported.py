@@ -33,6 +33,7 @@ NOT_EMULATED = {
         "while_loop": "use a Python loop on a register",
         "no_reorder": "",
         "gather_flattened": "",
+        "dropout": "use nisa.dropout",
         "random_seed": "",
         "var": "use nisa.bn_stats + nisa.bn_aggr",
         "all_reduce": "NKI 1 only",

@@ -130,6 +130,7 @@ UNSUPPORTED = [
     ("nisa", "activate2", lambda: nisa.activate2(None, nl.exp, None, 0.0, 0.0, nl.add, nl.add)),
     ("nisa", "nc_matmul_mx", lambda: nisa.nc_matmul_mx(None, None, None, None, None)),
     ("nl", "fori_loop", lambda: nl.fori_loop(0, 2, lambda i, c: c, 0)),
+    ("nl", "dropout", lambda: nl.dropout(None, 0.5)),
     ("nki.collectives", "all_reduce", lambda: importlib.import_module("nki.collectives").all_reduce(None)),
 ]
 
