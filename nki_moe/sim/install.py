@@ -52,7 +52,7 @@ def install(backend: str | None = None) -> str:
         mod = sys.modules.get("nki")
         if mod is not None and getattr(mod, "EMULATED", False):
             for name in _EMULATED_NAMES:
-                if getattr(sys.modules.get(name), "EMULATED", False) or name == "nki":
+                if _is_emulated(sys.modules.get(name)):
                     sys.modules.pop(name, None)
         return "neuron"
     from . import frontend, isa, language, nki_typing
@@ -89,6 +89,13 @@ _EMULATED_NAMES = (
     "neuronxcc.nki.isa.constants",
     "neuronxcc",
 )
+
+
+def _is_emulated(mod) -> bool:
+    """Whether a sys.modules entry is one of the emulator's modules (or its stand-ins), not a real package."""
+    return mod is not None and (
+        getattr(mod, "EMULATED", False) or getattr(mod, "__name__", "").startswith(__package__ + ".")
+    )
 
 
 def _real_neuronxcc_available() -> bool:

@@ -117,6 +117,33 @@ def test_private_hbm_output_is_rejected_in_0_3():
         k(np.ones((4, 4), np.float32))
 
 
+def test_switching_to_the_real_package_unbinds_every_emulated_module(tmp_path, monkeypatch):
+    """install("neuron") with a real `nki` on sys.path (a stand-in package here) drops nki, nki.language,
+    nki.isa, nki.typing, nki.isa.constants, the neuronxcc stand-ins ... so imports reach the real one."""
+    real = tmp_path / "nki"
+    (real / "language").mkdir(parents=True)
+    (real / "__init__.py").write_text("REAL = True\n")
+    (real / "language" / "__init__.py").write_text("REAL = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert sim.install("sim") == "sim" and sys.modules["nki.language"].__name__.startswith("nki_moe.sim")
+    try:
+        assert sim.install("neuron") == "neuron"
+        assert not [
+            n
+            for n, m in sys.modules.items()
+            if n.split(".")[0] in ("nki", "neuronxcc")
+            and m is not None
+            and m.__name__.startswith("nki_moe.sim")
+        ]
+        import nki.language as real_nl
+
+        assert real_nl.REAL and sim.active_backend() == "neuron"
+    finally:
+        for name in [n for n in sys.modules if n == "nki" or n.startswith("nki.")]:
+            sys.modules.pop(name)
+        assert sim.install("sim") == "sim"
+
+
 def test_backend_neuron_raises_clearly_when_absent(monkeypatch):
     if sim.real_nki_available() and sys.modules.get("nki") is None:
         pytest.skip("the real Neuron SDK is installed")
