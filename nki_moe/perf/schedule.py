@@ -3,7 +3,8 @@
 Rules ([PERF], [NKI-T1]): each compute engine (PE, ACT, DVE, POOL, SP) of each physical core runs its
 instructions in program order; engines run concurrently; an instruction waits for every earlier instruction
 whose memory region overlaps its own (read-after-write, write-after-read, write-after-write on the same
-allocation, partitions × byte ranges in SBUF/PSUM, byte ranges in HBM). DMAs go through a queue (in order),
+allocation, partitions × byte ranges in SBUF/PSUM, byte ranges in HBM; and on the same sequencer register,
+``info['reg_reads']`` / ``info['reg_writes']``). DMAs go through a queue (in order),
 a descriptor generator (2 per core) and the 16 DMA engines (FIFO each), see :mod:`nki_moe.perf.dma`.
 LNC=2 programs run on two cores with their own engines; ``core_barrier`` joins them. All times are
 estimates in nanoseconds.
@@ -184,9 +185,11 @@ class Schedule:
     hbm_bytes: np.ndarray  # bytes read or written in HBM by each DMA
     dma_engines_busy_ns: dict  # (pid, engine index) -> busy ns
     # Profiler-style activity (see active_ns): compute records, the instruction's active duration (PE
-    # matmuls: LoadStationary + MultiplyMoving); DMA records, when the descriptors reach the DMA queue.
+    # matmuls: LoadStationary + MultiplyMoving); DMA records, when the descriptors reach the DMA queue and
+    # when the DMA engines start moving packets for it (:func:`_activity_starts_at_queue`).
     active_dur: np.ndarray
     dma_queue_start: np.ndarray
+    dma_active_start: np.ndarray
 
     @classmethod
     def empty(cls, hw: HardwareSpec, n: int) -> Schedule:
@@ -207,6 +210,7 @@ class Schedule:
             dma_engines_busy_ns=defaultdict(float),
             active_dur=np.zeros(n),
             dma_queue_start=np.zeros(n),
+            dma_active_start=np.zeros(n),
         )
 
     @property
@@ -231,10 +235,13 @@ class Schedule:
         * PE: Σ over instructions of the profiler's instruction durations; every nc_matmul counts its
           LoadStationary *and* its MultiplyMoving ([NKI-ISA], durations from [NKI-T1], [PERF],
           :func:`nki_moe.perf.costs.pe_active_cycles`), although the schedule hides LS behind the previous MM;
-        * DMA: per core, the union over DMAs of [descriptors handed to the DMA queue, last byte]: the DMA
-          side's per-transfer work ("descriptor setup, synchronisation and semaphore-to-start latency",
-          [DMA-BW]) and the transfer, but not descriptor *generation* (hwdge: the DGE block; swdge: GpSimd
-          instructions), which happens before the queue has anything to process;
+        * DMA: per core, the union over DMAs of the time "at least one DMA packet is transferring" (the
+          profiler's definition of ``dma_active_time``, [PROF-SCHEMA]): [first data byte, last byte] for a
+          hardware-DGE DMA, whose descriptors the DGE block hands to the engines on demand; [descriptors
+          in the queue, last byte] for a DMA whose descriptors sit in memory (software DGE: written by
+          GpSimd; ``dge_mode.none``: precomputed in HBM, "the DMA engine reads the pre-built descriptor",
+          [DGE]): the engines fetch them before the data (derived reading, see
+          :func:`_activity_starts_at_queue`). Descriptor *generation* is never counted;
         * ACT/DVE/POOL/SP: no documented difference, = :meth:`busy_ns`.
         """
         sel = [i for i, e in enumerate(self.engine) if e == engine and (pid is None or self.pid[i] == pid)]
@@ -242,7 +249,7 @@ class Schedule:
             return 0.0
         if engine != "dma":
             return float(sum(self.active_dur[i] for i in sel))
-        return _union_per_pid(self.pid, sel, self.dma_queue_start, self.end)
+        return _union_per_pid(self.pid, sel, self.dma_active_start, self.end)
 
     def critical_path(self) -> list[int]:
         """Record indices on the critical path, first to last (following the binding predecessors)."""
@@ -272,6 +279,20 @@ class Schedule:
             cursor = max(cursor, self.end[i])
         share["wait"] = max(0.0, 1.0 - sum(share.values()))
         return dict(share)
+
+
+def _activity_starts_at_queue(rec) -> bool:
+    """Whether a DMA's profiler activity starts when its descriptors reach the queue (else: first data byte).
+
+    The profiler counts DMA activity as the time "at least one DMA packet is transferring" ([PROF-SCHEMA]).
+    Descriptors kept in memory are fetched by the DMA engines before the data moves: software DGE (GpSimd
+    writes them) and ``dge_mode.none`` (precomputed in HBM, read by the DMA engine, [DGE]); the hardware
+    DGE block generates descriptors on demand ([DGE]), so a hwdge DMA's semaphore-to-start latency
+    ([DMA-BW]) has no packet in flight. DERIVED reading of those two sources, not fitted: it is what
+    separates the attention block (all hwdge, K15) from the fused MoE layer (swdge, K13/K13c). DGE mode
+    ``unknown`` is the compiler's choice; like its timing (hwdge), its activity starts at the first byte.
+    """
+    return str(rec.info.get("dge_mode", "unknown")) in ("swdge", "none") or rec.info.get("queue") == "pool"
 
 
 def _union_per_pid(pid: np.ndarray, sel: list[int], lo: np.ndarray, hi: np.ndarray) -> float:
@@ -373,6 +394,23 @@ def _rect(acc, phys: dict) -> tuple[tuple, int, int, int, int]:
     return key, 0, 1, lo, hi
 
 
+def _register_rects(rec) -> list[tuple]:
+    """Register operands of a record as regions of one 4-byte pseudo-allocation per (program, register).
+
+    ``info['reg_reads']`` / ``info['reg_writes']``: ids of the sequencer registers the instruction reads
+    (``register_move``/``register_store`` sources, a register ``scalar_offset``, dynamic-loop bounds) and
+    writes (``register_load``/``register_move`` destinations). Entered in the same region index as memory,
+    so a reader waits for the register's last writer (RAW) and a writer for the earlier readers and writer
+    (WAR/WAW). Registers are per program (core). Records without these fields contribute nothing.
+    """
+    info = getattr(rec, "info", None) or {}
+    out = []
+    for mode, field in (("r", "reg_reads"), ("w", "reg_writes")):
+        for rid in info.get(field, ()) or ():
+            out.append((mode, ("register", rec.pid, rid), 0, 1, 0, 4))
+    return out
+
+
 def _epoch_order(records) -> list[int]:
     """Processing order: stable by (barriers the program has passed, trace index).
 
@@ -447,7 +485,7 @@ class _Scheduler:
             rec = self.records[i]
             p = rec.pid
             sched.pid[i] = p
-            rects = [(a.mode, *_rect(a, self.phys)) for a in rec.accesses]
+            rects = [(a.mode, *_rect(a, self.phys)) for a in rec.accesses] + _register_rects(rec)
             dep_t, dep_i = self._dependency(rects)
             if rec.engine == "dma":
                 pred = self._dma(i, rec, dep_t, dep_i)
@@ -521,7 +559,8 @@ class _Scheduler:
         first, end, pred = self._dma_engines(i, p, c, xfer_ready, pred)
         sched.start[i], sched.busy_start[i], sched.end[i] = s, first, end
         sched.dma_queue_start[i] = dge_end
-        sched.active_dur[i] = end - dge_end
+        sched.dma_active_start[i] = dge_end if _activity_starts_at_queue(rec) else first
+        sched.active_dur[i] = end - sched.dma_active_start[i]
         sched.engine[i], sched.track[i] = "dma", "dma:" + queue
         sched.rules[i] = (
             f"{c.nbytes} B on {len(c.engines)} eng, {c.chunk_bytes} B/desc, eff {c.efficiency:.2f}"
@@ -590,7 +629,7 @@ class _Scheduler:
             s, pred = dep_t + lat, (dep_i, "dep")
         if self.free[ekey] > s:
             s, pred = self.free[ekey], (self.last[ekey], "engine")
-        sched.start[i] = sched.busy_start[i] = sched.dma_queue_start[i] = s
+        sched.start[i] = sched.busy_start[i] = sched.dma_queue_start[i] = sched.dma_active_start[i] = s
         sched.end[i] = s + cost.ns
         sched.active_dur[i] = cost.active_ns
         self.free[ekey] = sched.end[i]
@@ -616,8 +655,13 @@ class _Scheduler:
     def _record(self, i: int, rects) -> None:
         """Enter the record's regions (finishing at its end) into the index; writes retire what they cover."""
         fin = self.sched.end[i]
+        # a DMA reads its registers (scalar_offset) when its descriptors are generated, not at its last byte
+        reg_read_fin = self.sched.dma_queue_start[i] if self.sched.engine[i] == "dma" else fin
         writes, reads = self.writes, self.reads
         for mode, key, p0, p1, lo, hi in rects:
+            if key[0] == "register" and mode == "r":
+                reads[key].add(p0, p1, lo, hi, reg_read_fin, i)
+                continue
             if mode == "w":
                 if key in writes:
                     writes[key].retire_covered(p0, p1, lo, hi)

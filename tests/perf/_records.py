@@ -26,9 +26,11 @@ def rec(opcode, engine, accesses, pid=0, **info):
     return Record(opcode, engine, accesses, "synthetic.py", 1, pid, info)
 
 
-def dma(dst, src, queue="q0", pid=0):
+def dma(dst, src, queue="q0", pid=0, dge_mode="unknown", **info):
     nbytes = max(dst.nbytes, src.nbytes)
-    return rec("dma_copy", "dma", [src, dst], pid=pid, dma_bytes=nbytes, queue=queue, dge_mode="unknown")
+    return rec(
+        "dma_copy", "dma", [src, dst], pid=pid, dma_bytes=nbytes, queue=queue, dge_mode=dge_mode, **info
+    )
 
 
 def matmul(dst, st, mv, K=128, M=128, N=512, dtype="bfloat16", pid=0, **kw):

@@ -33,7 +33,8 @@ def test_profile_dma_kernel(kernels, tmp_path):
     text = res.summary()
     assert "ESTIMATED" in text and "dma" in text and "active" in text
     assert res.engine_busy_us is res.busy_us
-    assert res.engine_active_us["dma"] > res.busy_us["dma"]  # + semaphore-to-start latency
+    # dge_mode unknown (timed as hwdge): activity = packets moving, not the semaphore-to-start latency
+    assert res.engine_active_us["dma"] == pytest.approx(res.busy_us["dma"])
     assert 0 < res.active_share["dma"] <= 1
     validate_trace_events(json.loads(res.trace_path.read_text()))
     faster = profile(kernels.dma_single_engine, src, target="trn3", trace_path=None)
