@@ -86,13 +86,12 @@ def parse_only(value: str) -> set[str]:
 
 
 def neuron_available() -> bool:
-    """True when the real Neuron compiler (and with it the real ``nki``) is importable.
+    """True when the Neuron SDK the device path needs is importable (``nki_moe.device.available``:
+    neuronx-cc with the real ``nki``, torch-neuronx), searched on sys.path, not in sys.modules (the emulator
+    registers stand-ins there)."""
+    from nki_moe import device
 
-    Searched on sys.path, not in sys.modules: the emulator registers a stand-in ``neuronxcc`` package there.
-    """
-    import importlib.machinery
-
-    return importlib.machinery.PathFinder.find_spec("neuronxcc") is not None
+    return device.available()
 
 
 def notebook_parameters(ipynb: Path) -> dict:
@@ -229,12 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     args = parser.parse_args(argv)
 
-    if args.backend == "neuron" and not neuron_available():
-        parser.error(
-            "--backend neuron needs the Neuron SDK (neuronx-cc with nki), which is not installed "
-            "here; run on a Trainium host, or use --backend sim"
-        )
+    if args.backend == "neuron":  # before anything runs: one clear error naming what is missing
+        from nki_moe import device
+
+        try:
+            device.require_sdk("--backend neuron")
+        except device.NeuronSdkMissing as err:
+            parser.exit(2, f"run_all.py: error: {err}\n")
     env = {"NKI_MOE_BACKEND": args.backend}
+    if args.backend == "neuron":
+        # the notebooks keep the emulator for checks, traces and estimates (nki_moe.paths.start_run records
+        # the run as "neuron"); nki_moe.device.enabled() makes every sweep measure on the NeuronCore too
+        env = {"NKI_MOE_BACKEND": "sim", "NKI_MOE_DEVICE": "1"}
     wanted: dict = {"SMOKE": args.smoke}
     if args.target:
         wanted["TARGET"] = args.target

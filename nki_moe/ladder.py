@@ -297,7 +297,15 @@ class Ladder:
                             **{f"busy_{e}_us": b for e, b in p.busy_us.items()},
                         )
                     )
-        return Sweep(rows, key)
+        sweep = Sweep(rows, key, self.name)
+        from nki_moe import device
+
+        if device.enabled():  # run_all.py --backend neuron on a Trainium host: the measured column
+            chip = self.target
+            for value in shape[key]:
+                for ver in ladder:
+                    device.measure(self, ver.name, target=chip, **{**shape, key: value})
+        return sweep
 
     def save_figures(self, sweep: Sweep, title: str | None = None, **at) -> list:
         """Save the sweep figure and the roofline figure (at sizes ``at``) under the op's figure stems.
@@ -481,14 +489,20 @@ class Sweep:
 
     rows: list[dict]
     key: str = "T"
+    op: str | None = None  # the registry op (names its device measurements, nki_moe.device)
 
     def latency(self, target: str = "trn2") -> dict[tuple[str, Any], float]:
         """{(version, size): estimated µs} on ``target``."""
         return {(r["version"], r[self.key]): r["latency_us"] for r in self.rows if r["target"] == target}
 
     def table(self, target: str, floatfmt: str = ".2f") -> str:
-        """A printed table (version, size, µs, floor µs, % of roofline) of one target."""
+        """A printed table (version, size, µs, floor µs, % of roofline) of one target; with a measured column
+        when this op was measured on a ``target`` chip (``results/measured_<target>.csv``, nki_moe.device)."""
+        from nki_moe import device
         from nki_moe.tables import format_table
+
+        if self.op is not None and device.measured_column(self.op, target, self.key):
+            return device.sweep_table(self, self.op, target, floatfmt=floatfmt)
 
         body = [
             (r["version"], r[self.key], r["latency_us"], r["roofline_us"], r["pct_roofline"])

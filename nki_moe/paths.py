@@ -110,6 +110,11 @@ def start_run(notebook: str, *, smoke: bool, target: str = DEFAULT_TARGET) -> Ru
     from nki_moe.sim import install
 
     backend = install()
+    if os.environ.get("NKI_MOE_DEVICE") == "1":
+        # run_all.py --backend neuron: the notebook's kernels stay on the emulator (checks, traces, estimates)
+        # and nki_moe.device measures them on the NeuronCore in child processes bound to the SDK's nki;
+        # the outputs go to the neuron variant (build/neuron/), never over the committed emulator run.
+        backend = "neuron"
     variant(smoke, target, backend)  # validates target and backend
     _current = Run(notebook, target, "smoke" if smoke else "full", backend)
     return _current

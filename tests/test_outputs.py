@@ -152,6 +152,20 @@ def test_a_variant_run_writes_under_its_build_folder(out, smoke, target, folder)
     assert not (out / "figures").exists() and not (out / "results").exists()
 
 
+def test_a_device_run_keeps_the_emulator_and_writes_the_neuron_variant(out, monkeypatch):
+    """run_all.py --backend neuron: kernels stay emulated (estimates), the run is the neuron variant."""
+    import nki
+
+    monkeypatch.setenv("NKI_MOE_BACKEND", "sim")
+    monkeypatch.setenv("NKI_MOE_DEVICE", "1")
+    run = paths.start_run("99_test_outputs", smoke=True)
+    assert run.backend == "neuron"
+    assert getattr(nki, "EMULATED", False), "the notebook's nki is still the emulator"
+    res = results.record("99_numbers", {"a": 1})
+    assert res.parent == out / "build" / "smoke-neuron" / "results"
+    assert not (out / "results").exists()
+
+
 def test_start_run_checks_the_notebook_name(out, monkeypatch):
     with pytest.raises(ValueError, match="must be a file stem like"):
         paths.start_run("rmsnorm", smoke=False)

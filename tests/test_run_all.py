@@ -206,3 +206,40 @@ def test_make_lab_allows_root_only_as_root():
     plan = subprocess.run(["make", "-n", "lab"], cwd=run_all.ROOT, capture_output=True, text=True, check=True)
     lab = next(line for line in plan.stdout.splitlines() if "jupyter lab" in line)
     assert ("--allow-root" in lab) == (os.getuid() == 0), lab
+
+
+def test_backend_neuron_without_the_sdk_names_what_is_missing_and_runs_nothing(
+    books, out, capsys, monkeypatch
+):
+    from nki_moe import device
+
+    monkeypatch.setattr(device, "_importable", lambda module: False)  # as on a host without the SDK
+    monkeypatch.setattr(run_all, "execute", lambda *a, **k: pytest.fail("a notebook ran without the SDK"))
+    with pytest.raises(SystemExit) as exit_:
+        run_all.main(["--notebooks", str(books), "--backend", "neuron"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "usage:" not in err  # one clear error, not a usage dump
+    for part in ("--backend neuron", "neuronx-cc", "torch-neuronx", device.PIP_INDEX, "docs/device.md"):
+        assert part in err, part
+    assert not out.exists(), "nothing ran, nothing was written"
+
+
+def test_backend_neuron_with_the_sdk_asks_the_notebooks_to_measure(books, out, monkeypatch):
+    from nki_moe import device
+
+    monkeypatch.setattr(device, "_importable", lambda module: True)
+    monkeypatch.delenv("NKI_MOE_DEVICE", raising=False)
+    seen = []
+
+    def execute(source, build, wanted, kernel, timeout):
+        seen.append((os.environ.get("NKI_MOE_BACKEND"), os.environ.get("NKI_MOE_DEVICE"), build.name))
+        return run_all.Outcome(source.stem, "ok", 0.0, str(build / "executed" / f"{source.stem}.ipynb"))
+
+    monkeypatch.setattr(run_all, "execute", execute)
+    assert (
+        run_all.main(["--notebooks", str(books), "--only", "01", "--backend", "neuron", "--no-report"]) == 0
+    )
+    # the notebooks keep the emulator (start_run records "neuron" from NKI_MOE_DEVICE), outputs in build/neuron/
+    assert seen == [("sim", "1", "neuron")]
+    assert "NKI_MOE_DEVICE" not in os.environ
