@@ -15,11 +15,16 @@ The two fits are independent: the software DGE is not used on trn1 and the trn1 
 trn2/trn3 point.
 
 Run: .venv/bin/python bench/fit_cost_model.py   (prints the fits and the per-point errors; ~3 min)
+     .venv/bin/python bench/fit_cost_model.py --measured [trn2|trn3]   (your own chip's measurements, from
+     ``results/measured_<target>.csv`` written by ``nki_moe.device.measure``: each re-estimated with the
+     current model, with per-op median/max |error| and rank agreement; docs/device.md)
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import sys
 
 import nki_moe.perf.dma as dma_model
 from nki_moe.perf.calibration import FITS, MEASUREMENTS, calibration_table, ladder_stats, predict
@@ -86,7 +91,43 @@ def fit_trn1_fraction(keys=FITS[TRN1], lo: float = 0.05, hi: float = 1.0, steps:
     return round((lo + hi) / 2, 3)
 
 
+def measured_report(target: str | None = None) -> int:
+    """Print the device measurements of ``target`` (all targets: None) against the current cost model."""
+    from nki_moe import device
+    from nki_moe.perf.calibration import kendall_tau
+
+    rows = device.calibration_rows(target, reestimate=True)
+    if not rows:
+        where = device.measurements_path(target or "trn2").parent
+        print(f"no device-timed measurements in {where} (run nki_moe.device.measure on a Trainium host)")
+        return 1
+    by_op: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        print(
+            f"  {r['key']:48s} estimate {r['estimate_us']:9.2f} us  measured {r['measured_us']:9.2f} us  "
+            f"{100 * r['error']:+6.1f} %"
+        )
+        by_op.setdefault((r["op"], r["hardware"]), []).append(r)
+    errs = [abs(r["error"]) for r in rows]
+    print(
+        f"all {len(rows)} points: median |error| {100 * statistics.median(errs):.1f} %, "
+        f"max {100 * max(errs):.1f} %"
+    )
+    for (op, hw), rs in sorted(by_op.items()):
+        shapes = {tuple(sorted(r["shape"].items())) for r in rs}
+        for shape in sorted(shapes):
+            pts = [r for r in rs if tuple(sorted(r["shape"].items())) == shape]
+            if len(pts) > 1:  # a ladder at one shape: are its versions ranked right?
+                tau = kendall_tau([r["estimate_us"] for r in pts], [r["measured_us"] for r in pts])
+                print(f"  {op} {hw} {dict(shape)}: {len(pts)} versions, Kendall tau {tau:.2f}")
+    return 0
+
+
 def main() -> None:
+    if "--measured" in sys.argv:
+        i = sys.argv.index("--measured")
+        target = sys.argv[i + 1] if len(sys.argv) > i + 1 else None
+        sys.exit(measured_report(target))
     for v in (0.0, 10.0, 20.0, 30.0, 40.0):
         print(f"{v:5.1f} ns: " + "  ".join(f"{k} {100 * (r - 1):+.0f}%" for k, r in ratios(v).items()))
     opt = fit()

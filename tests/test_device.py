@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nki_moe.sim as sim
 from nki_moe import device, ops
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -237,3 +240,30 @@ def test_the_run_child_refuses_without_the_sdk():
     with pytest.raises(RuntimeError, match="neuronx-cc") as err:
         device._child("run", "rmsnorm", "v3", "trn2", {"T": 4}, [], "neuron", device.paths.ROOT, 600)
     assert device.PIP_INDEX in str(err.value)
+
+
+def test_fit_script_reports_measurements_against_the_current_model(tmp_path, monkeypatch, capsys):
+    """bench/fit_cost_model.py --measured: device-timed rows re-estimated, errors and the ladder's tau."""
+    import importlib.util
+
+    monkeypatch.setenv("NKI_MOE_OUT", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("fit_cost_model", ROOT / "bench" / "fit_cost_model.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    assert fit.measured_report("trn2") == 1, "no measurements yet: says so and fails"
+    assert "no device-timed measurements" in capsys.readouterr().out
+    shape = {"T": 8, "H": 512}
+    for v, us in (("v0", 9.0), ("v1", 6.0), ("v2", 4.0)):
+        device.append_measurement(
+            device.Measured("rmsnorm", v, f"rmsnorm_{v}", shape, "trn2", 1.0, us, "profile", "ok")
+        )
+    # a wall-clock row (host included) and a failed check are not calibration points
+    device.append_measurement(
+        device.Measured("rmsnorm", "v3", "rmsnorm_v3", shape, "trn2", 1.0, 2.0, "wallclock", "ok")
+    )
+    assert fit.measured_report("trn2") == 0
+    out = capsys.readouterr().out
+    assert out.count("measured_rmsnorm_v") == 3 and "3 points" in out
+    est = {v: device.estimate_us(ops.get("rmsnorm"), v, "trn2", **shape) for v in ("v0", "v1", "v2")}
+    assert f"{est['v0']:9.2f}" in out, "each row is re-estimated with the current model"
+    assert "3 versions, Kendall tau" in out
