@@ -196,12 +196,12 @@ _CAPTIONS: dict[str, tuple[str, str]] = {
     "06_attention_block_sweep": (
         "cost-model estimates, trn2 and trn3",
         "The fused decode attention block of one TP rank (QKV + norms + RoPE + append + GQA + o_proj), "
-        "versions v0…v3: estimated latency and achieved TFLOP/s vs cached positions L, against each "
+        "versions v0…v7: estimated latency and achieved TFLOP/s vs cached positions L, against each "
         "launch's floor and roof (the weights' HBM time dominates the floor); trn2 left, trn3 right.",
     ),
     "06_attention_block_roofline": (
         "cost-model estimates, trn2 and trn3",
-        "The fused decode attention block, versions v0…v3: roofline points at the shortest and longest L at "
+        "The fused decode attention block, versions v0…v7: roofline points at the shortest and longest L at "
         "the op's ideal FLOP/byte (faster is higher), against the roof of each launch's cores.",
     ),
     "04_moe_decode_design_space": (

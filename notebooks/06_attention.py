@@ -23,8 +23,9 @@
 #   dependent chain (load → norm → transpose → q·kᵀ → softmax → p·V → store), each DMA with ~2 µs of fixed
 #   cost, not by bytes or FLOPs.
 # - The fused block adds 9.4 MB of weights (w_qkv [2048, 1280], w_o [1024, 2048]): its floor is the weight
-#   stream, ~13.5 µs on the two cores of one LNC=2 rank (Trn2), so splitting the weights over both cores is
-#   what matters there.
+#   stream, ~13.5 µs on the two cores of one LNC=2 rank (Trn2), so splitting the weights over both cores,
+#   streaming them at full DMA efficiency and keeping the fixed costs (exchanges, the store) off the tail is
+#   what matters there (v4-v7).
 # - Prefill at T = 512 (printed below): 0.34 G MACs per rank — 8.5 µs of one Trn2 core's PE — but every
 #   score also passes through the PSUM eviction, the scale, the mask, the max, exp and the normalisation:
 #   the vector engines, not the PE, set the pace.
@@ -175,6 +176,103 @@ _ = ops.check_with_cache(block, "v2", L=SHOW_L)
 # %%
 b3, q3 = block.step("v3", L=SHOW_L)
 _ = ops.check_with_cache(block, "v3", L=SHOW_L)
+
+
+def big_dmas(prof, core=0):
+    """(bytes, bytes per descriptor, first byte µs, last byte µs) of a profile's HBM DMAs of >= 20 KB."""
+    s, out = prof.schedule, []
+    for i in range(len(prof.trace.records)):
+        if s.engine[i] == "dma" and s.pid[i] == core and s.hbm_bytes[i] >= 20_000:
+            out.append((int(s.dma_bytes[i]), int(s.rules[i].split(" B/desc")[0].split(", ")[-1]),
+                        round(float(s.busy_start[i]) / 1e3, 2), round(float(s.end[i]) / 1e3, 2)))
+    return out
+
+
+def exchanges(prof, core=0):
+    """(issue µs, done µs) of each sendrecv of one core."""
+    s = prof.schedule
+    return [(round(float(s.start[i]) / 1e3, 2), round(float(s.end[i]) / 1e3, 2))
+            for i, rec in enumerate(prof.trace.records) if rec.opcode == "sendrecv" and s.pid[i] == core]
+
+
+def tail_us(prof):
+    """Latency after the last byte of the big (weight and cache) loads: the work HBM time cannot hide."""
+    return prof.latency_us - max(end for *_, end in big_dmas(prof))
+
+
+print("v3 loads (bytes, B/descriptor, first byte µs, last byte µs):", big_dmas(q3)[:4], "…")
+print("v3 exchanges (issue, done µs):", exchanges(q3), f"after the last weight byte {tail_us(q3):.1f} µs")
+
+# %% [markdown]
+# Where v3's time goes (printed above; asserted below against v4): w_qkv streams at one 2.5 KiB row per
+# partition per descriptor and the cache rows at 256 B (each DMA's efficiency b/(b + 512) in the cost model:
+# 0.83 and 0.33), the PE — in order — builds Kᵀ from the cache rows before the GEMV, so the GEMV waits for
+# the last cache row behind all of w_qkv, and the o projection reads its stationaries every 16th column
+# (32 B: a strided read, 2× slower). After the last weight byte ~13 µs remain: the GEMV, an exchange, the
+# norms, the softmax on 4 of 128 lanes, the o GEMV, a second exchange and the store.
+#
+# ### block v4 · the DMA plan
+# w_qkv with nb = 8 consecutive rows on each partition (x loaded to match): 7.5 KiB per descriptor; the
+# cache rows 5 to a partition (1.25 KiB); loads in the order they are consumed, the GEMV before the Kᵀ
+# transposes on the PE; w_o requested right after the first exchange (the exchange's transfer is booked on
+# the DMA engines first, the weights fill around it); yᵀ[p, a·8 + b] = y[a·1024 + p·8 + b], so the o
+# stationaries read every 8th column (16 B: no penalty) and each core stores one contiguous half of y.
+
+# %%
+b4, q4 = block.step("v4", L=SHOW_L)
+_ = ops.check_with_cache(block, "v4", L=SHOW_L)
+print("v4 loads:", big_dmas(q4)[:4], "…")
+print("v4 exchanges:", exchanges(q4), f"tail after the last weight byte {tail_us(q4):.1f} µs")
+desc = {v: min(b for n, b, *_ in big_dmas(p) if n > 200_000) for v, p in (("v3", q3), ("v4", q4))}
+kv_desc = {v: min(b for n, b, *_ in big_dmas(p) if n <= 200_000) for v, p in (("v3", q3), ("v4", q4))}
+print(f"smallest weight descriptor {desc}, cache-row descriptor {kv_desc} (bytes)")
+assert desc["v4"] > desc["v3"] and kv_desc["v4"] > kv_desc["v3"] and q4.latency_us < q3.latency_us
+
+# %% [markdown]
+# ### block v5 · w_o split by output columns: the attention outputs swapped instead of partial sums
+# v4 still ends with a chain after its last weight byte: the o GEMV over its heads, a sendrecv of the
+# [128, 16] partial sums (~2 µs of fixed cost), the add and the store. v5 splits w_o by columns (2 KiB
+# descriptors, this core's heads' rows first): each core attends its 4 heads, multiplies them with its
+# rows while the cores swap their [d, 4] attention outputs, adds the peer's heads and stores its half of
+# y from PSUM. The new v row enters p·V as one K = 1 matmul (v4 DMA-copied it into the V tile, behind w_o).
+
+# %%
+b5, q5 = block.step("v5", L=SHOW_L)
+_ = ops.check_with_cache(block, "v5", L=SHOW_L)
+print("v5 exchanges:", exchanges(q5), f"tail after the last weight byte {tail_us(q5):.1f} µs")
+assert tail_us(q5) < tail_us(q4) and q5.latency_us < q4.latency_us
+
+# %% [markdown]
+# ### block v6 · the chain between the exchanges: 128-lane softmax, q and k normed in one pass
+# From the first exchange's end to the second's issue v5 runs ~8 µs of dependent instructions: two norm
+# chains and a softmax over [4, 640] scores (each DVE/ACT pass 640 elements on 4 partitions). v6 takes
+# the scores out of the PE transposed — positions on all 128 partitions, 5 per partition — so every pass
+# touches 5 elements; the max and the sum cross the partitions by PE transposes and a free-dim reduce,
+# p·V needs no transposes of p, and the core's q heads and the KV head are normed by one chain.
+
+# %%
+b6, q6 = block.step("v6", L=SHOW_L)
+_ = ops.check_with_cache(block, "v6", L=SHOW_L)
+chain = {v: exchanges(p)[1][0] - exchanges(p)[0][1] for v, p in (("v5", q5), ("v6", q6))}
+print({v: f"{x:.2f} µs between the exchanges" for v, x in chain.items()})
+assert chain["v6"] < chain["v5"] and q6.latency_us < q5.latency_us
+assert np.array_equal(b6.outputs[0], b5.outputs[0])  # the same values: the lanes change no rounding
+
+# %% [markdown]
+# ### block v7 · fewer dependent instructions between the exchanges
+# Each dependent step costs ~60 ns of latency on top of its own time. v7: the last w_qkv chunk is one row
+# per partition (the GEMV left after the last byte shrinks), rstd = rsqrt(Σx²/d + eps) in one ACT
+# instruction, the max broadcast in bf16 and the exp's bias read from PSUM, one division for all heads
+# (a step-0 access pattern broadcasts the sums over the slots), the new v row placed while ACT runs the
+# exps, and the last w_o chunk requested after the second exchange (whose transfer then goes first).
+
+# %%
+b7, q7 = block.step("v7", L=SHOW_L)
+_ = ops.check_with_cache(block, "v7", L=SHOW_L)
+chain["v7"] = exchanges(q7)[1][0] - exchanges(q7)[0][1]
+print({v: f"{x:.2f} µs" for v, x in chain.items()}, f"v7 {q7.latency_us:.2f} µs, floor {q7.roofline_us:.2f}")
+assert chain["v7"] < chain["v6"] and q7.latency_us < q6.latency_us
+assert np.array_equal(b7.outputs[0], b6.outputs[0])
 for v in block.versions:
     print(ops.check_with_cache(block, v, seed=2, L=15, H=256, n_q=4, n_kv=2, d=64, cap=16)[0].message)
 
@@ -186,7 +284,9 @@ bsweep = block.sweep(L=LENGTHS)
 print(bsweep.table(TARGET))
 block.save_figures(bsweep, L=(LENGTHS[0], SHOW_L))
 blat = {tg: bsweep.latency(tg) for tg in ("trn2", "trn3")}
-assert all(blat[tg]["v3", L] < blat[tg]["v1", L] < blat[tg]["v0", L] for tg in blat for L in LENGTHS)
+ladder = ("v7", "v6", "v5", "v4", "v3", "v1", "v0")
+assert all(all(blat[tg][a, L] < blat[tg][b, L] for a, b in zip(ladder, ladder[1:]))
+           for tg in blat for L in LENGTHS)
 
 # %% [markdown]
 # ## Bit-identical to the reference's accumulation order?
@@ -194,15 +294,19 @@ assert all(blat[tg]["v3", L] < blat[tg]["v1", L] < blat[tg]["v0", L] for tg in b
 # version's share of output elements equal to the bf16 reference bit for bit is printed (L = SHOW_L).
 # Asserted: the order-preserving attention versions (v0, v2: the reference's rounding points, normalised
 # before p·V) are bit-identical; flash-decoding (v1) is not (its per-core rescaling reorders the sums). The
-# blocks' projections accumulate over 128-row PE tiles (and v1-v3 add two per-core partials), not NumPy's
-# order: close, not identical.
+# blocks keep the reference's rounding points but not NumPy's summation order (the projections accumulate
+# over PE tiles, v1-v3 add two per-core partials, v4-v7 contract w_qkv in blocked rows and sum the softmax
+# lanes first): on these inputs v4-v7 give the reference's bits on every element (asserted at SHOW_L) —
+# the final block v7 is both the fastest and the order-preserving variant here; nothing guarantees it for
+# every input, since the fp32 sums are ordered differently.
 
 # %%
 same = lambda c: float((c.outputs[0].astype(np.float32) == c.expected[0]).mean())  # noqa: E731
 bits = {f"attention_{c.version}": same(c) for c in (c0, c1, c2)}
-bits |= {f"block_{c.version}": same(c) for c in (b0, b1, b2, b3)}
+bits |= {f"block_{c.version}": same(c) for c in (b0, b1, b2, b3, b4, b5, b6, b7)}
 print({k: f"{100 * x:.1f} %" for k, x in bits.items()})
 assert bits["attention_v0"] == bits["attention_v2"] == 1.0 and bits["attention_v1"] < 0.9
+assert all(bits[f"block_v{i}"] == 1.0 for i in range(4, 8))
 
 # %% [markdown]
 # ## Fused or separate launches, and the published per-layer attention
@@ -220,8 +324,8 @@ published = {m.hardware: m for m in QWEN3_LAYER_MEASURED if m.part == "attention
 separate, fused = {}, {}
 for tg in ("trn2", "trn3"):
     separate[tg] = sum(mm_est[n, tg] for n in mm_shapes) + min(lat[tg][v.name, SHOW_L] for v in op.versions)
-    fused[tg] = blat[tg]["v3", SHOW_L]
-    print(f"{tg} L={SHOW_L}: separate launches {separate[tg]:.1f} µs, fused block v3 {fused[tg]:.1f} µs "
+    fused[tg] = blat[tg]["v7", SHOW_L]
+    print(f"{tg} L={SHOW_L}: separate launches {separate[tg]:.1f} µs, fused block v7 {fused[tg]:.1f} µs "
           f"(estimates); published: {published[tg].label} {published[tg].us} µs ({published[tg].source})")
 assert all(fused[tg] < separate[tg] and fused[tg] < published[tg].us for tg in fused)
 
@@ -283,6 +387,39 @@ print(f"v3 {pp3.latency_us:.1f} µs → v4 {pp4.latency_us:.1f} µs ({pp3.latenc
 assert np.array_equal(pc4.outputs[0], pc3.outputs[0])  # the same instructions per head: v3's bits
 
 # %% [markdown]
+# ### prefill v5 · the prologue's DMA plan, the vector passes rebalanced
+# v4's schedule: ~30 % of the latency waiting; every token tile's loads queued behind the previous tile's
+# K-cache store (which waits for its norm), cos/sin and the norm weights DMA-broadcast to [tsz, heads, d]
+# at 256 B per descriptor; DVE the busiest engine (the max written in fp32 costs N per score instead of
+# N/2, the normalisation N). v5: every load issued first, cos/sin and the weights read once per tile and
+# broadcast over the heads on chip (step-0 access patterns), Σx² per head on ACT (no DVE reduce), the V
+# rows copied to the cache HBM→HBM; the max in bf16 (exact: a max of bf16 scores); the normalisation on
+# GpSimd (idle but for the masks); the pᵀ tiles transposed four to a PSUM bank and evicted by one copy,
+# alternately on DVE and ACT. The same values at the same rounding points: v4's bits.
+
+# %%
+pc5, pp5 = prefill.step("v5", T=SHOW_T)
+_ = ops.check_with_cache(prefill, "v5", T=SHOW_T)
+print({e: f"{pp4.busy_us[e] / 2:.1f} → {pp5.busy_us[e] / 2:.1f} µs per core"
+       for e in ("pe", "act", "dve", "pool")})
+assert np.array_equal(pc5.outputs[0], pc4.outputs[0]) and pp5.latency_us < pp4.latency_us
+assert pp5.busy_us["dve"] < pp4.busy_us["dve"]
+
+# %% [markdown]
+# ### prefill v6 · the faster variant: the scale folded into the PSUM eviction
+# HF rounds q·kᵀ to bf16 and then the scaled scores again; v6 evicts s = bf16(q·kᵀ·d^-0.5) in one
+# instruction per head, alternately ACT and DVE: one pass over every score fewer and ACT's evictions
+# halved. One rounding fewer is not the reference's order: the faster, not order-preserving variant (v5
+# is the order-preserving one).
+
+# %%
+pc6, pp6 = prefill.step("v6", T=SHOW_T)
+_ = ops.check_with_cache(prefill, "v6", T=SHOW_T)
+print(f"v5 {pp5.latency_us:.2f} µs → v6 {pp6.latency_us:.2f} µs; bit-identical to the reference: "
+      f"v5 {100 * same(pc5):.1f} %, v6 {100 * same(pc6):.1f} %")
+assert pp6.latency_us < pp5.latency_us and same(pc6) < 0.9 < same(pc5)
+
+# %% [markdown]
 # ### Prefill sweep over T (estimated)
 
 # %%
@@ -290,45 +427,68 @@ psweep = prefill.sweep(T=PREFILL_T)
 print(psweep.table(TARGET))
 prefill.save_figures(psweep, T=(PREFILL_T[0], SHOW_T))
 plat = {tg: psweep.latency(tg) for tg in ("trn2", "trn3")}
-assert all(plat[tg]["v4", T] < plat[tg]["v3", T] < plat[tg]["v1", T] < plat[tg]["v0", T]
+pladder = ("v6", "v5", "v4", "v3", "v1", "v0")
+assert all(all(plat[tg][a, T] < plat[tg][b, T] for a, b in zip(pladder, pladder[1:]))
            for tg in plat for T in PREFILL_T)
 lnc2_gain = {(tg, T): plat[tg]["v3", T] / plat[tg]["v4", T] for tg in plat for T in PREFILL_T}
 assert all(x > (1.5 if T >= 512 else 1.2) for (_, T), x in lnc2_gain.items())
 assert all(busiest_engine(p, compute_only=True) == "dve" for p in (pp0, pp1, pp2, pp3, pp4))
-print({f"prefill_{c.version}": f"{100 * same(c):.1f} % bit-identical" for c in (pc0, pc1, pc2, pc3, pc4)})
-assert same(pc4) == same(pc3) == same(pc1) > 0.95 > 0.9 > same(pc2)
+print({f"prefill_{c.version}": busiest_engine(p, compute_only=True) for c, p in ((pc5, pp5), (pc6, pp6))})
+if SHOW_T >= 512:  # at the short prompts the prologue's DVE work still dominates
+    assert all(busiest_engine(p, compute_only=True) == "act" for p in (pp5, pp6))
+print({f"prefill_{c.version}": f"{100 * same(c):.1f} % bit-identical"
+       for c in (pc0, pc1, pc2, pc3, pc4, pc5, pc6)})
+assert same(pc5) == same(pc4) == same(pc3) == same(pc1) > 0.95 > 0.9 > max(same(pc2), same(pc6))
 
 # %% [markdown]
-# Asserted at every T on both chips: v4 < v3 < v1 < v0 (the scores in SBUF beat the HBM round trip;
-# overlapping the heads' stages beats the per-head chain; two cores beat one — by over 1.2× at every T and
-# over 1.5× at T ≥ 512: at the short prompts the fixed DMA costs do not halve); every version's busiest
-# compute engine is DVE (the scale, the max and the normalisation each pass over every score). The flash
+# Asserted at every T on both chips: v6 < v5 < v4 < v3 < v1 < v0 (the scores in SBUF beat the HBM round
+# trip; overlapping the heads' stages beats the per-head chain; two cores beat one — by over 1.2× at every
+# T and over 1.5× at T ≥ 512: at the short prompts the fixed DMA costs do not halve; planned loads and
+# rebalanced passes beat v4; one pass fewer beats v5, by little: the latency is the dependent chain's, not
+# one engine's work); v0-v4's busiest compute engine is DVE (the scale, the max and the normalisation
+# each pass over every score), v5's and v6's ACT at T ≥ 512 (the evictions and the exps). The flash
 # version (v2) adds per-block rescaling work on DVE and does not pay at T ≤ 640, where a whole score row
-# block fits in SBUF; it is not bit-identical, while v1 and v3 keep the reference's rounding points and give
-# the same bits (> 95 % bit-identical to the reference; the rest trace back to a one-ulp difference of a
-# normed q or k: the RMS's fp32 sum order); v4 runs v3's instructions per head and gives v3's bits.
+# block fits in SBUF; it is not bit-identical, while v1, v3, v4 and v5 keep the reference's rounding
+# points and give the same bits (> 95 % bit-identical to the reference; the rest trace back to a one-ulp
+# difference of a normed q or k: the RMS's fp32 sum order). v6 is the faster variant and v5 the
+# order-preserving one.
 
 # %% [markdown]
 # ## Takeaways
 # Printed from the sweeps (estimates). Asserted: the attention core stays below 10 % of its (sub-µs) floor at
-# every L — latency-bound, its next step is fewer dependent instructions, not bandwidth; the fused block v3 is
-# the fastest block at every L and beats the separate launches and the published per-layer figures above,
-# but sits at 25–50 % of its HBM floor (the 1.5× goal is not met: after its weights land, a chain of two
-# exchanges, norms, softmax over 8 of 128 DVE lanes and the store remains); prefill v4 (LNC=2, the heads
-# split over both cores) stays below 20 % of its two cores' PE floor (the T = 512 goal of 1.5× is not met:
-# DVE passes over every score dominate; next: the scale folded into the eviction, heads batched per DVE
-# instruction); both caches pass in every check (unwritten rows bit-exact).
+# every L — latency-bound, its next step is fewer dependent instructions, not bandwidth. The fused block v7
+# is the fastest block at every L and beats the separate launches and the published per-layer figures
+# above; on trn2 it reaches 55-67 % of its HBM floor (v3: 40 %), i.e. 1.5-1.8× the floor: the 1.5× goal
+# is not met (trn3: 35-50 %, its HBM is faster, the fixed costs are not). What is left (v7's schedule,
+# printed): ~2 µs before the first byte; a weight stream slower than the HBM share — w_o's column halves
+# move 2 KiB per descriptor (a row is 4 KiB: in the reference layout a core's half cannot be longer; a
+# load-time layout would lift it) and the cache rows 1.25 KiB; after the last weight byte the last w_o
+# chunk's GEMV and the store (~2.7 µs). The second exchange now overlaps the stream; it cannot go without
+# computing every head's attention on both cores (the MACs would exceed the analytic count) or swapping
+# partial sums after the o GEMV (v4: slower). Prefill v6 stays below 20 % of its two cores'
+# PE floor: the T = 512 goal of 1.5× is not met and cannot be with these passes — the busiest engine's own
+# work per core (asserted below) already exceeds 1.5× the floor. Both caches pass in every check.
 
 # %%
 print("\n".join(sweep.summary_lines("v2", (LENGTHS[0], SHOW_L), "attention_decode_v2 (1 core)")))
-print("\n".join(bsweep.summary_lines("v3", (LENGTHS[0], SHOW_L), "attention_block_v3 (LNC=2)")))
+print("\n".join(bsweep.summary_lines("v7", (LENGTHS[0], SHOW_L), "attention_block_v7 (LNC=2)")))
 assert all(r["pct_roofline"] < 10 for r in sweep.rows)
-final = bsweep.final("v3", LENGTHS)
-assert all(25 < v["pct_roofline"] < 50 for v in final.values())  # 2-4x its floor: not the 1.5x goal
+final = bsweep.final("v7", LENGTHS)
 ratio_floor = {k: v["latency_us"] / v["roofline_us"] for k, v in final.items()}
 print({k: f"{x:.2f}× its floor" for k, x in ratio_floor.items()})
-print("\n".join(psweep.summary_lines("v4", (PREFILL_T[0], SHOW_T), "attention_prefill_v4 (LNC=2)")))
-assert all(r["pct_roofline"] < 20 for r in psweep.rows)  # DVE-bound, far from the PE floor
+lo_hi = {"trn2": (55, 67), "trn3": (35, 50)}  # trn2: 1.5-1.8× its floor, not the 1.5× goal
+assert all(lo_hi[k[:4]][0] < v["pct_roofline"] < lo_hi[k[:4]][1] for k, v in final.items())
+assert all(x > 1.5 for x in ratio_floor.values())
+v7_tail = tail_us(q7)
+print(f"v7 at L={SHOW_L}: first byte {min(b for _, _, b, _ in big_dmas(q7)):.2f} µs, last weight byte "
+      f"{max(e for *_, e in big_dmas(q7)):.2f} µs, then {v7_tail:.2f} µs (exchange, o GEMV, store)")
+print("\n".join(psweep.summary_lines("v6", (PREFILL_T[0], SHOW_T), "attention_prefill_v6 (LNC=2)")))
+assert all(r["pct_roofline"] < 20 for r in psweep.rows)  # far from the PE floor
+busiest = max(pp6.busy_us[e] for e in ("pe", "act", "dve", "pool")) / 2  # per core
+print(f"prefill v6 T={SHOW_T}: busiest engine {busiest:.1f} µs per core, 1.5× floor "
+      f"{1.5 * pp6.roofline_us:.1f} µs")
+if SHOW_T >= 512:
+    assert busiest > 1.5 * pp6.roofline_us
 
 # %% [markdown]
 # ## This notebook's line of the per-token budget
@@ -352,14 +512,16 @@ print(lines["decode_tp4_lnc2"].table())
 print("\n".join(b.summary() for b in lines.values()))
 assert all(not b.missing and all(ln.us_each >= ln.floor_us_each for ln in b.lines) for b in lines.values())
 if SHOW_L == 639:
-    print(f"fused block v3, 48 launches: {48 * fused[TARGET] / 1e3:.2f} ms per token per rank (est.) against "
+    print(f"fused block v7, 48 launches: {48 * fused[TARGET] / 1e3:.2f} ms per token per rank (est.) against "
           f"{48 * separate[TARGET] / 1e3:.2f} ms as separate launches")
 
 # %%
-prefill_final = {"final_version": "v4", "lnc": 2, "final": psweep.final("v4", (PREFILL_T[0], SHOW_T))}
+prefill_final = {"final_version": "v6", "lnc": 2, "final": psweep.final("v6", (PREFILL_T[0], SHOW_T)),
+                 "order_preserving_version": "v5",
+                 "order_preserving": psweep.final("v5", (PREFILL_T[0], SHOW_T))}
 results.record("06_attention", {"estimated_by": "nki_moe cost model", "final_version": "v2", "lnc": 1,
                                 "final": sweep.final("v2", (LENGTHS[0], SHOW_L)), "bit_identical_share": bits,
-                                "ops": {"attention_block_decode": {"final_version": "v3", "lnc": 2,
+                                "ops": {"attention_block_decode": {"final_version": "v7", "lnc": 2,
                                                                    "final": final, "x_floor": ratio_floor},
                                         "attention_prefill": prefill_final},
                                 "separate_launches_us": separate, "fused_block_us": fused,

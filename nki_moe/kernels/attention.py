@@ -33,6 +33,15 @@ Versions (each adds one idea):
                          first chunk
     attention_block_v3   the waits left on v2's critical path removed: Kᵀ built while weights stream, the new
                          key placed by the PE, w_o requested after the q|k|v exchange
+    attention_block_v4   the DMA plan: w_qkv 8 rows per partition (7.5 KiB descriptors), cache rows nt per
+                         partition (slot order), loads in consumption order, the exchange's transfer booked
+                         before w_o, o stationaries at a 16 B stride
+    attention_block_v5   w_o split by output columns: the [d, n_q/2] attention outputs swapped (during the own
+                         heads' o GEMV) instead of y partial sums after it; the new v row by a K = 1 matmul
+    attention_block_v6   the chain between the exchanges shortened: the softmax with the positions on all 128
+                         partitions (scores out of the PE transposed), q and k normed by one chain
+    attention_block_v7   fewer dependent instructions on that chain (fused rsqrt, PSUM-read bias, one
+                         division, a one-row last w_qkv chunk, the last w_o chunk after the 2nd exchange)
     attention_prefill_v0 prefill, one core: norm + RoPE per 128-token tile (all heads per instruction), K/V
                          written to rows 0..T-1; per head and query tile the scores (key tiles past the
                          diagonal skipped, the diagonal masked with -inf) go to an HBM scratch and back
@@ -42,10 +51,20 @@ Versions (each adds one idea):
                          on ACT, so PE, ACT, DVE and GpSimd overlap
     attention_prefill_v4 v3 on the two cores of an LNC=2 launch: the query heads split 4/4, core 0 writes
                          the K cache rows and core 1 the V rows
+    attention_prefill_v5 v4 with the prologue's loads issued first and broadcast on chip, the max in bf16, the
+                         normalisation on GpSimd, pᵀ evicted four tiles per copy: v4's bits (order-preserving)
+    attention_prefill_v6 v5 with the scale folded into the PSUM eviction: one pass fewer, one rounding fewer —
+                         the faster variant, not bit-identical to the reference
 
-Run: ``nki_moe.sim.run(attention_block_v3, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
-L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v4, q, k, v, q_norm_w, k_norm_w, cos, sin,
-k_cache, v_cache, eps, lnc=2)``; checked in tests/kernels/test_attention.py.
+Issue 16's prefill rungs → these: v0 scores in HBM = v0; v1 SBUF-resident = v1; v2 flash = v2; "q/k-norm +
+RoPE fused into the QKV epilogue": every prefill version norms and rotates q/k per 128-token tile as it is
+loaded (no HBM round trip), but the QKV projection itself is not in these kernels (they take q, k, v, the
+projections' outputs), so the epilogue fusion proper needs a prefill block op (x, w_qkv in) and is not a
+rung here; v4 LNC=2 = v4. v3 (stage interleave), v5 and v6 are the workbook's own.
+
+Run: ``nki_moe.sim.run(attention_block_v7, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
+L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v6, q, k, v, q_norm_w, k_norm_w, cos, sin,
+k_cache, v_cache, eps, lnc=2)`` (v5: the order-preserving variant); tests/kernels/test_attention.py.
 
 Limits (asserted at entry):
     d <= 128, d even             v0-v3  one head on the partitions; rotate-half needs two halves
@@ -53,7 +72,8 @@ Limits (asserted at entry):
     n_q % 2 == 0                 prefill v4  the query heads split evenly over the two cores
     0 <= L < cap                 v0-v3  the new row fits the cache (prefill: 1 <= T <= cap)
     H % 128 == 0                 v0-v3  (block) whole contraction tiles and 128-column o groups
-    H % 256 == 0, n_q even       v1-v3  (block) halves of the weights and heads for the two cores
+    H % 256 == 0, n_q even       v1-v7  (block) halves of the weights and heads for the two cores
+    G/2 <= 8 or 8 | G/2          v4-v7  (block) yᵀ in runs of min(8, G/2) columns per partition
 """
 
 import nki
@@ -92,12 +112,14 @@ def _broadcast(vec, p):
     return t
 
 
-def _norm_rope(x_t, w_t, cos_t, sin_t, eps):
+def _norm_rope(x_t, w_t, cos_t, sin_t, eps, fused_rsqrt=False):
     """bf16 [rows, d] = RoPE(RMSNorm(x_t) · w) per row (a head), at HF's rounding points.
 
     x_t: SBUF [rows, d] heads on partitions; w_t, cos_t, sin_t: SBUF [>= rows, d] broadcasts of the norm
     weight and of the position's cos/sin row (``_broadcast``); their first ``rows`` partitions are used.
     RMSNorm: x·rstd rounded, then ·w rounded; RoPE: x·cos and rotate_half(x)·sin rounded, their sum rounded.
+    ``fused_rsqrt``: rstd = rsqrt(Σx²·(1/d) + eps) by one ACT instruction (scale and bias) instead of a DVE
+    tensor_scalar and an ACT rsqrt: the same fp32 operations, one dependent instruction fewer.
     """
     rows, d = x_t.shape
     h = d // 2
@@ -112,8 +134,11 @@ def _norm_rope(x_t, w_t, cos_t, sin_t, eps):
         reduce_cmd=nisa.reduce_cmd.reset_reduce,
     )
     rstd = nl.ndarray((rows, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=rstd, data=ssum, op0=nl.multiply, operand0=1.0 / d, op1=nl.add, operand1=eps)
-    nisa.activation(dst=rstd, op=nl.rsqrt, data=rstd)
+    if fused_rsqrt:
+        nisa.activation(dst=rstd, op=nl.rsqrt, data=ssum, scale=1.0 / d, bias=eps)
+    else:
+        nisa.tensor_scalar(dst=rstd, data=ssum, op0=nl.multiply, operand0=1.0 / d, op1=nl.add, operand1=eps)
+        nisa.activation(dst=rstd, op=nl.rsqrt, data=rstd)
     xn = nl.ndarray((rows, d), dtype=x_t.dtype, buffer=nl.sbuf)
     nisa.activation(dst=xn, op=nl.copy, data=x_t, scale=rstd)  # bf16(x · rstd)
     nisa.tensor_tensor(dst=xn, data1=xn, data2=w_t[0:rows, :], op=nl.multiply)
@@ -775,6 +800,631 @@ def attention_block_v3(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_c
     return y
 
 
+def _slots(L, P):
+    """The blocked position order of S = L + 1 positions: nt = ceil(S / P) consecutive rows per partition,
+    position i·nt + t on partition i, slot t. Returns (nt, slots) with slots[t] = (column offset of slot t in
+    the compact Kᵀ / score order, its positions, its cached positions (< L))."""
+    S = L + 1
+    nt = -(-S // P)
+    slots, off = [], 0
+    for s in range(nt):
+        n = len(range(s, S, nt))
+        slots.append((off, n, len(range(s, L, nt))))
+        off += n
+    return nt, slots
+
+
+def _blocked_rows(cache, j, L, nt, t=None):
+    """Cache rows 0..L-1 of KV head j as SBUF [P, nt, d] with [i, t] = row i·nt + t: nt·d contiguous
+    elements per partition (one descriptor of nt rows when n_kv = 1, not nt of one row); the new row L
+    belongs at [L // nt, L % nt] and is placed by the caller. ``t``: the destination (default a new tile)."""
+    cap, n_kv, d = cache.shape
+    P, row = nl.tile_size.pmax, n_kv * d
+    if t is None:
+        t = nl.ndarray((P, nt, d), dtype=cache.dtype, buffer=nl.sbuf)
+    full, rest = L // nt, L % nt  # partitions with nt cached rows; cached rows on partition `full`
+    if full:
+        src = cache.ap(pattern=[[nt * row, full], [row, nt], [1, d]], offset=j * d)
+        nisa.dma_copy(dst=t[0:full, :, :], src=src)
+    if rest:
+        src = cache.ap(pattern=[[nt * row, 1], [row, rest], [1, d]], offset=full * nt * row + j * d)
+        nisa.dma_copy(dst=t[full : full + 1, 0:rest, :], src=src)
+    return t
+
+
+def _blocked_kT(k_blk, slots):
+    """Kᵀ [d, S] in slot order from the blocked cached rows (one PE transpose per slot); the new key's
+    column (the last of slot L % nt) is left for the caller."""
+    d = k_blk.shape[2]
+    S = slots[-1][0] + slots[-1][1]
+    kT = nl.ndarray((d, S), dtype=k_blk.dtype, buffer=nl.sbuf)
+    for s, (off, _, m) in enumerate(slots):
+        if m > 0:
+            kT_psum = nl.ndarray((d, m), dtype=k_blk.dtype, buffer=nl.psum)
+            nisa.nc_transpose(dst=kT_psum, data=k_blk[0:m, s, :])
+            nisa.tensor_copy(dst=kT[:, off : off + m], src=kT_psum)
+    return kT
+
+
+def _qkv_blocked(x, w_qkv, r0, rows, last=0):
+    """Issue the loads of x and of rows r0 .. r0 + rows - 1 of w_qkv with nb = rows / P consecutive rows per
+    partition (row r0 + i·nb + t on partition i), in chunks of ~CHUNK_BYTES per partition (``last`` > 0: the
+    final ``last`` rows per partition as a chunk of their own, so the GEMV left after the last byte is
+    short). Returns (x_blk [P, nb], [(t0, chunk [P, tsz, N])])."""
+    P = nl.tile_size.pmax
+    N = w_qkv.shape[1]
+    nb = rows // P
+    x_blk = nl.ndarray((P, nb), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=x_blk, src=x.ap(pattern=[[nb, P], [1, nb]], offset=r0))
+    tc = max(1, CHUNK_BYTES // (N * 2))
+    last = min(last, nb - 1)
+    bounds = [(t0, min(tc, nb - last - t0)) for t0 in range(0, nb - last, tc)] + (
+        [(nb - last, last)] if last else []
+    )
+    chunks = []
+    for t0, tsz in bounds:
+        w_t = nl.ndarray((P, tsz, N), dtype=w_qkv.dtype, buffer=nl.sbuf)
+        src = w_qkv.ap(pattern=[[nb * N, P], [N, tsz], [1, N]], offset=(r0 + t0) * N)
+        nisa.dma_copy(dst=w_t, src=src)
+        chunks.append((t0, w_t))
+    return x_blk, chunks
+
+
+def _gemv_blocked(x_blk, chunks, heads):
+    """[d, heads] fp32 PSUM of x · w over the blocked rows (weight stationary, one matmul per row tile and
+    head, accumulated in PSUM as the chunks land)."""
+    N = chunks[0][1].shape[2]
+    d = N // heads
+    acc = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.psum)
+    for t0, w_t in chunks:
+        for tt in range(w_t.shape[1]):
+            for h in range(heads):
+                nisa.nc_matmul(
+                    dst=acc[:, h : h + 1],
+                    stationary=w_t[:, tt, h * d : (h + 1) * d],
+                    moving=x_blk[:, t0 + tt : t0 + tt + 1],
+                    accumulate=t0 + tt > 0,
+                )
+    return acc
+
+
+def _o_groups(G):
+    """gb: output columns per run of the o projection's yᵀ layout, yᵀ[p, a·gb + b] = y[a·P·gb + p·gb + b]:
+    each stationary reads every gb-th column of w_o, a 16-byte stride for gb = 8 (no strided penalty), and
+    there are at least two blocks a (each core stores whole blocks: a contiguous half of y)."""
+    gb = max(1, min(8, G // 2))
+    assert G % (2 * gb) == 0, f"{G} output columns per partition: not a multiple of {2 * gb}"
+    return gb
+
+
+def _o_proj(wo_chunks, hg, outT, n_heads, c0, cols, gb, y_psum):
+    """y_psum[p, a·gb + b] += Σ_h outT[:, h] · w_o[head h rows, c0 + a·P·gb + p·gb + b] over n_heads local
+    heads (chunk h // hg of ``wo_chunks`` holds head h; chunk columns relative to c0)."""
+    P = nl.tile_size.pmax
+    for h in range(n_heads):
+        wo_t = wo_chunks[h // hg]
+        for c in range(cols // P):
+            a, b = divmod(c, gb)
+            nisa.nc_matmul(
+                dst=y_psum[:, c : c + 1],
+                stationary=wo_t[:, h % hg, a * P * gb + b : (a + 1) * P * gb : gb],
+                moving=outT[:, h : h + 1],
+                accumulate=h > 0,
+            )
+
+
+def _store_y(y, yT, y0, gb):
+    """Store yᵀ [P, na·gb] (the _o_groups layout, na blocks) into y[y0 : y0 + P·na·gb] (one range)."""
+    P = nl.tile_size.pmax
+    na = yT.shape[1] // gb
+    dst = y.ap(pattern=[[gb, P], [P * gb, na], [1, gb]], offset=y0)
+    nisa.dma_copy(dst=dst, src=yT)
+
+
+# ---- block v4: the DMA plan: >= 7.5 KiB weight descriptors, blocked cache rows, the exchange not queued --
+@nki.jit
+def attention_block_v4(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps):
+    """As attention_block_v3 with every load planned for the DMA engines. v3's schedule: w_qkv streamed
+    at 2.5 KiB per descriptor (one row per partition), the cache rows at 256 B (eff 0.33), the GEMV waited
+    behind the PE's Kᵀ transposes for the cache rows, and the o projection read its stationaries at a
+    32-byte stride (2× slower). v4:
+
+    * w_qkv: partition i holds rows r0 + i·nb + t, t < nb = H / 256 (x loaded to match): 7.5 KiB
+      descriptors (3 rows) in three chunks;
+    * cache rows: nt = ceil(S / 128) consecutive rows per partition (1.25 KiB at L = 639); positions in slot
+      order (slot t = rows i·nt + t) for K and V alike, so the softmax and p·V see the same permutation;
+    * DMA order: w_qkv, cache rows, the first w_o head; then the q|k|v exchange and the new v row; then the
+      rest of w_o — the exchange gets the engines when it is ready instead of after 1.5 MB of weights;
+    * the PE runs the GEMV before the Kᵀ transposes; yᵀ[p, a·8 + b] = y[a·1024 + p·8 + b] so the o
+      projection's stationaries read every 8th column (16 B stride, no penalty).
+    """
+    H, n_q, n_kv, d = _check_block(x, w_qkv, w_o, k_cache, L)
+    P, g, G = nl.tile_size.pmax, n_q // n_kv, H // 128
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_prog == 2 and H % 256 == 0 and n_q % 2 == 0, (
+        f"LNC=2, H % 256 == 0, even n_q: {n_prog}, {H}, {n_q}"
+    )
+    y = nl.ndarray((1, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    heads = n_q + 2 * n_kv
+    h0, h1 = pid * n_q // 2, (pid + 1) * n_q // 2  # this core's query heads
+    kv = [j for j in range(n_kv) if j * g < h1 and (j + 1) * g > h0]  # the KV heads they attend
+    x_blk, w_chunks = _qkv_blocked(x, w_qkv, pid * H // 2, H // 2)
+    qw_t, kw_t = _broadcast(q_norm_w, h1 - h0), _broadcast(k_norm_w, n_kv)
+    cos_t, sin_t = _broadcast(cos, max(h1 - h0, n_kv)), _broadcast(sin, max(h1 - h0, n_kv))
+    nt, slots = _slots(L, P)
+    k_blk = {j: _blocked_rows(k_cache, j, L, nt) for j in kv}
+    v_blk = {j: _blocked_rows(v_cache, j, L, nt) for j in kv}
+    mine = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=mine, src=_gemv_blocked(x_blk, w_chunks, heads))
+    kTs = {j: _blocked_kT(k_blk[j], slots) for j in kv}  # PE: after the GEMV
+    theirs = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.sendrecv(src=mine, dst=theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+    hg = max(1, CHUNK_BYTES // (H * 2))  # heads per w_o chunk
+    wo_chunks = [  # issued after the exchange: its transfer slot is booked first, w_o fills around it
+        _load_slabs(w_o, (h0 + a) * d, min(hg, h1 - h0 - a) * d, 0, H, d) for a in range(0, h1 - h0, hg)
+    ]
+    qkvT = nl.ndarray((d, heads), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=qkvT, data1=mine, data2=theirs, op=nl.add)  # bf16(x @ w), commutative: same bits
+    v_t = _transpose(qkvT[:, n_q + n_kv : heads])
+    pL, sL = divmod(L, nt)  # the new position's partition and slot
+    for j in kv:
+        nisa.dma_copy(dst=v_blk[j][pL : pL + 1, sL, :], src=v_t[j : j + 1, :])
+    kn = _norm_rope(_transpose(qkvT[:, n_q : n_q + n_kv]), kw_t, cos_t, sin_t, eps)
+    if pid == 0:
+        nisa.dma_copy(dst=k_cache[L : L + 1, :, :].reshape((n_kv, d)), src=kn)
+    else:
+        nisa.dma_copy(dst=v_cache[L : L + 1, :, :].reshape((n_kv, d)), src=v_t)
+    qT = _transpose(_norm_rope(_transpose(qkvT[:, h0:h1]), qw_t, cos_t, sin_t, eps))  # [d, n_q/2]
+    knT = _transpose(kn)  # [d, n_kv]
+    outT = nl.ndarray((d, h1 - h0), dtype=x.dtype, buffer=nl.sbuf)
+    tiles = [(off, n) for off, n, _ in slots]
+    for j in kv:
+        a, b = max(h0, j * g), min(h1, (j + 1) * g)  # this core's query heads of KV head j
+        col = slots[sL][0] + pL  # the new key's column in slot order
+        nisa.tensor_copy(dst=kTs[j][:, col : col + 1], src=knT[:, j : j + 1])
+        v_rows = [v_blk[j][0:n, s, :] for s, (_, n, _) in enumerate(slots)]
+        o = _attend(qT[:, a - h0 : b - h0], kTs[j], v_rows, tiles)
+        o_psum = nl.ndarray((d, b - a), dtype=x.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=o_psum, data=o)
+        nisa.tensor_copy(dst=outT[:, a - h0 : b - h0], src=o_psum)
+    gb = _o_groups(G)
+    y_psum = nl.ndarray((P, G), dtype=nl.float32, buffer=nl.psum)
+    _o_proj(wo_chunks, hg, outT, h1 - h0, 0, H, gb, y_psum)
+    y_mine = nl.ndarray((P, G), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=y_mine, src=y_psum)
+    y_theirs = nl.ndarray((P, G), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.sendrecv(src=y_mine, dst=y_theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=1)
+    c0, c1 = pid * G // 2, (pid + 1) * G // 2  # this core's columns of yᵀ: y[pid·H/2 : (pid+1)·H/2]
+    yT = nl.ndarray((P, G), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=yT[:, c0:c1], data1=y_mine[:, c0:c1], data2=y_theirs[:, c0:c1], op=nl.add)
+    _store_y(y, yT[:, c0:c1], pid * H // 2, gb)
+    return y
+
+
+def _attend_new_v(qT, kT, v_rows, tiles, col, v_new):
+    """_attend with the new position's value row outside the V tiles: position ``col`` of kT is the new
+    key, tiles exclude it from their V rows (the caller's slots), and its p·V term is one K = 1 matmul with
+    v_new [1, d] (partition 0), added last. Returns o [g, d] bf16."""
+    d, g = qT.shape
+    S = kT.shape[1]
+    scores = nl.ndarray((g, S), dtype=qT.dtype, buffer=nl.sbuf)
+    for c0 in range(0, S, SCORE_TILE):
+        csz = min(SCORE_TILE, S - c0)
+        s_psum = nl.ndarray((g, csz), dtype=nl.float32, buffer=nl.psum)
+        nisa.nc_matmul(dst=s_psum, stationary=qT, moving=kT[:, c0 : c0 + csz])
+        nisa.tensor_copy(dst=scores[:, c0 : c0 + csz], src=s_psum)
+    nisa.tensor_scalar(dst=scores, data=scores, op0=nl.multiply, operand0=d**-0.5)
+    neg_max = nl.ndarray((g, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_reduce(dst=neg_max, op=nl.maximum, data=scores, axis=1, negate=True)
+    e = nl.ndarray((g, S), dtype=nl.float32, buffer=nl.sbuf)
+    total = nl.ndarray((g, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(
+        dst=e,
+        op=nl.exp,
+        data=scores,
+        bias=neg_max,
+        reduce_op=nl.add,
+        reduce_res=total,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+    )
+    p = nl.ndarray((g, S), dtype=qT.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=p, data=e, op0=nl.divide, operand0=total)
+    o_psum = nl.ndarray((g, d), dtype=nl.float32, buffer=nl.psum)
+    first = True
+    for (s0, sz), v_t in zip(tiles, v_rows):
+        if sz > 0:
+            nisa.nc_matmul(
+                dst=o_psum, stationary=_transpose(p[:, s0 : s0 + sz]), moving=v_t, accumulate=not first
+            )
+            first = False
+    nisa.nc_matmul(dst=o_psum, stationary=_transpose(p[:, col : col + 1]), moving=v_new, accumulate=not first)
+    o = nl.ndarray((g, d), dtype=qT.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=o, src=o_psum)
+    return o
+
+
+def _heads_per_chunk(nh, target):
+    """The largest divisor of nh that is <= target (>= 1): w_o chunks never straddle the own/peer heads."""
+    return max(k for k in range(1, nh + 1) if nh % k == 0 and k <= max(1, target))
+
+
+# ---- block v5: attention outputs swapped instead of y partials; the o projection split by columns ----------
+@nki.jit
+def attention_block_v5(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps):
+    """As attention_block_v4 with the second exchange moved off the tail. v4 split w_o by heads, so its y
+    was two partial sums: after the last w_o byte came the o GEMV, a sendrecv (~2 µs of fixed cost), the add
+    and the store. v5 splits w_o by output columns (each core reads w_o[:, its half of y], 2 KiB
+    descriptors, its own heads' rows first): after the attention of its n_q/2 heads a core multiplies them
+    with its rows while the two cores swap their [d, n_q/2] attention outputs, then adds the peer's heads'
+    products and stores its half of y straight from PSUM. The new v row is no longer DMA-copied into the V
+    tile (behind w_o on the engines): its p·V term is one K = 1 matmul, added last."""
+    H, n_q, n_kv, d = _check_block(x, w_qkv, w_o, k_cache, L)
+    P, g, G = nl.tile_size.pmax, n_q // n_kv, H // 128
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_prog == 2 and H % 256 == 0 and n_q % 2 == 0, (
+        f"LNC=2, H % 256 == 0, even n_q: {n_prog}, {H}, {n_q}"
+    )
+    y = nl.ndarray((1, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    heads, Hc, nh = n_q + 2 * n_kv, H // 2, n_q // 2  # Hc: this core's columns y[pid·Hc : (pid+1)·Hc]
+    h0, h1 = pid * nh, (pid + 1) * nh  # this core's query heads
+    kv = [j for j in range(n_kv) if j * g < h1 and (j + 1) * g > h0]  # the KV heads they attend
+    x_blk, w_chunks = _qkv_blocked(x, w_qkv, pid * Hc, Hc)
+    qw_t, kw_t = _broadcast(q_norm_w, nh), _broadcast(k_norm_w, n_kv)
+    cos_t, sin_t = _broadcast(cos, max(nh, n_kv)), _broadcast(sin, max(nh, n_kv))
+    nt, slots = _slots(L, P)
+    k_blk = {j: _blocked_rows(k_cache, j, L, nt) for j in kv}
+    v_blk = {j: _blocked_rows(v_cache, j, L, nt) for j in kv}
+    mine = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=mine, src=_gemv_blocked(x_blk, w_chunks, heads))
+    kTs = {j: _blocked_kT(k_blk[j], slots) for j in kv}
+    theirs = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.sendrecv(src=mine, dst=theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+    hg = _heads_per_chunk(nh, CHUNK_BYTES // 2 // (Hc * 2))  # w_o chunks of ~4 KiB per partition
+    order = list(range(h0, h1)) + [h for h in range(n_q) if not h0 <= h < h1]  # own heads' rows first
+    wo_chunks = [  # chunk c holds heads order[c·hg …]; issued after the exchange (its slot is booked first)
+        _load_slabs(w_o, order[a] * d, min(hg, n_q - a) * d, pid * Hc, Hc, d) for a in range(0, n_q, hg)
+    ]
+    qkvT = nl.ndarray((d, heads), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=qkvT, data1=mine, data2=theirs, op=nl.add)  # bf16(x @ w), commutative: same bits
+    v_new = {j: _transpose(qkvT[:, n_q + n_kv + j : n_q + n_kv + j + 1]) for j in range(n_kv)}  # [1, d]
+    kn = _norm_rope(_transpose(qkvT[:, n_q : n_q + n_kv]), kw_t, cos_t, sin_t, eps)
+    if pid == 0:
+        nisa.dma_copy(dst=k_cache[L : L + 1, :, :].reshape((n_kv, d)), src=kn)
+    else:
+        for j in range(n_kv):
+            nisa.dma_copy(dst=v_cache[L : L + 1, j, :], src=v_new[j])
+    qT = _transpose(_norm_rope(_transpose(qkvT[:, h0:h1]), qw_t, cos_t, sin_t, eps))  # [d, n_q/2]
+    knT = _transpose(kn)  # [d, n_kv]
+    pL, sL = divmod(L, nt)
+    col = slots[sL][0] + pL  # the new key's column in slot order (the last of slot sL)
+    tiles = [(off, m if s == sL else n) for s, (off, n, m) in enumerate(slots)]  # V rows without row L
+    outT = nl.ndarray((d, n_q), dtype=x.dtype, buffer=nl.sbuf)  # column h: head order[h]
+    for j in kv:
+        a, b = max(h0, j * g), min(h1, (j + 1) * g)  # this core's query heads of KV head j
+        nisa.tensor_copy(dst=kTs[j][:, col : col + 1], src=knT[:, j : j + 1])
+        v_rows = [v_blk[j][0:sz, s, :] if sz else None for s, (_, sz) in enumerate(tiles)]
+        o = _attend_new_v(qT[:, a - h0 : b - h0], kTs[j], v_rows, tiles, col, v_new[j])
+        o_psum = nl.ndarray((d, b - a), dtype=x.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=o_psum, data=o)
+        nisa.tensor_copy(dst=outT[:, a - h0 : b - h0], src=o_psum)
+    nisa.sendrecv(
+        src=outT[:, 0:nh], dst=outT[:, nh:n_q], send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=1
+    )
+    gb = _o_groups(G)  # runs of min(8, G/2) columns: this core's half of y
+    y_psum = nl.ndarray((P, G // 2), dtype=nl.float32, buffer=nl.psum)
+    _o_proj(wo_chunks, hg, outT, n_q, 0, Hc, gb, y_psum)  # own heads first: they run during the swap
+    yT = nl.ndarray((P, G // 2), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=yT, src=y_psum)
+    _store_y(y, yT, pid * Hc, gb)
+    return y
+
+
+def _lane_bcast(col, zeros_gp):
+    """[gq, 1] fp32 values -> PSUM [P, gq] fp32 with every partition holding them (a [gq, P] tile of
+    copies, PE-transposed: a transpose, not a MAC)."""
+    gq, P = zeros_gp.shape
+    rows = nl.ndarray((gq, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=rows, data=zeros_gp, op0=nl.add, operand0=col)
+    b = nl.ndarray((P, gq), dtype=nl.float32, buffer=nl.psum)
+    nisa.nc_transpose(dst=b, data=rows)
+    return b
+
+
+def _attend_lanes(qT, kT, v_blk, slots, zeros_gp, mask=None, fast=False, before_pv=None, zeros_bf=None):
+    """o [d, gq] fp32 PSUM = softmax(bf16(bf16(q·kᵀ)·d^-0.5)) · V with the positions on the partitions.
+
+    qT [d, gq] bf16; kT [d, S] bf16 in slot order (slots[t] = (column offset, positions n_t, _));
+    v_blk [P, nt, d]: slot t's n_t value rows on partitions 0..n_t-1. The scores come out of the PE
+    transposed, sᵀ [P, gq, nt] (position i·nt + t of head h at [i, h, t]), so the evictions, scale, exps and
+    divisions touch nt (5 at L = 639) elements per partition instead of S (640) on gq partitions; the row
+    max and sum cross the partitions by PE transposes and a free-dim reduce. ``mask`` [P, gq, nt] (0 or
+    -inf) removes the padding partitions of short slots. Rounding points as the reference: bf16 scores,
+    bf16 scaled scores, fp32 exp and sum, p = bf16(e / Σe) before p·V; the sum's order differs (lanes first).
+    ``fast``: fewer dependent instructions, the same values — the broadcast max in bf16 (exact: a bf16
+    score), the exp bias and the divisor read from PSUM (no eviction), one division for all heads (the
+    sum broadcast along the slots by a step-0 access pattern). ``before_pv``: called after the exps
+    (work for DVE while ACT runs them)."""
+    d, gq = qT.shape
+    P, nt = v_blk.shape[0], len(slots)
+    sc = nl.ndarray((P, gq, nt), dtype=nl.float32, buffer=nl.psum)
+    if mask is not None:
+        nisa.memset(dst=sc, value=0.0)  # the padding partitions of short slots: finite before the mask
+    for s, (off, n, _) in enumerate(slots):
+        nisa.nc_matmul(dst=sc[0:n, :, s], stationary=kT[:, off : off + n], moving=qT)
+    st = nl.ndarray((P, gq, nt), dtype=qT.dtype, buffer=nl.sbuf)
+    nisa.activation(dst=st, op=nl.copy, data=sc)  # bf16(q·kᵀ)
+    if mask is None:
+        nisa.tensor_scalar(dst=st, data=st, op0=nl.multiply, operand0=d**-0.5)
+    else:
+        nisa.scalar_tensor_tensor(
+            dst=st, data=st, op0=nl.multiply, operand0=d**-0.5, op1=nl.add, operand1=mask
+        )  # bf16(s·d^-0.5 + 0) or -inf
+    mx = nl.ndarray((P, gq), dtype=qT.dtype, buffer=nl.sbuf)  # a max of bf16 values: exact in bf16
+    nisa.tensor_reduce(dst=mx, op=nl.maximum, data=st, axis=2)
+    mxT = nl.ndarray((gq, P), dtype=qT.dtype, buffer=nl.psum)
+    nisa.nc_transpose(dst=mxT, data=mx)
+    neg = nl.ndarray((gq, 1), dtype=qT.dtype if fast else nl.float32, buffer=nl.sbuf)
+    nisa.tensor_reduce(dst=neg, op=nl.maximum, data=mxT, axis=1, negate=True)
+    if fast:
+        rows = nl.ndarray((gq, P), dtype=qT.dtype, buffer=nl.sbuf)
+        nisa.tensor_scalar(dst=rows, data=zeros_bf, op0=nl.add, operand0=neg)
+        neg_b = nl.ndarray((P, gq), dtype=qT.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=neg_b, data=rows)
+    else:
+        neg_b = nl.ndarray((P, gq), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=neg_b, src=_lane_bcast(neg, zeros_gp), engine=nisa.scalar_engine)
+    e = nl.ndarray((P, gq, nt), dtype=nl.float32, buffer=nl.sbuf)
+    part = nl.ndarray((P, gq), dtype=nl.float32, buffer=nl.sbuf)
+    for h in range(gq):
+        nisa.activation(
+            dst=e[:, h, :],
+            op=nl.exp,
+            data=st[:, h, :],
+            bias=neg_b[:, h : h + 1],
+            reduce_op=nl.add,
+            reduce_res=part[:, h : h + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
+    if before_pv is not None:
+        before_pv()
+    partT = nl.ndarray((gq, P), dtype=nl.float32, buffer=nl.psum)
+    nisa.nc_transpose(dst=partT, data=part)
+    tot = nl.ndarray((gq, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_reduce(dst=tot, op=nl.add, data=partT, axis=1)
+    p = nl.ndarray((P, gq, nt), dtype=qT.dtype, buffer=nl.sbuf)
+    if fast:
+        tot_b = _lane_bcast(tot, zeros_gp)  # PSUM [P, gq]
+        tot_bs = nl.ndarray((P, gq), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=tot_bs, src=tot_b, engine=nisa.scalar_engine)
+        nisa.tensor_tensor(
+            dst=p, data1=e, data2=tot_bs.ap(pattern=[[gq, P], [1, gq], [0, nt]], offset=0), op=nl.divide
+        )
+    else:
+        tot_b = nl.ndarray((P, gq), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=tot_b, src=_lane_bcast(tot, zeros_gp), engine=nisa.scalar_engine)
+        for h in range(gq):
+            nisa.tensor_scalar(dst=p[:, h, :], data=e[:, h, :], op0=nl.divide, operand0=tot_b[:, h : h + 1])
+    o_psum = nl.ndarray((d, gq), dtype=nl.float32, buffer=nl.psum)
+    for s, (_, n, _) in enumerate(slots):
+        nisa.nc_matmul(dst=o_psum, stationary=v_blk[0:n, s, :], moving=p[0:n, :, s], accumulate=s > 0)
+    return o_psum
+
+
+def _slot_mask(slots, gq, P):
+    """[P, gq, nt] fp32: 0 where partition i holds a position of slot t (i < n_t), -inf elsewhere; None when
+    every slot is full."""
+    if all(n == P for _, n, _ in slots):
+        return None
+    mask = nl.ndarray((P, gq, len(slots)), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=mask, value=0.0)
+    for s, (_, n, _) in enumerate(slots):
+        if n < P:  # keep partition i iff n - 1 - i >= 0
+            nisa.affine_select(
+                dst=mask[:, :, s],
+                pattern=[[0, gq]],
+                channel_multiplier=-1,
+                on_true_tile=mask[:, :, s],
+                on_false_value=NEG_INF,
+                cmp_op=nl.greater_equal,
+                offset=n - 1,
+            )
+    return mask
+
+
+# ---- block v6: the post-exchange chain shortened: 128-lane softmax, q and k normed in one pass ---------
+@nki.jit
+def attention_block_v6(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps):
+    """As attention_block_v5 with the chain between the two exchanges shortened (v5's schedule: after the
+    q|k|v exchange, ~3 µs of norms and ~3 µs of softmax on 4 of 128 lanes, each DVE/ACT pass over 640
+    scores): the scores come out of the PE transposed, positions on all 128 partitions (``_attend_lanes``:
+    5 elements per partition per pass, max and sum across the partitions by PE transposes), p·V needs no
+    transposes of p, and q and k are normed and rotated by one instruction chain (rows = this core's q
+    heads, then the KV heads). The new v row enters its V tile by a PE transpose of a one-column tile
+    (partition L // nt is not an allowed start partition for an engine write)."""
+    H, n_q, n_kv, d = _check_block(x, w_qkv, w_o, k_cache, L)
+    P, g, G = nl.tile_size.pmax, n_q // n_kv, H // 128
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_prog == 2 and H % 256 == 0 and n_q % 2 == 0, (
+        f"LNC=2, H % 256 == 0, even n_q: {n_prog}, {H}, {n_q}"
+    )
+    y = nl.ndarray((1, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    heads, Hc, nh = n_q + 2 * n_kv, H // 2, n_q // 2
+    h0, h1 = pid * nh, (pid + 1) * nh
+    nr = nh + n_kv  # rows of the one norm chain: this core's q heads, then the KV heads
+    kv = [j for j in range(n_kv) if j * g < h1 and (j + 1) * g > h0]
+    x_blk, w_chunks = _qkv_blocked(x, w_qkv, pid * Hc, Hc)
+    w_nr = nl.ndarray((nr, d), dtype=q_norm_w.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=w_nr[0:nh, :], src=q_norm_w.ap(pattern=[[0, nh], [1, d]], offset=0))
+    nisa.dma_copy(dst=w_nr[nh:nr, :], src=k_norm_w.ap(pattern=[[0, n_kv], [1, d]], offset=0))
+    cos_t, sin_t = _broadcast(cos, nr), _broadcast(sin, nr)
+    nt, slots = _slots(L, P)
+    v_blk = {}
+    for j in kv:  # zeroed first: the new row's partition is added into, the padding rows stay finite
+        v_blk[j] = nl.ndarray((P, nt, d), dtype=v_cache.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=v_blk[j], value=0.0)
+    k_blk = {j: _blocked_rows(k_cache, j, L, nt) for j in kv}
+    for j in kv:
+        _blocked_rows(v_cache, j, L, nt, v_blk[j])
+    z = {}  # [d, P] zeros per KV head: the new v goes into column L // nt
+    for j in kv:
+        z[j] = nl.ndarray((d, P), dtype=x.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=z[j], value=0.0)
+    mine = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=mine, src=_gemv_blocked(x_blk, w_chunks, heads))
+    kTs = {j: _blocked_kT(k_blk[j], slots) for j in kv}
+    theirs = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.sendrecv(src=mine, dst=theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+    hg = _heads_per_chunk(nh, CHUNK_BYTES // 2 // (Hc * 2))
+    order = list(range(h0, h1)) + [h for h in range(n_q) if not h0 <= h < h1]  # own heads' rows first
+    wo_chunks = [
+        _load_slabs(w_o, order[a] * d, min(hg, n_q - a) * d, pid * Hc, Hc, d) for a in range(0, n_q, hg)
+    ]
+    zeros_gp = nl.ndarray((g, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=zeros_gp, value=0.0)
+    qk = nl.ndarray((d, nr), dtype=x.dtype, buffer=nl.sbuf)  # bf16(x @ w) of the rows to norm
+    nisa.tensor_tensor(dst=qk[:, 0:nh], data1=mine[:, h0:h1], data2=theirs[:, h0:h1], op=nl.add)
+    kc = slice(n_q, n_q + n_kv)
+    nisa.tensor_tensor(dst=qk[:, nh:nr], data1=mine[:, kc], data2=theirs[:, kc], op=nl.add)
+    vT = nl.ndarray((d, n_kv), dtype=x.dtype, buffer=nl.sbuf)
+    vc = slice(n_q + n_kv, heads)
+    nisa.tensor_tensor(dst=vT, data1=mine[:, vc], data2=theirs[:, vc], op=nl.add)
+    normed = _norm_rope(_transpose(qk), w_nr, cos_t, sin_t, eps)  # [nr, d]
+    pL, sL = divmod(L, nt)
+    for j in kv:  # v_blk[pL, sL] = v: a [d, P] tile holding v in column pL, PE-transposed, added
+        nisa.tensor_copy(dst=z[j][:, pL : pL + 1], src=vT[:, j : j + 1], engine=nisa.scalar_engine)
+        zT = nl.ndarray((P, d), dtype=x.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=zT, data=z[j])
+        nisa.tensor_tensor(dst=v_blk[j][:, sL, :], data1=v_blk[j][:, sL, :], data2=zT, op=nl.add)
+    if pid == 0:
+        nisa.dma_copy(dst=k_cache[L : L + 1, :, :].reshape((n_kv, d)), src=normed[nh:nr, :])
+    else:
+        nisa.dma_copy(dst=v_cache[L : L + 1, :, :].reshape((n_kv, d)), src=_transpose(vT))
+    qkT = _transpose(normed)  # [d, nr]: q heads h0.., then the normed keys
+    col = slots[sL][0] + pL
+    mask = _slot_mask(slots, g, P)
+    outT = nl.ndarray((d, n_q), dtype=x.dtype, buffer=nl.sbuf)  # column h: head order[h]
+    for j in kv:
+        a, b = max(h0, j * g), min(h1, (j + 1) * g)
+        nisa.tensor_copy(dst=kTs[j][:, col : col + 1], src=qkT[:, nh + j : nh + j + 1])
+        m = None if mask is None else mask[:, 0 : b - a, :]
+        o_psum = _attend_lanes(qkT[:, a - h0 : b - h0], kTs[j], v_blk[j], slots, zeros_gp[0 : b - a, :], m)
+        nisa.tensor_copy(dst=outT[:, a - h0 : b - h0], src=o_psum)
+    nisa.sendrecv(
+        src=outT[:, 0:nh], dst=outT[:, nh:n_q], send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=1
+    )
+    gb = _o_groups(G)  # runs of min(8, G/2) columns: this core's half of y
+    y_psum = nl.ndarray((P, G // 2), dtype=nl.float32, buffer=nl.psum)
+    _o_proj(wo_chunks, hg, outT, n_q, 0, Hc, gb, y_psum)
+    yT = nl.ndarray((P, G // 2), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=yT, src=y_psum)
+    _store_y(y, yT, pid * Hc, gb)
+    return y
+
+
+# ---- block v7: fewer dependent instructions between the exchanges ------------------------------------------
+@nki.jit
+def attention_block_v7(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps):
+    """As attention_block_v6 with the dependent chain between the two exchanges cut by ~1 µs (v6's
+    schedule: after the q|k|v exchange every step of norm, RoPE and softmax waits ~60 ns on the previous
+    one, and the GEMV's last 2-row chunk left 20 matmuls after the last w_qkv byte): the last w_qkv chunk is
+    one row per partition; rstd = rsqrt(Σx²/d + eps) is one ACT instruction; the softmax's max is broadcast
+    in bf16 and the exp reads its bias straight from PSUM; one division serves all heads (step-0 access
+    pattern); the new v row is placed while ACT runs the exps. Same values as v6, fewer instructions."""
+    H, n_q, n_kv, d = _check_block(x, w_qkv, w_o, k_cache, L)
+    P, g, G = nl.tile_size.pmax, n_q // n_kv, H // 128
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_prog == 2 and H % 256 == 0 and n_q % 2 == 0, (
+        f"LNC=2, H % 256 == 0, even n_q: {n_prog}, {H}, {n_q}"
+    )
+    y = nl.ndarray((1, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    heads, Hc, nh = n_q + 2 * n_kv, H // 2, n_q // 2
+    h0, h1 = pid * nh, (pid + 1) * nh
+    nr = nh + n_kv  # rows of the one norm chain: this core's q heads, then the KV heads
+    kv = [j for j in range(n_kv) if j * g < h1 and (j + 1) * g > h0]
+    x_blk, w_chunks = _qkv_blocked(x, w_qkv, pid * Hc, Hc, last=1)
+    w_nr = nl.ndarray((nr, d), dtype=q_norm_w.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=w_nr[0:nh, :], src=q_norm_w.ap(pattern=[[0, nh], [1, d]], offset=0))
+    nisa.dma_copy(dst=w_nr[nh:nr, :], src=k_norm_w.ap(pattern=[[0, n_kv], [1, d]], offset=0))
+    cos_t, sin_t = _broadcast(cos, nr), _broadcast(sin, nr)
+    nt, slots = _slots(L, P)
+    v_blk = {}
+    for j in kv:  # zeroed first: the new row's partition is added into, the padding rows stay finite
+        v_blk[j] = nl.ndarray((P, nt, d), dtype=v_cache.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=v_blk[j], value=0.0)
+    k_blk = {j: _blocked_rows(k_cache, j, L, nt) for j in kv}
+    for j in kv:
+        _blocked_rows(v_cache, j, L, nt, v_blk[j])
+    z = {}  # [d, P] zeros per KV head: the new v goes into column L // nt
+    for j in kv:
+        z[j] = nl.ndarray((d, P), dtype=x.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=z[j], value=0.0)
+    mine = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=mine, src=_gemv_blocked(x_blk, w_chunks, heads))
+    kTs = {j: _blocked_kT(k_blk[j], slots) for j in kv}
+    theirs = nl.ndarray((d, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.sendrecv(src=mine, dst=theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+    hg = _heads_per_chunk(nh, CHUNK_BYTES // 2 // (Hc * 2))
+    order = list(range(h0, h1)) + [h for h in range(n_q) if not h0 <= h < h1]  # own heads' rows first
+    late = n_q - hg if n_q > hg else n_q  # the last w_o chunk is requested after the second exchange
+    wo_chunks = [
+        _load_slabs(w_o, order[a] * d, min(hg, n_q - a) * d, pid * Hc, Hc, d) for a in range(0, late, hg)
+    ]
+    zeros_gp = nl.ndarray((g, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=zeros_gp, value=0.0)
+    zeros_bf = nl.ndarray((g, P), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.memset(dst=zeros_bf, value=0.0)
+    qk = nl.ndarray((d, nr), dtype=x.dtype, buffer=nl.sbuf)  # bf16(x @ w) of the rows to norm
+    nisa.tensor_tensor(dst=qk[:, 0:nh], data1=mine[:, h0:h1], data2=theirs[:, h0:h1], op=nl.add)
+    kc = slice(n_q, n_q + n_kv)
+    nisa.tensor_tensor(dst=qk[:, nh:nr], data1=mine[:, kc], data2=theirs[:, kc], op=nl.add)
+    vT = nl.ndarray((d, n_kv), dtype=x.dtype, buffer=nl.sbuf)
+    vc = slice(n_q + n_kv, heads)
+    nisa.tensor_tensor(dst=vT, data1=mine[:, vc], data2=theirs[:, vc], op=nl.add)
+    normed = _norm_rope(_transpose(qk), w_nr, cos_t, sin_t, eps, fused_rsqrt=True)  # [nr, d]
+    pL, sL = divmod(L, nt)
+
+    def place_v(j):  # v_blk[pL, sL] = v: a [d, P] tile holding v in column pL, PE-transposed, added
+        nisa.tensor_copy(dst=z[j][:, pL : pL + 1], src=vT[:, j : j + 1])
+        zT = nl.ndarray((P, d), dtype=x.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=zT, data=z[j])
+        nisa.tensor_tensor(dst=v_blk[j][:, sL, :], data1=v_blk[j][:, sL, :], data2=zT, op=nl.add)
+
+    if pid == 0:
+        nisa.dma_copy(dst=k_cache[L : L + 1, :, :].reshape((n_kv, d)), src=normed[nh:nr, :])
+    else:
+        nisa.dma_copy(dst=v_cache[L : L + 1, :, :].reshape((n_kv, d)), src=_transpose(vT))
+    qkT = _transpose(normed)  # [d, nr]: q heads h0.., then the normed keys
+    col = slots[sL][0] + pL
+    mask = _slot_mask(slots, g, P)
+    outT = nl.ndarray((d, n_q), dtype=x.dtype, buffer=nl.sbuf)  # column h: head order[h]
+    for j in kv:
+        a, b = max(h0, j * g), min(h1, (j + 1) * g)
+        nisa.tensor_copy(dst=kTs[j][:, col : col + 1], src=qkT[:, nh + j : nh + j + 1])
+        m = None if mask is None else mask[:, 0 : b - a, :]
+        o_psum = _attend_lanes(
+            qkT[:, a - h0 : b - h0], kTs[j], v_blk[j], slots, zeros_gp[0 : b - a, :], m,
+            fast=True, before_pv=lambda j=j: place_v(j), zeros_bf=zeros_bf[0 : b - a, :],
+        )  # fmt: skip
+        nisa.tensor_copy(dst=outT[:, a - h0 : b - h0], src=o_psum)
+    nisa.sendrecv(
+        src=outT[:, 0:nh], dst=outT[:, nh:n_q], send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=1
+    )
+    wo_chunks += [  # after the exchange in program order: its transfer is booked on the engines first
+        _load_slabs(w_o, order[a] * d, min(hg, n_q - a) * d, pid * Hc, Hc, d) for a in range(late, n_q, hg)
+    ]
+    gb = _o_groups(G)  # runs of min(8, G/2) columns: this core's half of y
+    y_psum = nl.ndarray((P, G // 2), dtype=nl.float32, buffer=nl.psum)
+    _o_proj(wo_chunks, hg, outT, n_q, 0, Hc, gb, y_psum)
+    yT = nl.ndarray((P, G // 2), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=yT, src=y_psum)
+    _store_y(y, yT, pid * Hc, gb)
+    return y
+
+
 # ======== prefill (context encoding): T tokens from position 0, causal ======================================
 def _check_prefill(q, k, v, k_cache, v_cache):
     """Restate the prefill layout limits; returns (T, n_q, n_kv, d)."""
@@ -1192,6 +1842,280 @@ def attention_prefill_v4(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
                     stationary=_transpose(s[h][:, k0 : k0 + ksz], nisa.scalar_engine),
                     moving=v_tiles[i][:, (h0 + h) // g, :],
                     accumulate=i > 0,
+                )
+            nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
+        nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)
+    return out
+
+
+def _heads_view(t, heads):
+    """[p, d] SBUF tile read as [p, heads, d] (step 0 over the heads: one row serves every head)."""
+    p, d = t.shape
+    return t.ap(pattern=[[d, p], [0, heads], [1, d]], offset=0)
+
+
+def _norm_rope_heads_b(x_t, w_b, cos_t, sin_n, eps):
+    """_norm_rope_heads with [p, d] operands broadcast over the heads on chip (``_heads_views``) and fewer
+    DVE passes: Σx² per head accumulated by ACT (one activation per head, no DVE reduce), rotate_half·sin
+    as two plain products with a pre-negated sin (sin_n = [-sin_lo, sin_hi]). The same roundings."""
+    p, heads, d = x_t.shape
+    h = d // 2
+    sq = nl.ndarray((p, heads, d), dtype=nl.float32, buffer=nl.sbuf)  # discarded
+    ssum = nl.ndarray((p, heads), dtype=nl.float32, buffer=nl.sbuf)
+    for hd in range(heads):
+        nisa.activation(
+            dst=sq[:, hd, :],
+            op=nl.square,
+            data=x_t[:, hd, :],
+            reduce_op=nl.add,
+            reduce_res=ssum[:, hd : hd + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
+    rstd = nl.ndarray((p, heads), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(dst=rstd, op=nl.rsqrt, data=ssum, scale=1.0 / d, bias=eps)
+    xn = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
+    for hd in range(heads):  # bf16(x · rstd)
+        nisa.activation(dst=xn[:, hd, :], op=nl.copy, data=x_t[:, hd, :], scale=rstd[:, hd : hd + 1])
+    nisa.tensor_tensor(dst=xn, data1=xn, data2=_heads_view(w_b[0:p, :], heads), op=nl.multiply)
+    xc = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=xc, data1=xn, data2=_heads_view(cos_t, heads), op=nl.multiply)
+    rs = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
+    s_lo = sin_n.ap(pattern=[[d, p], [0, heads], [1, h]], offset=0)
+    s_hi = sin_n.ap(pattern=[[d, p], [0, heads], [1, h]], offset=h)
+    nisa.tensor_tensor(dst=rs[:, :, 0:h], data1=xn[:, :, h:d], data2=s_lo, op=nl.multiply)
+    nisa.tensor_tensor(dst=rs[:, :, h:d], data1=xn[:, :, 0:h], data2=s_hi, op=nl.multiply)
+    out = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=out, data1=xc, data2=rs, op=nl.add)
+    return out
+
+
+def _prefill_inputs_b(
+    q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, q_heads, write_k, write_v
+):
+    """_prefill_inputs with its DMAs planned: every load is issued before any compute (v0-v4 issued each
+    token tile's loads after the previous tile's K-cache store, which waits for its norm, so the loads
+    queued behind compute); cos/sin rows and the norm weights are loaded once per tile as [tsz, d] and
+    broadcast over the heads on chip (v0-v4 DMA-broadcast them to [tsz, heads, d] at 256 B per
+    descriptor); the V rows go to the cache HBM→HBM; the K rows are stored after the last norm."""
+    T = q.shape[0]
+    cap, n_kv, d = k_cache.shape
+    P = nl.tile_size.pmax
+    h0, h1 = q_heads
+    nh, h = h1 - h0, d // 2
+    tiles = [(t0, min(S_TILE, T - t0)) for t0 in range(0, T, S_TILE)]
+    if write_v:
+        nisa.dma_copy(dst=v_cache[0:T, :, :], src=v.reshape((T, n_kv, d)))
+    qw_b, kw_b = _broadcast(q_norm_w, P), _broadcast(k_norm_w, P)  # first: every tile's norm needs them
+    loads = []
+    for t0, tsz in tiles:  # in the order the norms consume them
+        q_t = nl.ndarray((tsz, nh, d), dtype=q.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=q_t, src=q[t0 : t0 + tsz, h0 * d : h1 * d].reshape((tsz, nh, d)))
+        c_t = nl.ndarray((tsz, d), dtype=cos.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=c_t, src=cos[t0 : t0 + tsz, :])
+        s_t = nl.ndarray((tsz, d), dtype=sin.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=s_t, src=sin[t0 : t0 + tsz, :])
+        k_t = nl.ndarray((tsz, n_kv, d), dtype=k.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=k_t, src=k[t0 : t0 + tsz, :].reshape((tsz, n_kv, d)))
+        v_t = nl.ndarray((tsz, n_kv, d), dtype=v.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=v_t, src=v[t0 : t0 + tsz, :].reshape((tsz, n_kv, d)))
+        loads.append((q_t, k_t, v_t, (c_t, s_t)))
+    qT = nl.ndarray((d, nh, T), dtype=q.dtype, buffer=nl.sbuf)
+    kT = nl.ndarray((d, n_kv, T), dtype=k.dtype, buffer=nl.sbuf)
+    kns = []
+    for (t0, tsz), (q_t, k_t, _, (c_t, s_t)) in zip(tiles, loads):
+        sin_n = nl.ndarray((tsz, d), dtype=sin.dtype, buffer=nl.sbuf)  # [-sin_lo, sin_hi]
+        nisa.tensor_scalar(dst=sin_n[:, 0:h], data=s_t[:, 0:h], op0=nl.multiply, operand0=-1.0)
+        nisa.tensor_copy(dst=sin_n[:, h:d], src=s_t[:, h:d])
+        for x_t, w_b, xT in ((q_t, qw_b, qT), (k_t, kw_b, kT)):
+            xn = _norm_rope_heads_b(x_t, w_b, c_t, sin_n, eps)
+            if xT is kT:
+                kns.append(xn)
+            for hd in range(x_t.shape[1]):
+                t_psum = nl.ndarray((d, tsz), dtype=x_t.dtype, buffer=nl.psum)
+                nisa.nc_transpose(dst=t_psum, data=xn[:, hd, :])
+                nisa.tensor_copy(dst=xT[:, hd, t0 : t0 + tsz], src=t_psum)
+    if write_k:
+        for (t0, tsz), kn in zip(tiles, kns):
+            nisa.dma_copy(dst=k_cache[t0 : t0 + tsz, :, :], src=kn)
+    return qT, kT, [ld[2] for ld in loads], tiles
+
+
+def _transposes_grouped(p, step, engine, group=4):
+    """The [ksz, tq] PE transposes of p [tq, nk]'s key tiles of ``step`` columns, ``group`` of them per PSUM
+    tile (one bank: group·tq bf16 per partition) evicted by one ``engine`` copy instead of one per tile.
+    Returns the SBUF transposes in key order."""
+    tq, nk = p.shape
+    tiles = [(k0, min(step, nk - k0)) for k0 in range(0, nk, step)]
+    out = []
+    for g0 in range(0, len(tiles), group):
+        grp = tiles[g0 : g0 + group]
+        if len({sz for _, sz in grp}) > 1:  # a short last tile: on its own
+            grp, rest = grp[:-1], grp[-1:]
+        else:
+            rest = []
+        for part in (grp, rest):
+            if not part:
+                continue
+            sz = part[0][1]
+            t_psum = nl.ndarray((sz, len(part), tq), dtype=p.dtype, buffer=nl.psum)
+            for j, (k0, _) in enumerate(part):
+                nisa.nc_transpose(dst=t_psum[:, j, :], data=p[:, k0 : k0 + sz])
+            t = nl.ndarray((sz, len(part), tq), dtype=p.dtype, buffer=nl.sbuf)
+            nisa.tensor_copy(dst=t, src=t_psum, engine=engine)
+            out += [t[:, j, :] for j in range(len(part))]
+    return out
+
+
+# ---- prefill v5: v4 with the prologue's DMA plan and the vector passes rebalanced -----------------------
+@nki.jit
+def attention_prefill_v5(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v4 (LNC=2, query heads split) with the time v4's schedule showed outside the
+    score passes removed and the passes moved off DVE (v4: ~30 % of the latency waiting, the busiest engine
+    DVE): the prologue's loads all issued first, cos/sin and the norm weights broadcast over the heads on
+    chip (``_prefill_inputs_b``); the row max written in bf16 (exact: a max of bf16 scores; the N/2 rule
+    instead of N); the normalisation p = bf16(e / Σe) on GpSimd (idle but for the causal masks); the pᵀ
+    tiles transposed four to a PSUM bank and evicted by one copy, alternately on DVE and ACT (v4: one ACT
+    copy per tile). The same values at the same rounding points as v4: bit-identical."""
+    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    g = n_q // n_kv
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    h0, nh = lnc_share(n_q)
+    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
+    qT, kT, v_tiles, tiles = _prefill_inputs_b(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps,
+        q_heads=(h0, h0 + nh), write_k=pid == 0, write_v=pid == n_prog - 1,
+    )  # fmt: skip
+    for q0, tq in tiles:
+        nk = q0 + tq
+        s = [nl.ndarray((tq, nk), dtype=q.dtype, buffer=nl.sbuf) for _ in range(nh)]
+        for h in range(nh):  # PE and ACT
+            for c0 in range(0, nk, SCORE_TILE):
+                csz = min(SCORE_TILE, nk - c0)
+                s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
+                nisa.nc_matmul(
+                    dst=s_psum,
+                    stationary=qT[:, h, q0 : q0 + tq],
+                    moving=kT[:, (h0 + h) // g, c0 : c0 + csz],
+                )
+                nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum)  # bf16(q·kᵀ)
+        for h in range(nh):  # DVE, then GpSimd
+            nisa.tensor_scalar(dst=s[h], data=s[h], op0=nl.multiply, operand0=d**-0.5)
+        for h in range(nh):
+            nisa.affine_select(
+                dst=s[h][:, q0:nk],
+                pattern=[[-1, tq]],
+                channel_multiplier=1,
+                on_true_tile=s[h][:, q0:nk],
+                on_false_value=NEG_INF,
+                cmp_op=nl.greater_equal,
+            )
+        neg_max = nl.ndarray((tq, nh), dtype=q.dtype, buffer=nl.sbuf)  # bf16: exact, N/2 on DVE
+        total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+        for h in range(nh):  # DVE
+            nisa.tensor_reduce(dst=neg_max[:, h : h + 1], op=nl.maximum, data=s[h], axis=1, negate=True)
+        e = [nl.ndarray((tq, nk), dtype=nl.float32, buffer=nl.sbuf) for _ in range(nh)]
+        for h in range(nh):  # ACT
+            nisa.activation(
+                dst=e[h],
+                op=nl.exp,
+                data=s[h],
+                bias=neg_max[:, h : h + 1],
+                reduce_op=nl.add,
+                reduce_res=total[:, h : h + 1],
+                reduce_cmd=nisa.reduce_cmd.reset_reduce,
+            )
+        for h in range(nh):  # GpSimd: p = bf16(e / Σe) into s[h]
+            nisa.tensor_scalar(
+                dst=s[h], data=e[h], op0=nl.divide, operand0=total[:, h : h + 1], engine=nisa.gpsimd_engine
+            )
+        o = nl.ndarray((tq, nh, d), dtype=q.dtype, buffer=nl.sbuf)
+        for h in range(nh):  # PE, DVE and ACT
+            pT = _transposes_grouped(s[h], S_TILE, (nisa.vector_engine, nisa.scalar_engine)[h % 2])
+            o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
+            for i, pT_i in enumerate(pT):
+                nisa.nc_matmul(
+                    dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, (h0 + h) // g, :], accumulate=i > 0
+                )
+            nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
+        nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)
+    return out
+
+
+# ---- prefill v6: the faster variant: scale folded into the PSUM eviction (one rounding fewer) --------------
+@nki.jit
+def attention_prefill_v6(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v5 with the scores evicted from PSUM already scaled, s = bf16(q·kᵀ·d^-0.5), by
+    one instruction per head — alternately ACT (activation scale) and DVE (tensor_scalar) — instead of an
+    ACT eviction bf16(q·kᵀ) followed by a DVE pass bf16(s·d^-0.5). One pass over every score fewer and the
+    evictions split between the two engines (v5: ACT the busiest engine). NOT the reference's rounding
+    points: HF rounds q·kᵀ to bf16 before the scaling, so a score can differ by one bf16 ulp and the output
+    is not bit-identical (the order-preserving variant is v5)."""
+    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    g = n_q // n_kv
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    h0, nh = lnc_share(n_q)
+    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
+    qT, kT, v_tiles, tiles = _prefill_inputs_b(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps,
+        q_heads=(h0, h0 + nh), write_k=pid == 0, write_v=pid == n_prog - 1,
+    )  # fmt: skip
+    for q0, tq in tiles:
+        nk = q0 + tq
+        s = [nl.ndarray((tq, nk), dtype=q.dtype, buffer=nl.sbuf) for _ in range(nh)]
+        for h in range(nh):  # PE, then ACT (even heads) or DVE (odd heads)
+            for c0 in range(0, nk, SCORE_TILE):
+                csz = min(SCORE_TILE, nk - c0)
+                s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
+                nisa.nc_matmul(
+                    dst=s_psum,
+                    stationary=qT[:, h, q0 : q0 + tq],
+                    moving=kT[:, (h0 + h) // g, c0 : c0 + csz],
+                )
+                if h % 2 == 0:
+                    nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum, scale=d**-0.5)
+                else:
+                    nisa.tensor_scalar(
+                        dst=s[h][:, c0 : c0 + csz], data=s_psum, op0=nl.multiply, operand0=d**-0.5
+                    )
+        for h in range(nh):
+            nisa.affine_select(
+                dst=s[h][:, q0:nk],
+                pattern=[[-1, tq]],
+                channel_multiplier=1,
+                on_true_tile=s[h][:, q0:nk],
+                on_false_value=NEG_INF,
+                cmp_op=nl.greater_equal,
+            )
+        neg_max = nl.ndarray((tq, nh), dtype=q.dtype, buffer=nl.sbuf)
+        total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+        for h in range(nh):  # DVE
+            nisa.tensor_reduce(dst=neg_max[:, h : h + 1], op=nl.maximum, data=s[h], axis=1, negate=True)
+        e = [nl.ndarray((tq, nk), dtype=nl.float32, buffer=nl.sbuf) for _ in range(nh)]
+        for h in range(nh):  # ACT
+            nisa.activation(
+                dst=e[h],
+                op=nl.exp,
+                data=s[h],
+                bias=neg_max[:, h : h + 1],
+                reduce_op=nl.add,
+                reduce_res=total[:, h : h + 1],
+                reduce_cmd=nisa.reduce_cmd.reset_reduce,
+            )
+        for h in range(nh):  # GpSimd: p = bf16(e / Σe) into s[h]
+            nisa.tensor_scalar(
+                dst=s[h], data=e[h], op0=nl.divide, operand0=total[:, h : h + 1], engine=nisa.gpsimd_engine
+            )
+        o = nl.ndarray((tq, nh, d), dtype=q.dtype, buffer=nl.sbuf)
+        for h in range(nh):  # PE, DVE and ACT
+            pT = _transposes_grouped(s[h], S_TILE, (nisa.vector_engine, nisa.scalar_engine)[h % 2])
+            o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
+            for i, pT_i in enumerate(pT):
+                nisa.nc_matmul(
+                    dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, (h0 + h) // g, :], accumulate=i > 0
                 )
             nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
         nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)

@@ -142,8 +142,8 @@ def test_prefill_v4_writes_each_cache_once_and_rejects_odd_head_counts():
 
 def test_prefill_trn3_and_bits():
     """The order-preserving prefill (v1: normalised before p·V) is bit-identical on almost every element;
-    flash (v2) is not."""
-    assert prefill.final.name == "v4" and prefill.final.lnc == 2
+    flash (v2) is not. The final rung is v6 (LNC=2, the faster, not order-preserving variant)."""
+    assert prefill.final.name == "v6" and prefill.final.lnc == 2
     ops.check_with_cache(prefill, prefill.final, target="trn3", T=512)
     share = {}
     for v in ("v1", "v2"):
@@ -162,3 +162,88 @@ def test_an_off_by_one_causal_mask_would_fail_the_check():
     shifted = gqa_attention(qn[1:], kn, v.reshape(20, 1, 128), 0, "bf16")  # token t + 1 sees keys 0..t
     assert ratio(lowp[0][1:], lowp[0][1:], fp32[0][1:])
     assert not ratio(shifted.reshape(19, -1), lowp[0][1:], fp32[0][1:])
+
+
+# ---- the fused block's later rungs (v4-v7) and prefill v5 / v6 --------------------------------------------
+def _shares(op_, versions, **shape):
+    """Per version: (output, share of output elements equal to the bf16 reference bit for bit)."""
+    out = {}
+    for v in versions:
+        c = op_.check(v, **shape)
+        out[v] = (c.outputs[0], float((c.outputs[0].astype(np.float32) == c.expected[0]).mean()))
+    return out
+
+
+def test_fused_block_v4_to_v7_same_bits_and_bit_identical_at_the_last_row():
+    """v4-v7 change the loads, the split of w_o, the softmax's layout and the instruction count, never a
+    rounding point or the sums' values: the same bits as each other, and every output element equal to the
+    bf16 reference at L = 639 (v3, whose w_qkv rows are contracted in another grouping, is not)."""
+    s = _shares(block, ("v3", "v4", "v5", "v6", "v7"), L=639)
+    assert all(np.array_equal(s["v4"][0], s[v][0]) for v in ("v5", "v6", "v7"))
+    assert s["v7"][1] == 1.0 > s["v3"][1]
+
+
+@pytest.mark.parametrize("version", ("v4", "v5", "v6", "v7"))
+@pytest.mark.parametrize("L", (127, 128, 200, 512))
+def test_fused_block_blocked_cache_rows_ragged_slots(version, L):
+    """nt = ceil((L + 1) / 128) cache rows per partition: L = 127 one full slot; 128 (two slots of 65 and
+    64 positions), 200 and 512 ragged slots — the 128-lane softmax (v6, v7) masks the padding partitions."""
+    checked, _ = ops.check_with_cache(block, version, L=L)
+    assert checked.macs == 2048 * 1280 + 2 * 8 * 128 * (L + 1) + 1024 * 2048
+
+
+def test_fused_block_v4_weight_dmas_have_large_descriptors():
+    """v3 read w_qkv one 2.5 KiB row per partition per descriptor and the cache rows at 256 B; v4's blocked
+    rows: every weight DMA moves >= 4 KiB per descriptor (w_qkv 5-7.5 KiB, w_o 4 KiB rows), the cache rows
+    1.25 KiB (5 rows) at L = 639."""
+    from nki_moe.perf.dma import dma_cost
+    from nki_moe.perf.hardware import get_hardware
+
+    hw = get_hardware("trn2")
+    for v, w_min, kv_min in (("v3", 2560, 256), ("v4", 4096, 1280)):
+        trace = block.run(v, L=639).trace
+        chunks = {}
+        for rec in trace.records:
+            if rec.engine == "dma" and rec.pid == 0 and rec.opcode == "dma_copy":
+                c = dma_cost(rec, hw)
+                if c.touches_hbm and c.nbytes >= 20_000:  # not the broadcasts, x or a remainder row
+                    chunks.setdefault("w" if c.nbytes > 200_000 else "kv", []).append(c.chunk_bytes)
+        assert min(chunks["w"]) == w_min and min(chunks["kv"]) == kv_min, (v, chunks)
+
+
+def test_fused_block_v5_has_no_exchange_in_its_tail():
+    """v4 swaps y partial sums after the o projection; v5-v7 swap the [d, n_q/2] attention outputs before
+    it and each core stores its half of y once: HBM bytes written per core = H/2·2 + one cache row."""
+    for v in ("v5", "v6", "v7"):
+        c = block.check(v, L=639)
+        written = {0: 0, 1: 0}
+        for rec in c.trace.records:
+            for a in rec.accesses:
+                if a.mode == "w" and not a.on_chip:
+                    written[rec.pid] += a.nbytes
+        assert written == {0: 1024 * 2 + 128 * 2, 1: 1024 * 2 + 128 * 2}, (v, written)
+
+
+def test_fused_block_later_rungs_are_faster_at_the_last_row():
+    """Estimates (trn2, L = 639): each of v4-v7 beats the one before; v7 is within 1.7x of its HBM floor."""
+    lat = {}
+    for v in ("v3", "v4", "v5", "v6", "v7"):
+        p = block.profile(v, trace_path=False, L=639)
+        lat[v] = (p.latency_us, p.roofline_us)
+    us = [lat[v][0] for v in ("v3", "v4", "v5", "v6", "v7")]
+    assert all(a > b for a, b in zip(us, us[1:])) and lat["v7"][0] < 1.7 * lat["v7"][1], lat
+
+
+def test_prefill_v5_bit_identical_to_v4_and_v6_not():
+    """v5 plans the DMAs and moves passes between engines (same rounding points): v4's bits, on one core as
+    on two and with a KV head shared by the cores; v6 folds the scale into the eviction (one rounding
+    fewer): within the ratio, not bit-identical, and faster (estimate, T = 512)."""
+    for shape in (dict(T=129), dict(seed=4, T=20, n_q=6, n_kv=3, d=64, cap=32)):
+        c4, c5 = prefill.check("v4", **shape), prefill.check("v5", **shape)
+        assert np.array_equal(c4.outputs[0], c5.outputs[0])
+    one = prefill.check("v5", lnc=1, seed=4, T=20, n_q=6, n_kv=3, d=64, cap=32)
+    assert np.array_equal(one.outputs[0], c5.outputs[0])
+    s = _shares(prefill, ("v5", "v6"), T=192)
+    assert s["v5"][1] > 0.99 and s["v6"][1] < 0.9
+    lat = {v: prefill.profile(v, trace_path=False, T=512).latency_us for v in ("v4", "v5", "v6")}
+    assert lat["v6"] < lat["v5"] < 0.8 * lat["v4"], lat
