@@ -4,6 +4,14 @@ Sources: [MOE-REPO] ``prompt_data_trn2.csv`` (commit c92219f) and ``prompt_data_
 (commit 097ad9b), the scoring in ``main.py``; [WIN1] the 1st-place Trn3 records (thustorage/NKI-MoE).
 Latency is the end-to-end p99 in ms; throughput is the NxDI benchmark throughput in tokens/s
 (= 640 / mean e2e seconds in the CSVs, derived).
+
+Token counts: the CSVs' "Context Length" column (18 / 126 / 43 / 10 / 402) counts whitespace-separated
+words, not tokens. ``main.py`` tokenizes each prompt with the plain Qwen3 tokenizer (no chat template):
+20 / 192 / 54 / 14 / 512 tokens, so the harness generates 620 / 448 / 586 / 626 / 128 tokens to reach
+:data:`SEQ_LEN`. Only the token counts give the baselines a uniform cost per generated token (≈ 20 ms on
+Trn2, host included); the word counts would put the 1st place's prompt 4 at an impossible 4.3 ms/token
+(derived from [MOE-REPO] and [WIN1]). ``Prompt.context_len`` is the token count; the CSV's word count is
+kept as ``Prompt.words``.
 """
 
 from __future__ import annotations
@@ -28,15 +36,16 @@ SEQ_LEN = 640  # [MOE-REPO] main.py --seq-len default: every prompt generates un
 
 @dataclass(frozen=True)
 class Prompt:
-    """One competition prompt: its id and context (input) length in tokens."""
+    """One competition prompt: its id, context (input) length in tokens, and the CSVs' word count."""
 
     id: int
-    context_len: int
+    context_len: int  # tokens of the prompt under the Qwen3 tokenizer (what the model runs)
+    words: int  # the CSVs' "Context Length": whitespace-separated words ([MOE-REPO]), not tokens
     seq_col: int  # the CSVs' "seq" column; main.py does not read it ([MOE-REPO])
 
     @property
     def generated_tokens(self) -> int:
-        """Tokens generated to reach :data:`SEQ_LEN` (622 for prompt 0)."""
+        """Tokens generated to reach :data:`SEQ_LEN` (620 for prompt 0)."""
         return SEQ_LEN - self.context_len
 
 
@@ -61,8 +70,15 @@ class Submission:
     published_scores: tuple[float, ...]
 
 
-# [MOE-REPO] prompt_data_trn2.csv / prompt_data_trn3.csv: id, context length, "seq".
-PROMPTS = (Prompt(0, 18, 64), Prompt(1, 126, 256), Prompt(2, 43, 128), Prompt(3, 10, 64), Prompt(4, 402, 640))
+# Token counts: prompts.txt of [MOE-REPO] under the Qwen3 tokenizer (module docstring); words, "seq": the
+# [MOE-REPO] prompt_data_trn2.csv / prompt_data_trn3.csv columns "Context Length" and "seq".
+PROMPTS = (
+    Prompt(0, context_len=20, words=18, seq_col=64),
+    Prompt(1, context_len=192, words=126, seq_col=256),
+    Prompt(2, context_len=54, words=43, seq_col=128),
+    Prompt(3, context_len=14, words=10, seq_col=64),
+    Prompt(4, context_len=512, words=402, seq_col=640),
+)
 
 
 def _baselines(*rows: tuple[float, float]) -> tuple[Baseline, ...]:

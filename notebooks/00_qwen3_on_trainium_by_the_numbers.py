@@ -76,8 +76,8 @@ paths.start_run("00_qwen3_on_trainium_by_the_numbers", smoke=SMOKE, target=TARGE
 cfg = get_config("qwen3-30b-a3b")
 hw = get_hardware(TARGET)
 CHIPS = {name: get_hardware(name) for name in ("trn2", "trn3")}
-PREFILL_S = (18, 126, 402, 640)  # the contexts of prompts 0, 1 and 4, and the full sequence length
-SWEEP_S = (1, 18, 126, 640) if SMOKE else (1, 2, 4, 8, 18, 43, 126, 183, 402, 640, 2048)
+PREFILL_S = (20, 192, 512, 640)  # the prompt tokens of prompts 0, 1 and 4, and the full sequence length
+SWEEP_S = (1, 20, 192, 640) if SMOKE else (1, 2, 4, 8, 14, 20, 54, 192, 512, 640, 2048)
 
 # %% [markdown]
 # ## The model
@@ -107,7 +107,7 @@ assert round((total - parts["embed_tokens"] - parts["lm_head"]) / 1e9, 1) == 29.
 
 # %%
 rows = [(t, counts.decode_macs(cfg, t), 100 * 393_216 * t / counts.decode_macs(cfg, t),
-         counts.decode_arithmetic_intensity(cfg, t)) for t in (1, 18, 640, 4096, 40960)]
+         counts.decode_arithmetic_intensity(cfg, t)) for t in (1, 20, 640, 4096, 40960)]
 print(format_table(rows, ["context T", "decode MACs", "attention %", "FLOP/byte"], floatfmt=".2f"))
 assert counts.decode_macs(cfg, DECODE_CONTEXT) == 3_041_656_832 + 393_216 * DECODE_CONTEXT
 rows = [(s, counts.prefill_macs(cfg, s) / 1e9, counts.prefill_macs(cfg, s, last_token_logits_only=True) / 1e9)
@@ -117,8 +117,8 @@ print(format_table(rows, ["prefill S", "GMAC (all logits)", "GMAC (last-token lo
 # %% [markdown]
 # A prefill reads each weight once for all S tokens, but it touches many more experts than a decode
 # token: under uniform routing the expected distinct experts per layer is E·(1 − (1 − k/E)^S), which
-# reaches ≈ 88 of 128 at S = 18 and is within 0.001 of 128 from S = 183. Real routers are not uniform, so
-# this is an upper estimate of the expert bytes.
+# reaches ≈ 93 of 128 at S = 20 (prompt 0) and is within 0.001 of 128 from S = 183. Real routers are not
+# uniform, so this is an upper estimate of the expert bytes.
 
 # %%
 rows = [(s, counts.expected_distinct_experts(cfg, s), sum(counts.prefill_bytes(cfg, s).values()) / 1e9,
@@ -264,12 +264,17 @@ save_figure(fig, "00_decode_bytes_breakdown", data=data)
 # Five prompts, each generated to 640 tokens in total; score per prompt =
 # accuracy × (base latency / latency) × (throughput / base throughput) × (1 + NKI MAC ratio).
 # Published baselines ([MOE-REPO] prompt CSVs): the Trn3 baseline is ~1.3–1.4× slower than the Trn2 one.
+# The CSVs' "Context Length" (18 / 126 / 43 / 10 / 402) counts whitespace-separated words; the harness
+# tokenizes the prompts with the Qwen3 tokenizer: 20 / 192 / 54 / 14 / 512 tokens, so it generates
+# 620 / 448 / 586 / 626 / 128 tokens. Only the token counts give every baseline prompt the same cost per
+# generated token (the last column; with the word counts prompt 4 would be an outlier).
 
 # %%
-rows = [(p.id, p.context_len, p.generated_tokens, b2.latency_ms, b2.throughput, b3.latency_ms, b3.throughput,
-         b3.latency_ms / b2.latency_ms) for p, b2, b3 in zip(PROMPTS, BASELINES["trn2"], BASELINES["trn3"])]
-print(format_table(rows, ["prompt", "context", "generated", "trn2 ms", "trn2 tok/s", "trn3 ms", "trn3 tok/s",
-                          "trn3/trn2"], floatfmt=",.2f"))
+rows = [(p.id, p.words, p.context_len, p.generated_tokens, b2.latency_ms, b2.throughput, b3.latency_ms,
+         b3.throughput, b3.latency_ms / b2.latency_ms, b2.latency_ms / p.generated_tokens)
+        for p, b2, b3 in zip(PROMPTS, BASELINES["trn2"], BASELINES["trn3"])]
+print(format_table(rows, ["prompt", "words", "tokens", "generated", "trn2 ms", "trn2 tok/s", "trn3 ms",
+                          "trn3 tok/s", "trn3/trn2", "trn2 ms/gen. token"], floatfmt=",.2f"))
 base_ms_per_token = {n: BASELINES[n][0].latency_ms / PROMPTS[0].generated_tokens for n in CHIPS}
 print({n: round(v, 2) for n, v in base_ms_per_token.items()}, "ms per generated token (prompt 0, e2e)")
 assert all(p.context_len + p.generated_tokens == SEQ_LEN for p in PROMPTS)
@@ -322,9 +327,10 @@ assert misses == sorted(k for k in KNOWN_MISSES if k in {r.measurement.key for r
 # %% [markdown]
 # Six points are *profiler activity* figures ("PE active", "DMA active"), not latencies. They are estimated
 # the way the profiler counts activity, not as throughput: each matmul is a LoadStationary plus a
-# MultiplyMoving instruction (the latency schedule hides the former), and a DMA is active from the moment
-# its descriptors reach the queue (semaphore-to-start latency included) to its last byte. They are the
-# least accurate points (PE active −22 … −42 %, attention DMA active +47 %; docs/cost-model.md).
+# MultiplyMoving instruction (the latency schedule hides the former), and a DMA is active while its packets
+# move ([PROF-SCHEMA]): a hardware-DGE DMA from its first byte, a software-DGE DMA from when its descriptors
+# reach the queue (the engines fetch them first). They are the least accurate points (−17 … +32 %;
+# docs/cost-model.md).
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 0.32 * len(cal) + 1.6))
