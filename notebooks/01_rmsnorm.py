@@ -44,7 +44,7 @@ from nki_moe.ladder import busiest_engine
 
 paths.start_run("01_rmsnorm", smoke=SMOKE, target=TARGET)  # decides where outputs go
 op, fused = ops.get("rmsnorm").on(TARGET, SEED), ops.get("add_rmsnorm").on(TARGET, SEED)
-TOKENS = (1, 18, 128) if SMOKE else (1, 18, 128, 402, 640)
+TOKENS = (1, 20, 128) if SMOKE else (1, 20, 128, 512, 640)  # 20 and 512: prompts 0 and 4 in tokens
 SHOW_T = TOKENS[-1]  # the shape every version is checked and profiled at
 
 # %% [markdown]

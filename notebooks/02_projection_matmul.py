@@ -55,7 +55,7 @@ from nki_moe.tables import format_table
 paths.start_run("02_projection_matmul", smoke=SMOKE, target=TARGET)  # decides where outputs go
 op = ops.get("matmul").on(TARGET, SEED)
 N_SWEEP, VOCAB = 4096, 151936
-TOKENS = (1, 18, 128) if SMOKE else (1, 18, 128, 402, 640)
+TOKENS = (1, 20, 128) if SMOKE else (1, 20, 128, 512, 640)  # 20 and 512: prompts 0 and 4 in tokens
 SHOW_T = TOKENS[-1]
 
 # %% [markdown]
@@ -69,12 +69,12 @@ print(op.expected(op.args(T=2, N=8), "bf16")[0])
 # %% [markdown]
 # ## v0 · naive tiled
 # Per (token tile, 512 columns, k tile): x loaded already transposed by an element-strided DMA (2-byte
-# descriptors), a [128, 512] w tile, one matmul. Checked at T = 18 (the naive x load is slow to emulate too).
+# descriptors), a [128, 512] w tile, one matmul. Checked at T = 20 (the naive x load is slow to emulate too).
 
 # The DMA queues are the busiest engine (asserted): KT·N/512 transposing x loads of 2-byte descriptors.
 
 # %%
-_, p0 = op.step("v0", T=18)
+_, p0 = op.step("v0", T=20)
 assert busiest_engine(p0) == "dma"
 
 # %% [markdown]
@@ -154,7 +154,7 @@ assert p5.latency_us < p4.latency_us
 
 # %%
 _, p6 = op.step("v6", T=1, N=2048)
-for T in (18, SHOW_T):
+for T in (20, SHOW_T):
     print(op.check("v6", T=T).message)
 assert p6.latency_us < p5.latency_us and busiest_engine(p6) == "dma"
 

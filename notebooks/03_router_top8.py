@@ -45,7 +45,7 @@ from nki_moe.reference import linear, router, topk_margin
 
 paths.start_run("03_router_top8", smoke=SMOKE, target=TARGET)  # decides where outputs go
 op = ops.get("router").on(TARGET, SEED)
-TOKENS = (1, 18, 128) if SMOKE else (1, 18, 128, 402, 640)
+TOKENS = (1, 20, 128) if SMOKE else (1, 20, 128, 512, 640)  # 20 and 512: prompts 0 and 4 in tokens
 SHOW_T = TOKENS[-1]
 margin = lambda **shape: topk_margin(linear(*op.fp32_args(**shape), "bf16"), 8)  # bf16 logits' top-8 margin
 
