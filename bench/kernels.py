@@ -1,7 +1,9 @@
 """Emulated wall time of the final kernel versions at real width vs their NumPy reference.
 
-Run: .venv/bin/python bench/kernels.py [--repeat N] [--lm-head]. Prints ratios; never asserts timings.
-``--lm-head`` adds the decode LM head GEMV at N = 151936 (0.62 GB of bf16 weights; needs ~3 GB of RAM).
+Run: .venv/bin/python bench/kernels.py [--repeat N] [--lm-head] [--only TEXT] [--profile N]. Prints ratios;
+never asserts timings. ``--lm-head`` adds the decode LM head GEMV at N = 151936 (0.62 GB of bf16 weights;
+needs ~3 GB of RAM). ``--only`` keeps the kernels whose label contains TEXT. ``--profile N`` runs each kernel
+once under cProfile instead (every program of an LNC=2 launch, merged) and prints its N costliest functions.
 Inputs, layouts and references come from the op registry (``nki_moe.ops``), as in the notebooks and tests.
 
 Columns: ``instr`` executed instructions (both programs of an LNC=2 launch); ``emulated`` best wall time of
@@ -17,6 +19,9 @@ reports its best.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import importlib
+import pstats
 import time
 
 import nki_moe.sim as sim
@@ -94,17 +99,47 @@ def measure(emu, ref, repeat: int) -> tuple[int, tuple, tuple, tuple]:
     return n, best[emu], best[ref], best[ref_1t]
 
 
+def profile(label: str, emu, top: int) -> None:
+    """One emulated call under cProfile, every program thread included, top `top` functions by own time."""
+    jit = importlib.import_module("nki_moe.sim.jit")
+    run_program, profiles = jit._run_program, []
+
+    def profiled(*a, **kw):  # each program runs in its own thread: one profiler per program
+        prof = cProfile.Profile()
+        profiles.append(prof)
+        return prof.runcall(run_program, *a, **kw)
+
+    emu()  # warm-up
+    jit._run_program = profiled
+    try:
+        emu()
+    finally:
+        jit._run_program = run_program
+    stats = pstats.Stats(profiles[0])
+    for prof in profiles[1:]:
+        stats.add(prof)
+    print(f"==== {label}")
+    stats.sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--lm-head", action="store_true")
+    ap.add_argument("--only", default="", help="only the kernels whose label contains this text")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile each kernel, print N rows")
     args = ap.parse_args()
+    selected = [c for c in cases(args.lm_head) if args.only in c[0]]
+    if args.profile:
+        for label, emu, _ in selected:
+            profile(label, emu, args.profile)
+        return
     print(
         f"{'kernel':40s} {'instr':>6s} {'emulated':>10s} {'instr/s':>8s} {'NumPy':>9s} {'NumPy 1T':>9s} "
         f"{'ratio':>6s} {'ratio 1T':>8s} {'cpu 1T':>6s}"
     )
     total_n = total_t = 0.0
-    for label, emu, ref in cases(args.lm_head):
+    for label, emu, ref in selected:
         n, (t_emu, c_emu), (t_ref, _), (t_1t, c_1t) = measure(emu, ref, args.repeat)
         total_n, total_t = total_n + n, total_t + t_emu
         print(

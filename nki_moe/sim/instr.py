@@ -198,8 +198,11 @@ class Instr:
             if P > 128:
                 self.fail("partition dimension exceeds maximum", operand, limit=128, value=P)
             if check_start and value.dyn is None:
-                p0 = value.p_start()
-                ok = p0 == 0 if P > 64 else (p0 in (0, 64) if P > 32 else p0 in (0, 32, 64, 96))
+                if value.oob is not None:
+                    value._use_check()
+                st = value.st  # p0 = value.p_start(), inlined (every operand of every instruction)
+                p0 = value.off // (st.F if value.dtype == st.dtype else value.part_step())
+                ok = p0 == 0 or (P <= 64 and (p0 == 64 or (P <= 32 and p0 in (32, 96))))
                 if not ok:
                     allowed_starts = "0" if P > 64 else ("0/64" if P > 32 else "0/32/64/96")
                     self.fail(
@@ -353,6 +356,7 @@ class Instr:
         if rec is not None and not rec.live:
             self.prog.revive(rec, self.opcode, mode)
         dt = t.dtype
+        F = st.F
         self.accesses.append(
             Access(
                 operand,
@@ -362,7 +366,7 @@ class Instr:
                 ITEMSIZE[dt],
                 t.off,
                 t.pat,
-                t.part_step() if st.F else 0,
+                (F if dt == st.dtype else t.part_step()) if F else 0,
                 st.serial,
             )
         )
@@ -448,14 +452,22 @@ class Instr:
         """(P, F) read-only values of the view in its storage dtype (bit-exact; may alias the storage)."""
         t = self._access(operand, t, "r")
         P, F = t.pf()
-        self._read_checks(operand, t, P, F)
+        st = t.st
+        if st.fresh or st.unfilled or st.taint is not None or self.prog.affine:
+            self._read_checks(operand, t, P, F)
+        else:  # nothing pending, no taint mask, outside affine loops: _read_checks would only clear this
+            self.last_taint = None
         return self._values(t, P, F)
 
     def read(self, operand: str, t: NkiTensor) -> np.ndarray:
         """(P, F) float32 values of the view (read-only; float32 storage is not copied)."""
         t = self._access(operand, t, "r")
         P, F = t.pf()
-        self._read_checks(operand, t, P, F)
+        st = t.st
+        if st.fresh or st.unfilled or st.taint is not None or self.prog.affine:
+            self._read_checks(operand, t, P, F)
+        else:  # as in read_raw
+            self.last_taint = None
         a = self._values(t, P, F)
         return a if a.dtype == _F32 else numerics.to_f32(a)
 
@@ -528,7 +540,12 @@ class Instr:
         st.written = True
         prog = self.prog
         if prog.strict:
-            out = self._out_taint(taint, P, F)
+            # No mask argument and no tainted read so far: nothing to derive (the common, clean case).
+            out = (
+                None
+                if taint is None or (type(taint) is str and not self._taints)
+                else self._out_taint(taint, P, F)
+            )
             if out is None:
                 if st.taint is not None:
                     t.mask_set(st.taint, False)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
+import os
 import sys
 import threading
 import warnings
@@ -256,6 +258,7 @@ def _collect_outputs(v, prog: Program, loc: str, torch_out: bool):
 
 
 _allocator_primed = False
+PAUSE_GC = True  # pause the cyclic garbage collector during a launch (see run)
 
 
 def _prime_allocator() -> None:
@@ -300,6 +303,10 @@ def _call_noting_return(fn, args, kwargs) -> tuple:
         if hooked and sys.getprofile() is first_call:
             sys.setprofile(None)
     line = here[0].f_lineno if here else code.co_firstlineno
+    # The finished kernel frame still holds every tile the kernel bound to a local, and it points back at
+    # this frame (f_back), whose `here` holds it: a reference cycle. Dropped now, the tiles die by reference
+    # counting and their buffers go back to the pool for the next launch instead of waiting for the GC.
+    here.clear()
     return ret, f"{code.co_filename}:{line}"
 
 
@@ -360,6 +367,13 @@ def run(
     _prime_allocator()
     old_precise = numerics.precise()
     numerics.set_precise(opts.precise)
+    # The cyclic GC is paused for the launch: every instruction makes a handful of small objects (views,
+    # trace records), so generation-0 collections run every ~100 instructions and, as the trace grows, full
+    # collections walk the whole heap; nothing an emulated kernel frees depends on them (tiles and buffers
+    # are freed by reference counting). Cycles made during the launch are collected once it is over.
+    gc_on = PAUSE_GC and gc.isenabled()
+    if gc_on:
+        gc.disable()
     try:
         conv = _Args(launch, "shared_hbm" if n > 1 else "private_hbm")
         names = _param_names(k.fn, len(args))
@@ -375,6 +389,8 @@ def run(
         conv.write_back()
     finally:
         numerics.set_precise(old_precise)
+        if gc_on:
+            gc.enable()
     res = RunResult(
         outputs,
         launch.trace,
@@ -405,8 +421,64 @@ def _param_names(fn, n: int) -> tuple:
         return tuple(f"arg{i}" for i in range(n))
 
 
+class _Worker:
+    """A reusable daemon thread that runs one program of an LNC launch at a time.
+
+    Starting two threads per LNC=2 launch costs more than a small decode kernel's instructions; an idle
+    worker waits on its own lock for the next program instead. A worker goes back to the idle list only
+    when its program has returned (normally or by an error), so a launch never shares one.
+    """
+
+    _idle: list = []
+    _lock = threading.Lock()
+
+    def __init__(self):
+        self.task = None
+        self.ready = threading.Semaphore(0)
+        self.done = threading.Event()
+        threading.Thread(target=self._loop, name="nki-program-worker", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _Worker:
+        with cls._lock:
+            if cls._idle:
+                return cls._idle.pop()
+        return cls()
+
+    def submit(self, task) -> None:
+        self.task = task
+        self.done.clear()
+        self.ready.release()
+
+    def wait(self) -> None:
+        self.done.wait()
+        with self._lock:
+            self._idle.append(self)
+
+    def _loop(self) -> None:
+        while True:
+            self.ready.acquire()
+            task, self.task = self.task, None
+            try:
+                task()
+            finally:
+                self.done.set()
+
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        # A forked child has none of the parent's threads: idle workers there would never run a program.
+        cls._idle = []
+        cls._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_Worker._forget_after_fork)
+
+
 def _run_lnc(launch: Launch, fn, args, kwargs) -> list:
-    """Programs run one at a time in pid order; core_barrier/sendrecv hand over deterministically."""
+    """Programs run one at a time in pid order; core_barrier/sendrecv hand over deterministically.
+
+    Program 0 runs in the calling thread, the others in reusable worker threads (_Worker).
+    """
     n = launch.nprog
     sched = Scheduler(n)
     launch.sched = sched
@@ -424,11 +496,14 @@ def _run_lnc(launch: Launch, fn, args, kwargs) -> list:
             errors[pid] = e
             sched.fail()
 
-    threads = [threading.Thread(target=body, args=(p,), name=f"nki-program-{p}") for p in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    workers = [_Worker.get() for _ in range(1, n)]
+    for pid, w in enumerate(workers, start=1):
+        w.submit(functools.partial(body, pid))
+    try:
+        body(0)
+    finally:
+        for w in workers:
+            w.wait()
     for e in errors:
         if e is not None:
             raise e

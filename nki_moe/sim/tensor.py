@@ -646,6 +646,7 @@ def _slice(s: slice, n: int, dim: int, t) -> tuple[int, int]:
 _CACHE_MAX = 4096  # geometry caches are cleared beyond this many entries (patterns repeat in practice)
 _BASE_PATTERNS: dict = {}  # shape -> row-major ((step, num), ...) of a whole allocation
 _ND_GEOMETRY: dict = {}  # (pattern, itemsize) -> (shape, byte strides) of the strided ndarray view
+_BYTE_RANGES: dict = {}  # (pattern, on chip, base offset, itemsize) -> free_byte_range()
 
 
 def _reshape_steps(old: list, new: tuple):
@@ -824,15 +825,18 @@ class NkiTensor:
         if self.oob is not None:
             self._use_check()
         isz = ITEMSIZE[self.dtype]
-        if self.on_chip:
-            base = self.off % self.part_step()
-            dims = self.pat[1:]
-        else:
-            base = self.off
-            dims = self.pat
-        lo = base + sum(min(0, s * (n - 1)) for s, n in dims)
-        hi = base + sum(max(0, s * (n - 1)) for s, n in dims) + 1
-        return lo * isz, hi * isz
+        on_chip = self.st.buffer in ON_CHIP
+        base = self.off % self.part_step() if on_chip else self.off
+        key = (self.pat, on_chip, base, isz)
+        got = _BYTE_RANGES.get(key)
+        if got is None:  # a pure function of the key: cached (kernels repeat the same slices every iteration)
+            if len(_BYTE_RANGES) > _CACHE_MAX:
+                _BYTE_RANGES.clear()
+            dims = self.pat[1:] if on_chip else self.pat
+            lo = base + sum(min(0, s * (n - 1)) for s, n in dims)
+            hi = base + sum(max(0, s * (n - 1)) for s, n in dims) + 1
+            got = _BYTE_RANGES[key] = (lo * isz, hi * isz)
+        return got
 
     def _same_units(self) -> bool:
         return self.dtype == self.st.dtype or ITEMSIZE[self.dtype] == numerics.itemsize(self.st.dtype)
@@ -967,7 +971,7 @@ class NkiTensor:
         pat = []
         off = self.off
         dim = 0
-        on_chip = self.on_chip
+        on_chip = self.st.buffer in ON_CHIP
         for k in key:
             if k is None:
                 pat.append((0, 1))
@@ -979,7 +983,12 @@ class NkiTensor:
                 n_real = len(self.pat)  # a second Ellipsis expands to nothing
                 continue
             step, num = self.pat[dim]
-            if isinstance(k, slice):
+            if type(k) is slice:
+                a, b = k.start, k.stop
+                if k.step is None and a is None and b is None:  # ':' (the most common index)
+                    pat.append((step, num))
+                    dim += 1
+                    continue
                 start, sstep, cnt = _slice(k, num, dim, self)
                 if on_chip and dim == 0 and sstep != 1:
                     raise self._error(
@@ -988,7 +997,7 @@ class NkiTensor:
                 off += start * step
                 pat.append((step * sstep, cnt))
             elif isinstance(k, (int, np.integer)):
-                j = _norm_index(k, num, dim, self)
+                j = k if type(k) is int and 0 <= k < num else _norm_index(k, num, dim, self)
                 off += j * step
                 if on_chip and dim == 0:
                     pat.append((step, 1))  # on-chip tensors keep their partition dim
