@@ -315,7 +315,11 @@ save_figure(fig, "04_moe_decode_design_space", {k: [r[i] for r in rows] for i, k
 # Printed from the sweep and the profiles (estimates). Asserted: each rung is faster than the one before at
 # T = 1 on both chips; v1 reads 1/16 of v0's bytes; the final version is within 1.5× of its HBM floor at
 # TP = 4 and within 1.3× at TP = 1 on trn2 (the issue's goals); the fused layer v5 moves fewer bytes than
-# K13 and its estimate is below K13's measured time.
+# K13 and its estimate is below K13's measured time. Since the cost model orders a DMA whose offset is a
+# register after the instruction that loaded it (register dependencies, docs/cost-model.md), the id load
+# (≈ 2 µs of DMA fixed cost) sits in front of the first expert byte: v4 loads the ids first, keeps one
+# register per pair in flight and splits its one-partition PSUM read-out between ACT and DVE to stay
+# within the goal.
 
 # %%
 print("\n".join(sweep.summary_lines(op.final.name, (1, TOKENS[-1]), f"{op.final.kernel} TP={TP}")))

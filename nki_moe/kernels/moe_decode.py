@@ -23,6 +23,8 @@ Versions (each adds one idea):
     moe_decode_v4  the DMA side: weight loads issued up to 4 pairs ahead of their compute, the 64-row down
                    chunk (I = 192) alternating between partitions 0-63 and 64-127 so all 16 DMA engines carry
                    it, w_k folded into act so a token's slots accumulate in one PSUM row, read out once
+                   (the ids loaded first, one register per pair in flight, the one-partition read-out
+                   split between ACT and DVE)
     moe_decode_v5  the fused layer (registered as op ``moe_layer_decode``): RMSNorm, router logits, top-8
                    and softmax of the winners in the same launch, the ids going from nc_find_index8 straight
                    into the expert DMAs' register, then v4's experts
@@ -422,25 +424,27 @@ def moe_decode_v4(x, idx, weights, w_gate_up, w_down):
     per_pair = (KT * I2 + len(chunks) * H) * 2  # SBUF bytes per partition of one expert's weights
     depth = max(1, min(4, (96 * 1024) // per_pair))
     y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
-    xT = nl.ndarray((P, T, KT), dtype=x.dtype, buffer=nl.sbuf)
-    nisa.dma_copy(dst=xT, src=x.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
+    # the ids first: the first weight DMA waits for them (register_load), x only for the first matmul
     idx_sb = nl.ndarray((1, T * TOP_K), dtype=idx.dtype, buffer=nl.sbuf)
     nisa.dma_copy(dst=idx_sb, src=idx.reshape((1, T * TOP_K)))
+    xT = nl.ndarray((P, T, KT), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=xT, src=x.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
     # every pair's weight on every partition (partition step 0): the per-partition scale of act
     w_b = nl.ndarray((P, T * TOP_K), dtype=weights.dtype, buffer=nl.sbuf)
     nisa.dma_copy(dst=w_b, src=weights.ap(pattern=[[0, P], [1, T * TOP_K]], offset=0))
     w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
     nisa.tensor_copy(dst=w_f, src=w_b)
     pairs = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]  # this core's pairs
-    e = nisa.register_alloc()
+    # one register per pair in flight: loading pair n + depth's id does not wait for pair n's DMAs
+    regs = [nisa.register_alloc() for _ in range(depth)]
     rows0 = [_row_offsets(inter, n) for n in range(len(pairs))]
     ids = [idx_sb[0:1, pair : pair + 1] for pair in pairs]
-    loaded = [_load_expert(w_gate_up, w_down, ids[n], e, rows0[n]) for n in range(depth)]
+    loaded = [_load_expert(w_gate_up, w_down, ids[n], regs[n], rows0[n]) for n in range(depth)]
     for n, pair in enumerate(pairs):
         t, j = divmod(pair, TOP_K)
         gu, dn = loaded.pop(0)  # (rebinding gu, dn ends the previous pair's tiles before the next load)
         if n + depth < len(pairs):  # prefetch: the DMAs of pair n + depth go out before pair n computes
-            loaded.append(_load_expert(w_gate_up, w_down, ids[n + depth], e, rows0[n + depth]))
+            loaded.append(_load_expert(w_gate_up, w_down, ids[n + depth], regs[n % depth], rows0[n + depth]))
         if j == first:
             y_ps = nl.ndarray((1, H), dtype=nl.float32, buffer=nl.psum)  # H / 512 banks
         acts = []
@@ -486,7 +490,12 @@ def moe_decode_v4(x, idx, weights, w_gate_up, w_down):
         if n_prog > 1:
             other = 1 - pid
             part = nl.ndarray((1, HS), dtype=nl.float32, buffer=nl.sbuf)  # DMA cannot read PSUM
-            nisa.tensor_copy(dst=part, src=y_ps[:, other * HS : (other + 1) * HS])
+            # one partition, HS columns: the read-out is free-size bound, so ACT and DVE take half each
+            h2 = HS // 2
+            nisa.tensor_copy(
+                dst=part[:, :h2], src=y_ps[:, other * HS : other * HS + h2], engine=nisa.scalar_engine
+            )
+            nisa.tensor_copy(dst=part[:, h2:], src=y_ps[:, other * HS + h2 : (other + 1) * HS])
             theirs = nl.ndarray((1, HS), dtype=nl.float32, buffer=nl.sbuf)
             nisa.sendrecv(src=part, dst=theirs, send_to_rank=other, recv_from_rank=other, pipe_id=0)
             nisa.tensor_tensor(dst=y_sb, data1=mine, data2=theirs, op=nl.add)
@@ -612,13 +621,13 @@ def moe_decode_v5(h, gamma, w_router, w_gate_up, w_down, eps):
     pairs = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
     rows0 = [_row_offsets(inter, n) for n in range(len(pairs))]
     ids = [i_t[p // TOP_K : p // TOP_K + 1, p % TOP_K : p % TOP_K + 1] for p in pairs]
-    e = nisa.register_alloc()
-    loaded = [_load_expert(w_gate_up, w_down, ids[n], e, rows0[n]) for n in range(depth)]
+    regs = [nisa.register_alloc() for _ in range(depth)]  # one per pair in flight, as v4
+    loaded = [_load_expert(w_gate_up, w_down, ids[n], regs[n], rows0[n]) for n in range(depth)]
     for n, pair in enumerate(pairs):
         t, j = divmod(pair, TOP_K)
         gu, dn = loaded.pop(0)
         if n + depth < len(pairs):
-            loaded.append(_load_expert(w_gate_up, w_down, ids[n + depth], e, rows0[n + depth]))
+            loaded.append(_load_expert(w_gate_up, w_down, ids[n + depth], regs[n % depth], rows0[n + depth]))
         if j == first:
             y_ps = nl.ndarray((1, H), dtype=nl.float32, buffer=nl.psum)
         acts = []

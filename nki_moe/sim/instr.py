@@ -130,6 +130,10 @@ class Instr:
         self.seq = len(prog.trace.records)
         self.accesses: list[Access] = []
         self.info: dict = {}
+        pending = getattr(prog, "pending_reg_reads", None)
+        if pending:  # dynamic-loop bounds read by the loop's first instruction
+            self.info["reg_reads"] = list(pending)
+            pending.clear()
         self._taints: list = []
         self.last_taint = None  # taint mask (P, F) of the last read, or None when clean
 
@@ -156,6 +160,18 @@ class Instr:
 
     def note(self, **fields) -> None:
         self.info.update(fields)
+
+    def reg_read(self, reg) -> None:
+        """Note that this instruction reads sequencer register ``reg`` (cost-model dependency)."""
+        rid = getattr(reg, "rid", None)
+        if rid is not None:
+            self.info.setdefault("reg_reads", []).append(rid)
+
+    def reg_write(self, reg) -> None:
+        """Note that this instruction writes sequencer register ``reg`` (cost-model dependency)."""
+        rid = getattr(reg, "rid", None)
+        if rid is not None:
+            self.info.setdefault("reg_writes", []).append(rid)
 
     def fail(
         self, message: str, operand: str | None = None, limit=None, value=None, cls: type = NkiValidationError
@@ -311,6 +327,7 @@ class Instr:
         if isinstance(src, (int, np.integer)):
             return int(src)
         if hasattr(src, "_nki_register_value"):
+            self.reg_read(src)
             return int(src._nki_register_value())
         if isinstance(src, NkiTensor):
             if src.size != 1:

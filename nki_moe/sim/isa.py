@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 
 import numpy as np
 
@@ -40,13 +41,21 @@ def get_nc_version() -> nc_version:
 # ---- registers ---------------------------------------------------------------------------------------
 
 
-class VirtualRegister:
-    """A 32-bit sequencer register (value known at run time in the emulator)."""
+_REGISTER_IDS = itertools.count()
 
-    __slots__ = ("value",)
+
+class VirtualRegister:
+    """A 32-bit sequencer register (value known at run time in the emulator).
+
+    ``rid`` identifies it in the trace: instructions note the registers they read and write
+    (``info['reg_reads']`` / ``info['reg_writes']``) so the cost model orders them like memory accesses.
+    """
+
+    __slots__ = ("value", "rid")
 
     def __init__(self, value: int = 0):
         self.value = int(np.int32(value)) if -(2**31) <= int(value) < 2**31 else int(np.uint32(value))
+        self.rid = next(_REGISTER_IDS)
 
     def _nki_register_value(self) -> int:
         return self.value
@@ -77,12 +86,14 @@ def register_move(dst: VirtualRegister, src) -> None:
         if not isinstance(dst, VirtualRegister):
             ins.fail("dst must be a register", "dst")
         dst.value = ins.scalar_value("src", src)
+        ins.reg_write(dst)
 
 
 def register_load(dst: VirtualRegister, src: NkiTensor) -> None:
     with Instr("register_load", "sp") as ins:
         ins.tensor("src", src, buffers=("sbuf", "hbm"), check_start=False)
         dst.value = ins.scalar_value("src", src)
+        ins.reg_write(dst)
 
 
 def register_store(dst: NkiTensor, src: VirtualRegister) -> None:

@@ -212,6 +212,11 @@ def dynamic_range(start, stop=None, step=1):
     def val(x):
         return int(x._nki_register_value()) if hasattr(x, "_nki_register_value") else x
 
+    prog = runtime.current()
+    if prog is not None:  # the loop's first instruction waits for the registers of its bounds
+        for x in (start, stop):
+            if hasattr(x, "rid"):
+                prog.pending_reg_reads.append(x.rid)
     return runtime.loop_range("sequential", val(start), None if stop is None else val(stop), step)
 
 

@@ -507,6 +507,7 @@ class Program:
         self.compat = launch.opts.compat
         self.trace = launch.trace
         self.loops: list[Loop] = []
+        self.pending_reg_reads: list[int] = []  # dynamic-loop bound registers, read by the next instruction
         self.affine: list[Loop] = []
         self.mem = MemTracker(launch.tgt)
         self.top_allocs: list = []
