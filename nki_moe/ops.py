@@ -48,8 +48,11 @@ __all__ = [
     "attention_decode",
     "check_with_cache",
     "moe_decode",
+    "moe_block_slots",
+    "moe_expert_read_bytes",
     "moe_layer_decode",
     "moe_read_bytes",
+    "moe_touched",
     "moe_weight_bytes",
 ]
 
@@ -164,7 +167,9 @@ def _moe_args(
 
     ``routing``: "random" (each token's top-8 of its own logits), "repeat" (every token draws from the same
     10 experts: experts chosen by several tokens) or "half" (all experts from [0, E/2): what a split of the
-    experts by owner would put on one core).
+    experts by owner would put on one core; experts E/2 … E − 1 get no token). For the prefill kernels:
+    "hot" (every token's slot 0 is expert 0: one expert receives all T tokens) and "ties" (all logits
+    equal: every token picks experts 0 … 7, lower index first, weights 1/8 each).
     """
     rng = np.random.default_rng(seed + T)
     x = bf16(rng.standard_normal((T, H)))
@@ -173,8 +178,12 @@ def _moe_args(
         logits[:, 10:] -= 100.0
     elif routing == "half":
         logits[:, E // 2 :] -= 100.0
+    elif routing == "hot":
+        logits[:, 0] = logits.max(axis=1) + 0.5
+    elif routing == "ties":
+        logits[:] = 0.0
     elif routing != "random":
-        raise ValueError(f"routing must be 'random', 'repeat' or 'half', got {routing!r}")
+        raise ValueError(f"routing must be 'random', 'repeat', 'half', 'hot' or 'ties', got {routing!r}")
     idx = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
     top = np.take_along_axis(logits, idx, axis=1)
     w = np.exp(top - top[:, :1])
@@ -244,6 +253,28 @@ def _compare_moe_layer(out, lowp, fp32):
         exact(out[1].astype(np.int64), lowp[1], "idx"),
         check_close(out[2].astype(np.float32), lowp[2], "bf16", name="weights"),
     ]
+
+
+def moe_block_slots(idx, block: int) -> int:
+    """Token slots a grouped prefill kernel computes with blocks of ``block``: Σ_e ceil(c_e / block)·block
+    over the experts' pair counts c_e (T·8 pairs + the padding; its MACs are 3·H·I per slot)."""
+    counts = np.bincount(np.asarray(idx, np.int64).reshape(-1))
+    return int((-(-counts // block) * block).sum())
+
+
+def moe_expert_read_bytes(trace) -> int:
+    """Bytes the DMAs of a MoE kernel's trace read from its expert weights: w_gate_up and w_down, the 4th and
+    5th kernel arguments (the emulator numbers a launch's input tensors 1, 2, … in argument order)."""
+    return sum(
+        int(r.info.get("dma_bytes", 0))
+        for r in trace
+        if r.engine == "dma" and any(a.operand == "src" and a.alloc in (4, 5) for a in r.accesses)
+    )
+
+
+def moe_touched(idx) -> int:
+    """Distinct experts the (token, slot) pairs of ``idx`` choose."""
+    return len(np.unique(np.asarray(idx)))
 
 
 def moe_read_bytes(trace) -> int:
@@ -497,6 +528,19 @@ OPS: dict[str, Ladder] = {
             versions=(Version("v0", "moe_decode_v5", 2),),  # the moe_decode ladder's v5, fused
             notebook="notebooks/04_moe_decode.py",
             tests=("tests/kernels/test_moe_decode.py",),
+        ),
+        Ladder(
+            name="moe_prefill",
+            title="MoE prefill: T·8 pairs grouped by expert [T, 2048] x [2048, 2I/tp], [I/tp, 2048]",
+            module="nki_moe.kernels.moe_prefill",
+            make_args=_moe_args,
+            reference=moe_decode,  # the same layer maths at any T
+            cost=_moe_cost,
+            compare=_compare_y,
+            versions=_versions("moe_prefill", lnc=(2, 1, 1, 2, 2)),
+            notebook="notebooks/05_moe_prefill.py",
+            figures=("05_moe_prefill_sweep",),
+            tests=("tests/kernels/test_moe_prefill.py",),
         ),
         Ladder(
             name="attention_decode",
