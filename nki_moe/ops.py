@@ -346,11 +346,17 @@ def _compare_out(out, lowp, fp32):
     return [ratio(out[0], lowp[0], fp32[0], "out")]
 
 
+# Ops whose v rows come out of a T-row projection inside the kernel: its fp32 sums run in the PE's order, not
+# NumPy's, so a v row can differ by one bf16 ulp as k's can; the v rows are then checked as k's (bf16
+# tolerance). Elsewhere v is an input (or the decode block's one row, bit-exact on every tested shape).
+_V_PROJECTED = ("attention_block_prefill",)
+
+
 def check_with_cache(op, version, seed: int | None = None, target: str | None = None, **shape):
     """``op.check`` of an attention version plus both caches after it. From row L (the op's ``L`` argument;
-    0 for a prefill) the kernel's new rows: v bit-exact, k (after norm + RoPE) within bf16 tolerance — the
-    RMS's fp32 sum order is not NumPy's, so a row can differ by one bf16 ulp; every other row untouched
-    (bit-exact). Returns (Checked, cache outcomes)."""
+    0 for a prefill) the kernel's new rows: v bit-exact (``_V_PROJECTED``: as k), k (after norm + RoPE)
+    within bf16 tolerance — the RMS's fp32 sum order is not NumPy's, so a row can differ by one bf16 ulp;
+    every other row untouched (bit-exact). Returns (Checked, cache outcomes)."""
     args = op.args(seed, **shape)
     before = [np.asarray(c).astype(np.float32) for c in args[7:9]]
     checked = op.check(version, args=args, target=target, **shape)
@@ -360,7 +366,7 @@ def check_with_cache(op, version, seed: int | None = None, target: str | None = 
         after, n = np.asarray(cache).astype(np.float32), len(rows)
         kept = np.concatenate([after[:L], after[L + n :]]), np.concatenate([old[:L], old[L + n :]])
         outcomes.append(exact(*kept, f"{name} rows not written"))
-        if name == "v_cache":
+        if name == "v_cache" and op.name not in _V_PROJECTED:
             outcomes.append(exact(after[L : L + n], rows, f"{name} rows {L}..{L + n - 1}"))
         else:
             outcomes.append(check_close(after[L : L + n], rows, "bf16", name=f"{name} rows {L}..{L + n - 1}"))
@@ -375,10 +381,24 @@ def _attn_block_args(
     """x [1, H] (normed hidden), w_qkv [H, (n_q + 2·n_kv)·d] (q | k | v columns; GEMV outputs of scale 2),
     w_o [n_q·d, H], then the norm weights, cos/sin, caches, L and eps of the decode-attention inputs."""
     rng = np.random.default_rng(seed + L + 1)
+    w_qkv, w_o = _block_weights(rng, H, n_q, n_kv, d)
+    rest = _attn_decode_args(seed, L, n_q, n_kv, d, cap)[3:]
+    return (bf16(rng.standard_normal((1, H))), w_qkv, w_o, *rest)
+
+
+def _block_weights(rng, H: int, n_q: int, n_kv: int, d: int) -> tuple:
+    """bf16 w_qkv [H, (n_q + 2·n_kv)·d] (q | k | v columns; outputs of scale 2 for x of scale 1) and w_o
+    [n_q·d, H] of the fused blocks, drawn from ``rng``."""
     w_qkv = 2 * rng.standard_normal((H, (n_q + 2 * n_kv) * d), dtype=np.float32) / np.float32(np.sqrt(H))
     w_o = rng.standard_normal((n_q * d, H), dtype=np.float32) / np.float32(np.sqrt(n_q * d))
-    rest = _attn_decode_args(seed, L, n_q, n_kv, d, cap)[3:]
-    return (bf16(rng.standard_normal((1, H))), bf16(w_qkv), bf16(w_o), *rest)
+    return bf16(w_qkv), bf16(w_o)
+
+
+def _qkv_split(x, w_qkv, w_o, k_cache, dtype):
+    """q, k, v = x · w_qkv (rounded as HF's projections), split at the q | k | v columns."""
+    _, n_kv, d = k_cache.shape
+    n_q = w_o.shape[0] // d
+    return np.split(linear(x, w_qkv, dtype), [n_q * d, (n_q + n_kv) * d], axis=1)
 
 
 def attention_block_decode(
@@ -388,9 +408,7 @@ def attention_block_decode(
 
     Returns: (y [1, H], the appended k row, the appended v row), as ``attention_decode``.
     """
-    _, n_kv, d = k_cache.shape
-    n_q = w_o.shape[0] // d
-    q, k, v = np.split(linear(x, w_qkv, dtype), [n_q * d, (n_q + n_kv) * d], axis=1)
+    q, k, v = _qkv_split(x, w_qkv, w_o, k_cache, dtype)
     out, k_row, v_row = attention_decode(
         q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps, dtype
     )
@@ -442,6 +460,39 @@ def _attn_prefill_cost(T: int, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: i
     pairs = sum(min(128, T - q0) * min(T, q0 + 128) for q0 in range(0, T, 128))
     io = T * (2 * n_q * d + 4 * n_kv * d) * 2  # q in, out; k, v in; k, v rows out
     return OpCost(macs=2 * n_q * d * pairs, weight_bytes=2 * d * 2, act_bytes=io + 2 * T * d * 2)
+
+
+def _attn_block_prefill_args(
+    seed: int, T: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640
+) -> tuple:
+    """x [T, H] (after the input RMSNorm), w_qkv, w_o as the decode block's (``_block_weights``), then the
+    norm weights, cos/sin [T, d], stale caches and eps of the prefill-attention inputs."""
+    rng = np.random.default_rng(seed + T + 1)
+    w_qkv, w_o = _block_weights(rng, H, n_q, n_kv, d)
+    rest = _attn_prefill_args(seed, T, n_q, n_kv, d, cap)[3:]
+    return (bf16(rng.standard_normal((T, H))), w_qkv, w_o, *rest)
+
+
+def attention_block_prefill(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, dtype="fp32"):
+    """The reference with the prefill block's signature: the q|k|v projection, ``attention_prefill``,
+    o_proj (the decode block's rounding points). Returns: (y [T, H], the k rows, the v rows of 0..T-1)."""
+    q, k, v = _qkv_split(x, w_qkv, w_o, k_cache, dtype)
+    out, k_rows, v_rows = attention_prefill(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, dtype
+    )
+    return linear(out, w_o, dtype), k_rows, v_rows
+
+
+def _attn_block_prefill_cost(
+    T: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640
+):
+    """The prefill block: the q|k|v and o projections' MACs and weights plus the prefill attention's MACs
+    (the tiled pairs, ``_attn_prefill_cost``); bytes the minimum: the weights, x in, y out, the K/V rows
+    written, the norm weights and cos/sin (q, k, v and the attention output need never leave the chip)."""
+    qkv, o = linear_cost(T, H, (n_q + 2 * n_kv) * d), linear_cost(T, n_q * d, H)
+    attn = _attn_prefill_cost(T, n_q, n_kv, d)
+    io = T * (2 * H + 2 * n_kv * d + 2 * d) * 2  # x, y; K/V rows; cos, sin
+    return OpCost(qkv.macs + attn.macs + o.macs, qkv.weight_bytes + o.weight_bytes + attn.weight_bytes, io)
 
 
 def _versions(kernel: str, lnc: tuple[int, ...], layout: tuple | None = None) -> tuple[Version, ...]:
@@ -579,6 +630,19 @@ OPS: dict[str, Ladder] = {
             versions=_versions("attention_prefill", lnc=(1, 1, 1, 1, 2, 2, 2)),
             notebook="notebooks/06_attention.py",
             figures=("06_attention_prefill_sweep", "06_attention_prefill_roofline"),
+            tests=("tests/kernels/test_attention.py",),
+        ),
+        Ladder(
+            name="attention_block_prefill",
+            title="fused prefill attention block of one rank: QKV + norms + RoPE + KV write + GQA + o_proj",
+            module="nki_moe.kernels.attention",
+            make_args=_attn_block_prefill_args,
+            reference=attention_block_prefill,
+            cost=_attn_block_prefill_cost,
+            compare=_compare_out,
+            versions=_versions("attention_block_prefill", lnc=(1, 1, 2)),
+            notebook="notebooks/06_attention.py",
+            figures=("06_attention_block_prefill_sweep",),
             tests=("tests/kernels/test_attention.py",),
         ),
     )

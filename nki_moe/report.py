@@ -204,6 +204,28 @@ _CAPTIONS: dict[str, tuple[str, str]] = {
         "The fused decode attention block, versions v0…v7: roofline points at the shortest and longest L at "
         "the op's ideal FLOP/byte (faster is higher), against the roof of each launch's cores.",
     ),
+    "06_attention_block_prefill_sweep": (
+        "cost-model estimates, trn2 and trn3",
+        "The fused prefill attention block of one TP rank (QKV + norms + RoPE + K/V write + causal GQA + "
+        "o_proj, 8/1 heads, H = 2048), versions v0…v2: estimated latency (µs, log scale) and achieved "
+        "TFLOP/s on the op's ideal FLOPs vs prompt tokens T, against the floor and roof of each launch's "
+        "cores; trn2 left, trn3 right.",
+    ),
+    "07_e2e_score": (
+        "cost-model estimates + fitted host term; baselines and 1st place: published measurements",
+        "Per prompt: e2e latency (left) and score (right) of the assembled kernel model at TP=4 x LNC=2 on "
+        "trn2 and trn3, beside the published baselines and the 1st place's trn3 results; legend: score sums.",
+    ),
+    "07_decode_budget": (
+        "cost-model estimates, trn2 and trn3",
+        "One decode step at context 640 on one rank by op group, beside its floor: HBM bytes at the chip's "
+        "bandwidth + 96 all-reduces (collective model).",
+    ),
+    "07_sensitivity": (
+        "cost-model estimates, trn2 and trn3",
+        "Score sum with HBM bandwidth, DMA fixed cost, all-reduce latency and host term each at x0.8 and "
+        "x1.2, one at a time (tornado).",
+    ),
     "04_moe_decode_design_space": (
         "cost-model estimates (trn2); weight bytes counted from the model config",
         "One rank's MoE decode layer (T = 1) at TP = 1, 2, 4 (LNC = 2 ranks) and 8 (LNC = 1) with bf16 and "

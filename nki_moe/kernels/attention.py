@@ -55,16 +55,24 @@ Versions (each adds one idea):
                          normalisation on GpSimd, pᵀ evicted four tiles per copy: v4's bits (order-preserving)
     attention_prefill_v6 v5 with the scale folded into the PSUM eviction: one pass fewer, one rounding fewer —
                          the faster variant, not bit-identical to the reference
+    attention_block_prefill_v0  the prefill block (x, w_qkv, w_o in; y out), unfused, one core: q|k|v
+                         stored to HBM and read back by v5's passes, the attention output likewise to o
+    attention_block_prefill_v1  q/k-norm + RoPE fused into the QKV epilogue: PSUM tiles evicted, normed and
+                         rotated on the way to SBUF; q/k/v never touch HBM but for the K/V cache rows
+    attention_block_prefill_v2  the o projection as the attention's epilogue, LNC=2 (query heads split,
+                         k on core 0 and v on core 1, attention outputs swapped; o in head order: v1's bits)
 
 Issue 16's prefill rungs → these: v0 scores in HBM = v0; v1 SBUF-resident = v1; v2 flash = v2; "q/k-norm +
-RoPE fused into the QKV epilogue": every prefill version norms and rotates q/k per 128-token tile as it is
-loaded (no HBM round trip), but the QKV projection itself is not in these kernels (they take q, k, v, the
-projections' outputs), so the epilogue fusion proper needs a prefill block op (x, w_qkv in) and is not a
-rung here; v4 LNC=2 = v4. v3 (stage interleave), v5 and v6 are the workbook's own.
+RoPE fused into the QKV epilogue": the prefill versions norm and rotate q/k per 128-token tile as it is
+loaded, but take q, k, v (the projections' outputs); the epilogue fusion proper is attention_block_prefill_v1
+(x, w_qkv in; v0 the unfused baseline, v2 the o projection fused too, LNC=2); v4 LNC=2 = v4. v3 (stage
+interleave), v5 and v6 are the workbook's own.
 
 Run: ``nki_moe.sim.run(attention_block_v7, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
 L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v6, q, k, v, q_norm_w, k_norm_w, cos, sin,
-k_cache, v_cache, eps, lnc=2)`` (v5: the order-preserving variant); tests/kernels/test_attention.py.
+k_cache, v_cache, eps, lnc=2)`` (v5: the order-preserving variant); prefill block:
+``nki_moe.sim.run(attention_block_prefill_v2, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
+eps, lnc=2)``; tests/kernels/test_attention.py.
 
 Limits (asserted at entry):
     d <= 128, d even             v0-v3  one head on the partitions; rotate-half needs two halves
@@ -74,6 +82,7 @@ Limits (asserted at entry):
     H % 128 == 0                 v0-v3  (block) whole contraction tiles and 128-column o groups
     H % 256 == 0, n_q even       v1-v7  (block) halves of the weights and heads for the two cores
     G/2 <= 8 or 8 | G/2          v4-v7  (block) yᵀ in runs of min(8, G/2) columns per partition
+    H % 256 == 0, n_q even, (n_q/2·d) % 128 == 0   prefill block: halves of the o columns and heads
 """
 
 import nki
@@ -1889,6 +1898,27 @@ def _norm_rope_heads_b(x_t, w_b, cos_t, sin_n, eps):
     return out
 
 
+def _neg_sin(s_t):
+    """[-sin_lo, sin_hi] of a [tsz, d] sin tile: the pre-negated operand of ``_norm_rope_heads_b``."""
+    tsz, d = s_t.shape
+    h = d // 2
+    sin_n = nl.ndarray((tsz, d), dtype=s_t.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=sin_n[:, 0:h], data=s_t[:, 0:h], op0=nl.multiply, operand0=-1.0)
+    nisa.tensor_copy(dst=sin_n[:, h:d], src=s_t[:, h:d])
+    return sin_n
+
+
+def _heads_T(xn, xT, t0):
+    """Each head of xn [tsz, heads, d] PE-transposed into xT[:, head, t0 : t0 + tsz] (d on the partitions);
+    returns xn."""
+    tsz, heads, d = xn.shape
+    for hd in range(heads):
+        t_psum = nl.ndarray((d, tsz), dtype=xn.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=t_psum, data=xn[:, hd, :])
+        nisa.tensor_copy(dst=xT[:, hd, t0 : t0 + tsz], src=t_psum)
+    return xn
+
+
 def _prefill_inputs_b(
     q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, q_heads, write_k, write_v
 ):
@@ -1901,7 +1931,7 @@ def _prefill_inputs_b(
     cap, n_kv, d = k_cache.shape
     P = nl.tile_size.pmax
     h0, h1 = q_heads
-    nh, h = h1 - h0, d // 2
+    nh = h1 - h0
     tiles = [(t0, min(S_TILE, T - t0)) for t0 in range(0, T, S_TILE)]
     if write_v:
         nisa.dma_copy(dst=v_cache[0:T, :, :], src=v.reshape((T, n_kv, d)))
@@ -1922,18 +1952,10 @@ def _prefill_inputs_b(
     qT = nl.ndarray((d, nh, T), dtype=q.dtype, buffer=nl.sbuf)
     kT = nl.ndarray((d, n_kv, T), dtype=k.dtype, buffer=nl.sbuf)
     kns = []
-    for (t0, tsz), (q_t, k_t, _, (c_t, s_t)) in zip(tiles, loads):
-        sin_n = nl.ndarray((tsz, d), dtype=sin.dtype, buffer=nl.sbuf)  # [-sin_lo, sin_hi]
-        nisa.tensor_scalar(dst=sin_n[:, 0:h], data=s_t[:, 0:h], op0=nl.multiply, operand0=-1.0)
-        nisa.tensor_copy(dst=sin_n[:, h:d], src=s_t[:, h:d])
-        for x_t, w_b, xT in ((q_t, qw_b, qT), (k_t, kw_b, kT)):
-            xn = _norm_rope_heads_b(x_t, w_b, c_t, sin_n, eps)
-            if xT is kT:
-                kns.append(xn)
-            for hd in range(x_t.shape[1]):
-                t_psum = nl.ndarray((d, tsz), dtype=x_t.dtype, buffer=nl.psum)
-                nisa.nc_transpose(dst=t_psum, data=xn[:, hd, :])
-                nisa.tensor_copy(dst=xT[:, hd, t0 : t0 + tsz], src=t_psum)
+    for (t0, _), (q_t, k_t, _, (c_t, s_t)) in zip(tiles, loads):
+        sin_n = _neg_sin(s_t)
+        _heads_T(_norm_rope_heads_b(q_t, qw_b, c_t, sin_n, eps), qT, t0)
+        kns.append(_heads_T(_norm_rope_heads_b(k_t, kw_b, c_t, sin_n, eps), kT, t0))
     if write_k:
         for (t0, tsz), kn in zip(tiles, kns):
             nisa.dma_copy(dst=k_cache[t0 : t0 + tsz, :, :], src=kn)
@@ -1966,16 +1988,81 @@ def _transposes_grouped(p, step, engine, group=4):
     return out
 
 
-# ---- prefill v5: v4 with the prologue's DMA plan and the vector passes rebalanced -----------------------
-@nki.jit
-def attention_prefill_v5(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
-    """As attention_prefill_v4 (LNC=2, query heads split) with the time v4's schedule showed outside the
-    score passes removed and the passes moved off DVE (v4: ~30 % of the latency waiting, the busiest engine
-    DVE): the prologue's loads all issued first, cos/sin and the norm weights broadcast over the heads on
-    chip (``_prefill_inputs_b``); the row max written in bf16 (exact: a max of bf16 scores; the N/2 rule
-    instead of N); the normalisation p = bf16(e / Σe) on GpSimd (idle but for the causal masks); the pᵀ
-    tiles transposed four to a PSUM bank and evicted by one copy, alternately on DVE and ACT (v4: one ACT
-    copy per tile). The same values at the same rounding points as v4: bit-identical."""
+def _prefill_attend_tile(qT, kT, v_tiles, q0, tq, h0, g, fold_scale=False, after_scores=None):
+    """o [tq, nh, d] bf16 (SBUF) of query tile [q0, q0 + tq) for the nh local query heads h0 … of qT
+    [d, nh, T] over keys 0 … q0 + tq − 1 of kT [d, n_kv, T] and the V tiles [tsz, n_kv, d]: the passes of
+    prefill v5, stage by stage over the heads — scores evicted by ACT (bf16(q·kᵀ)), scaled on DVE, the
+    diagonal masked on GpSimd, the max in bf16 on DVE, exp and Σ on ACT, p = bf16(e / Σe) on GpSimd, pᵀ four
+    tiles per PSUM bank (``_transposes_grouped``), p·V. ``fold_scale`` (v6): s = bf16(q·kᵀ·d^-0.5) at the
+    eviction, alternately ACT and DVE — one pass and one rounding fewer (not the reference's).
+    ``after_scores``: called after the score matmuls (PE work to run while ACT, DVE and GpSimd do the
+    softmax)."""
+    d, nh = qT.shape[0], qT.shape[1]
+    nk = q0 + tq
+    s = [nl.ndarray((tq, nk), dtype=qT.dtype, buffer=nl.sbuf) for _ in range(nh)]
+    for h in range(nh):  # PE, then ACT (v6: ACT for even heads, DVE for odd ones)
+        for c0 in range(0, nk, SCORE_TILE):
+            csz = min(SCORE_TILE, nk - c0)
+            s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
+            nisa.nc_matmul(
+                dst=s_psum,
+                stationary=qT[:, h, q0 : q0 + tq],
+                moving=kT[:, (h0 + h) // g, c0 : c0 + csz],
+            )
+            if not fold_scale:
+                nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum)  # bf16(q·kᵀ)
+            elif h % 2 == 0:
+                nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum, scale=d**-0.5)
+            else:
+                nisa.tensor_scalar(dst=s[h][:, c0 : c0 + csz], data=s_psum, op0=nl.multiply, operand0=d**-0.5)
+    if after_scores is not None:
+        after_scores()
+    if not fold_scale:
+        for h in range(nh):  # DVE, then GpSimd
+            nisa.tensor_scalar(dst=s[h], data=s[h], op0=nl.multiply, operand0=d**-0.5)
+    for h in range(nh):
+        nisa.affine_select(
+            dst=s[h][:, q0:nk],
+            pattern=[[-1, tq]],
+            channel_multiplier=1,
+            on_true_tile=s[h][:, q0:nk],
+            on_false_value=NEG_INF,
+            cmp_op=nl.greater_equal,
+        )
+    neg_max = nl.ndarray((tq, nh), dtype=qT.dtype, buffer=nl.sbuf)  # bf16: exact, N/2 on DVE
+    total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+    for h in range(nh):  # DVE
+        nisa.tensor_reduce(dst=neg_max[:, h : h + 1], op=nl.maximum, data=s[h], axis=1, negate=True)
+    e = [nl.ndarray((tq, nk), dtype=nl.float32, buffer=nl.sbuf) for _ in range(nh)]
+    for h in range(nh):  # ACT
+        nisa.activation(
+            dst=e[h],
+            op=nl.exp,
+            data=s[h],
+            bias=neg_max[:, h : h + 1],
+            reduce_op=nl.add,
+            reduce_res=total[:, h : h + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
+    for h in range(nh):  # GpSimd: p = bf16(e / Σe) into s[h]
+        nisa.tensor_scalar(
+            dst=s[h], data=e[h], op0=nl.divide, operand0=total[:, h : h + 1], engine=nisa.gpsimd_engine
+        )
+    o = nl.ndarray((tq, nh, d), dtype=qT.dtype, buffer=nl.sbuf)
+    for h in range(nh):  # PE, DVE and ACT
+        pT = _transposes_grouped(s[h], S_TILE, (nisa.vector_engine, nisa.scalar_engine)[h % 2])
+        o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
+        for i, pT_i in enumerate(pT):
+            nisa.nc_matmul(
+                dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, (h0 + h) // g, :], accumulate=i > 0
+            )
+        nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
+    return o
+
+
+def _prefill_lnc2(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, fold_scale):
+    """Prefill v5 / v6 on this core's share of the query heads (``_prefill_inputs_b``, then
+    ``_prefill_attend_tile`` per query tile, its heads' columns of out stored). Returns out."""
     T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
     g = n_q // n_kv
     n_prog = nl.num_programs()
@@ -1988,59 +2075,23 @@ def attention_prefill_v5(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
         q_heads=(h0, h0 + nh), write_k=pid == 0, write_v=pid == n_prog - 1,
     )  # fmt: skip
     for q0, tq in tiles:
-        nk = q0 + tq
-        s = [nl.ndarray((tq, nk), dtype=q.dtype, buffer=nl.sbuf) for _ in range(nh)]
-        for h in range(nh):  # PE and ACT
-            for c0 in range(0, nk, SCORE_TILE):
-                csz = min(SCORE_TILE, nk - c0)
-                s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
-                nisa.nc_matmul(
-                    dst=s_psum,
-                    stationary=qT[:, h, q0 : q0 + tq],
-                    moving=kT[:, (h0 + h) // g, c0 : c0 + csz],
-                )
-                nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum)  # bf16(q·kᵀ)
-        for h in range(nh):  # DVE, then GpSimd
-            nisa.tensor_scalar(dst=s[h], data=s[h], op0=nl.multiply, operand0=d**-0.5)
-        for h in range(nh):
-            nisa.affine_select(
-                dst=s[h][:, q0:nk],
-                pattern=[[-1, tq]],
-                channel_multiplier=1,
-                on_true_tile=s[h][:, q0:nk],
-                on_false_value=NEG_INF,
-                cmp_op=nl.greater_equal,
-            )
-        neg_max = nl.ndarray((tq, nh), dtype=q.dtype, buffer=nl.sbuf)  # bf16: exact, N/2 on DVE
-        total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
-        for h in range(nh):  # DVE
-            nisa.tensor_reduce(dst=neg_max[:, h : h + 1], op=nl.maximum, data=s[h], axis=1, negate=True)
-        e = [nl.ndarray((tq, nk), dtype=nl.float32, buffer=nl.sbuf) for _ in range(nh)]
-        for h in range(nh):  # ACT
-            nisa.activation(
-                dst=e[h],
-                op=nl.exp,
-                data=s[h],
-                bias=neg_max[:, h : h + 1],
-                reduce_op=nl.add,
-                reduce_res=total[:, h : h + 1],
-                reduce_cmd=nisa.reduce_cmd.reset_reduce,
-            )
-        for h in range(nh):  # GpSimd: p = bf16(e / Σe) into s[h]
-            nisa.tensor_scalar(
-                dst=s[h], data=e[h], op0=nl.divide, operand0=total[:, h : h + 1], engine=nisa.gpsimd_engine
-            )
-        o = nl.ndarray((tq, nh, d), dtype=q.dtype, buffer=nl.sbuf)
-        for h in range(nh):  # PE, DVE and ACT
-            pT = _transposes_grouped(s[h], S_TILE, (nisa.vector_engine, nisa.scalar_engine)[h % 2])
-            o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
-            for i, pT_i in enumerate(pT):
-                nisa.nc_matmul(
-                    dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, (h0 + h) // g, :], accumulate=i > 0
-                )
-            nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
+        o = _prefill_attend_tile(qT, kT, v_tiles, q0, tq, h0, g, fold_scale)
         nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)
     return out
+
+
+# ---- prefill v5: v4 with the prologue's DMA plan and the vector passes rebalanced -----------------------
+@nki.jit
+def attention_prefill_v5(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v4 (LNC=2, query heads split) with the time v4's schedule showed outside the
+    score passes removed and the passes moved off DVE (v4: ~30 % of the latency waiting, the busiest engine
+    DVE): the prologue's loads all issued first, cos/sin and the norm weights broadcast over the heads on
+    chip (``_prefill_inputs_b``); the row max written in bf16 (exact: a max of bf16 scores; the N/2 rule
+    instead of N); the normalisation p = bf16(e / Σe) on GpSimd (idle but for the causal masks); the pᵀ
+    tiles transposed four to a PSUM bank and evicted by one copy, alternately on DVE and ACT (v4: one ACT
+    copy per tile). The same values at the same rounding points as v4: bit-identical. The per-tile passes:
+    ``_prefill_attend_tile``."""
+    return _prefill_lnc2(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, fold_scale=False)
 
 
 # ---- prefill v6: the faster variant: scale folded into the PSUM eviction (one rounding fewer) --------------
@@ -2052,71 +2103,268 @@ def attention_prefill_v6(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
     evictions split between the two engines (v5: ACT the busiest engine). NOT the reference's rounding
     points: HF rounds q·kᵀ to bf16 before the scaling, so a score can differ by one bf16 ulp and the output
     is not bit-identical (the order-preserving variant is v5)."""
-    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    return _prefill_lnc2(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, fold_scale=True)
+
+
+# ======== the prefill block: q|k|v projection + prefill attention + o projection ============================
+def _check_block_prefill(x, w_qkv, w_o, k_cache, v_cache):
+    """Restate the prefill block's layout limits; returns (T, H, n_q, n_kv, d)."""
+    cap, n_kv, d = k_cache.shape
+    T, H = x.shape
+    n_q = w_o.shape[0] // d
+    assert tuple(v_cache.shape) == (cap, n_kv, d), f"v_cache {tuple(v_cache.shape)} != {(cap, n_kv, d)}"
+    assert H % 256 == 0, f"hidden {H}: whole contraction tiles and two halves of the o columns"
+    assert tuple(w_qkv.shape) == (H, (n_q + 2 * n_kv) * d), f"w_qkv {tuple(w_qkv.shape)} vs H={H}"
+    assert tuple(w_o.shape) == (n_q * d, H), f"w_o {tuple(w_o.shape)} != {(n_q * d, H)}"
+    assert d <= 128 and d % 2 == 0 and n_q % n_kv == 0, f"heads {n_q}/{n_kv} of {d}"
+    assert n_q % 2 == 0 and (n_q // 2 * d) % 128 == 0, (
+        f"{n_q} heads of {d}: whole o contraction tiles per half"
+    )
+    assert 1 <= T <= cap, f"T={T} tokens must fit the cache's {cap} rows"
+    return T, H, n_q, n_kv, d
+
+
+def _col_blocks(spans):
+    """[(c0, size)] column blocks of at most SCORE_TILE (one fp32 PSUM bank) inside each [a, b) span."""
+    return [(c0, min(SCORE_TILE, b - c0)) for a, b in spans for c0 in range(a, b, SCORE_TILE)]
+
+
+def _qkv_spans(n_q, n_kv, d):
+    """The projection's column spans: the two halves of the q columns, k, v. Every version uses these
+    PSUM blocks, so each core of an LNC=2 launch runs the very matmuls of the one-core versions."""
+    half, k0, v0 = n_q // 2 * d, n_q * d, (n_q + n_kv) * d
+    return [(0, half), (half, k0), (k0, v0), (v0, v0 + n_kv * d)]
+
+
+def _weight_rows(w, c0, cols):
+    """Per contraction tile kt an SBUF [P, cols] view of w[kt·P : (kt+1)·P, c0 : c0 + cols], loaded in
+    chunks of whole tiles of about CHUNK_BYTES per partition: a GEMM starts on the first chunk."""
+    P = nl.tile_size.pmax
+    KT, kg = w.shape[0] // P, max(1, CHUNK_BYTES // (cols * 2))
+    rows = []
+    for k0 in range(0, KT, kg):
+        t = _load_slabs(w, k0 * P, min(kg, KT - k0) * P, c0, cols, P)
+        rows += [t[:, j, :] for j in range(t.shape[1])]
+    return rows
+
+
+def _project_rows(stat, w_rows, blocks, c_base, out):
+    """out[:, c0 − o0 : …] = bf16(Σ_kt stat[kt]ᵀ · w_rows[kt][:, c0 − c_base : …]) per column block
+    (c0, size), o0 the first block's column: stat [P, tsz] stationaries in contraction order (tokens on the
+    PSUM partitions), w_rows the ``_weight_rows`` views whose column 0 is column c_base; one PSUM bank per
+    block accumulated over the contraction tiles, evicted by DVE (bf16: HF's rounding point)."""
+    tsz = stat[0].shape[1]
+    o0 = blocks[0][0]
+    for c0, size in blocks:
+        acc = nl.ndarray((tsz, size), dtype=nl.float32, buffer=nl.psum)
+        for kt, st in enumerate(stat):
+            w_kt = w_rows[kt][:, c0 - c_base : c0 - c_base + size]
+            nisa.nc_matmul(dst=acc, stationary=st, moving=w_kt, accumulate=kt > 0)
+        nisa.tensor_copy(dst=out[:, c0 - o0 : c0 - o0 + size], src=acc)
+
+
+def _o_proj_rows(stat, wo_rows, blocks, c_base, y, t0):
+    """y[t0 : t0 + tsz, the blocks' columns] = bf16(o · w_o) from the contraction-tile stationaries
+    (``_project_rows``), one store."""
+    tsz = stat[0].shape[1]
+    c0, c1 = blocks[0][0], blocks[-1][0] + blocks[-1][1]
+    y_t = nl.ndarray((tsz, c1 - c0), dtype=y.dtype, buffer=nl.sbuf)
+    _project_rows(stat, wo_rows, blocks, c_base, y_t)
+    nisa.dma_copy(dst=y[t0 : t0 + tsz, c0:c1], src=y_t)
+
+
+def _o_proj_from_hbm(o_hbm, wo_rows, y, tiles):
+    """v0, v1: y = o · w_o with the attention output read back from HBM (one core; the o column blocks of
+    the two halves of y, as v2's cores); wo_rows: ``_weight_rows`` of all of w_o."""
+    H = y.shape[1]
+    blocks = _col_blocks([(0, H // 2), (H // 2, H)])
+    for t0, tsz in tiles:
+        oT = load_transposed(o_hbm, t0, tsz)  # [P, KT, tsz]
+        _o_proj_rows([oT[:, kt, :] for kt in range(oT.shape[1])], wo_rows, blocks, 0, y, t0)
+
+
+def _block_prefill_inputs(
+    x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, split, on_tile=None
+):
+    """The fused QKV epilogue: per 128-token tile x · w_qkv in PSUM, evicted to bf16 and — without leaving
+    the chip — q and k normed and rotated (``_norm_rope_heads_b``), Qᵀ/Kᵀ built by PE transposes, K/V
+    stored to cache rows 0..T-1. Returns (qT [d, nh, T], kT [d, n_kv, T], v tiles [tsz, n_kv, d], tiles)
+    as ``_prefill_inputs_b``, and this core's ``_weight_rows`` of w_o.
+
+    Loads in consumption order: the first x tile, w_qkv in chunks, the other x tiles, cos/sin, w_o (needed
+    after the first query tile's attention); each x tile PE-transposed in its turn (``_transposes_grouped``).
+    ``split`` (LNC=2): this core projects its half of the q heads and one of k (core 0) or v (core 1) —
+    every column once over the two cores — writes that cache, swaps its [tsz, n_kv, d] k or v tile with
+    the peer's by sendrecv, and loads w_o[:, its half of y]. ``on_tile(t0, tsz, qT, kT, v_tiles,
+    wo_rows)``: called once a tile's q, k and v are in place (v2 attends there)."""
+    T, H = x.shape
+    cap, n_kv, d = k_cache.shape
+    P, N = nl.tile_size.pmax, w_qkv.shape[1]
+    n_q = N // d - 2 * n_kv
+    pid = nl.program_id(0) if split else 0
+    spans = _qkv_spans(n_q, n_kv, d)
+    tiles = [(t0, min(S_TILE, T - t0)) for t0 in range(0, T, S_TILE)]
+    x_rows = []
+
+    def load_x(t0, tsz):  # token rows on the partitions; PE-transposed in the tile's turn
+        x_rows.append(nl.ndarray((tsz, H), dtype=x.dtype, buffer=nl.sbuf))
+        nisa.dma_copy(dst=x_rows[-1], src=x[t0 : t0 + tsz, :])
+
+    load_x(*tiles[0])
+    if split:  # this core's q columns, then its k or v columns
+        (c0, c1), (kv0, kv1) = spans[pid], spans[2 + pid]
+        w_q, w_kv = _weight_rows(w_qkv, c0, c1 - c0), _weight_rows(w_qkv, kv0, kv1 - kv0)
+    else:  # all columns: whole rows per descriptor
+        (c0, c1), (kv0, kv1) = (0, n_q * d), (n_q * d, N)
+        w_q = w_kv = _weight_rows(w_qkv, 0, N)
+    q_base, kv_base = (c0, kv0) if split else (0, 0)
+    for t0, tsz in tiles[1:]:
+        load_x(t0, tsz)
+    nh = (c1 - c0) // d
+    qw_b, kw_b = _broadcast(q_norm_w, P), _broadcast(k_norm_w, P)
+    cs = []
+    for t0, tsz in tiles:
+        c_t = nl.ndarray((tsz, d), dtype=cos.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=c_t, src=cos[t0 : t0 + tsz, :])
+        s_t = nl.ndarray((tsz, d), dtype=sin.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=s_t, src=sin[t0 : t0 + tsz, :])
+        cs.append((c_t, s_t))
+    Hc = H // 2 if split else H
+    wo_rows = _weight_rows(w_o, pid * Hc, Hc)
+    qT = nl.ndarray((d, nh, T), dtype=x.dtype, buffer=nl.sbuf)
+    kT = nl.ndarray((d, n_kv, T), dtype=x.dtype, buffer=nl.sbuf)
+    v_tiles = []
+    q_blocks = [b for b in _col_blocks(spans[:2]) if c0 <= b[0] < c1]
+    kv_blocks = [b for b in _col_blocks(spans[2:]) if kv0 <= b[0] < kv1]
+    for (t0, tsz), x_t, (c_t, s_t) in zip(tiles, x_rows, cs):
+        stat = _transposes_grouped(x_t, P, nisa.vector_engine, group=8)  # xᵀ [P, tsz] per contraction tile
+        qkv = nl.ndarray((tsz, (nh * d + kv1 - kv0)), dtype=x.dtype, buffer=nl.sbuf)
+        _project_rows(stat, w_q, q_blocks, q_base, qkv[:, 0 : nh * d])
+        _project_rows(stat, w_kv, kv_blocks, kv_base, qkv[:, nh * d :])
+        rows = qkv.reshape((tsz, nh + (kv1 - kv0) // d, d))  # [tsz, heads, d] of this core's columns
+        sin_n = _neg_sin(s_t)
+        _heads_T(_norm_rope_heads_b(rows[:, 0:nh, :], qw_b, c_t, sin_n, eps), qT, t0)
+        kn = v_t = None
+        if not split or pid == 0:
+            kn = _norm_rope_heads_b(rows[:, nh : nh + n_kv, :], kw_b, c_t, sin_n, eps)
+            nisa.dma_copy(dst=k_cache[t0 : t0 + tsz, :, :], src=kn)
+        if not split or pid == 1:
+            v_t = rows[:, nh + (0 if split else n_kv) :, :]  # the n_kv v heads
+            nisa.dma_copy(dst=v_cache[t0 : t0 + tsz, :, :], src=v_t)
+        if split:
+            mine = kn if pid == 0 else v_t
+            theirs = nl.ndarray((tsz, n_kv, d), dtype=x.dtype, buffer=nl.sbuf)
+            nisa.sendrecv(src=mine, dst=theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+            kn, v_t = (kn, theirs) if pid == 0 else (theirs, v_t)
+        _heads_T(kn, kT, t0)
+        v_tiles.append(v_t)
+        if on_tile is not None:  # the tile's keys are in place: its queries can attend now
+            on_tile(t0, tsz, qT, kT, v_tiles, wo_rows)
+    return qT, kT, v_tiles, tiles, wo_rows
+
+
+# ---- block prefill v0: unfused: q|k|v and the attention output through HBM -------------------------------
+@nki.jit
+def attention_block_prefill_v0(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """The prefill attention block as three stages joined through HBM, one core.
+
+    Args: x [T, H] bf16 (after the input RMSNorm); w_qkv [H, (n_q + 2·n_kv)·d], w_o [n_q·d, H] ([in, out],
+    the decode block's layout); q_norm_w, k_norm_w [d]; cos, sin [T, d] (positions 0..T-1); k_cache,
+    v_cache [cap, n_kv, d] (rows 0..T-1 written); eps. Returns: y [T, H] in x.dtype (this rank's partial of
+    the o projection, before the all-reduce and the residual add).
+    Stage 1: x · w_qkv per 128-token tile, bf16, stored to q/k/v scratch in HBM; stage 2: the passes of
+    attention_prefill_v5 on one core reading q/k/v back (``_prefill_inputs_b``, ``_prefill_attend_tile``),
+    the output to an HBM scratch; stage 3: o · w_o reading it back (``_o_proj_from_hbm``)."""
+    T, H, n_q, n_kv, d = _check_block_prefill(x, w_qkv, w_o, k_cache, v_cache)
+    P, g, N = nl.tile_size.pmax, n_q // n_kv, w_qkv.shape[1]
+    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    scratch = [nl.ndarray((T, n * d), dtype=x.dtype, buffer=nl.hbm) for n in (n_q, n_kv, n_kv)]  # q, k, v
+    w_rows = _weight_rows(w_qkv, 0, N)
+    blocks = _col_blocks(_qkv_spans(n_q, n_kv, d))
+    for t0, tsz in [(t0, min(S_TILE, T - t0)) for t0 in range(0, T, S_TILE)]:
+        xT = load_transposed(x, t0, tsz)
+        qkv = nl.ndarray((tsz, N), dtype=x.dtype, buffer=nl.sbuf)
+        _project_rows([xT[:, kt, :] for kt in range(H // P)], w_rows, blocks, 0, qkv)
+        for dst, c0 in zip(scratch, (0, n_q * d, (n_q + n_kv) * d)):
+            nisa.dma_copy(dst=dst[t0 : t0 + tsz, :], src=qkv[:, c0 : c0 + dst.shape[1]])
+    qT, kT, v_tiles, tiles = _prefill_inputs_b(
+        *scratch, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps,
+        q_heads=(0, n_q), write_k=True, write_v=True,
+    )  # fmt: skip
+    wo_rows = _weight_rows(w_o, 0, H)
+    o_hbm = nl.ndarray((T, n_q * d), dtype=x.dtype, buffer=nl.hbm)
+    for q0, tq in tiles:
+        o = _prefill_attend_tile(qT, kT, v_tiles, q0, tq, 0, g)
+        nisa.dma_copy(dst=o_hbm[q0 : q0 + tq, :].reshape((tq, n_q, d)), src=o)
+    _o_proj_from_hbm(o_hbm, wo_rows, y, tiles)
+    return y
+
+
+# ---- block prefill v1: q/k-norm + RoPE fused into the QKV epilogue -----------------------------------------
+@nki.jit
+def attention_block_prefill_v1(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_block_prefill_v0 with the projection's PSUM tiles evicted, normed and rotated on the
+    way to SBUF (``_block_prefill_inputs``): q, k and v never touch HBM but for the K/V cache rows; the
+    attention runs on the SBUF tiles. The attention output still goes through HBM to the o projection. The
+    same instructions on the same values: v0's bits."""
+    T, H, n_q, n_kv, d = _check_block_prefill(x, w_qkv, w_o, k_cache, v_cache)
     g = n_q // n_kv
+    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    qT, kT, v_tiles, tiles, wo_rows = _block_prefill_inputs(
+        x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, split=False
+    )
+    o_hbm = nl.ndarray((T, n_q * d), dtype=x.dtype, buffer=nl.hbm)
+    for q0, tq in tiles:
+        o = _prefill_attend_tile(qT, kT, v_tiles, q0, tq, 0, g)
+        nisa.dma_copy(dst=o_hbm[q0 : q0 + tq, :].reshape((tq, n_q, d)), src=o)
+    _o_proj_from_hbm(o_hbm, wo_rows, y, tiles)
+    return y
+
+
+# ---- block prefill v2: the o projection as the attention's epilogue, LNC=2 ---------------------------------
+@nki.jit
+def attention_block_prefill_v2(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_block_prefill_v1 on the two cores of an LNC=2 launch with the o projection fused: no
+    HBM round trip left. Split as prefill v4-v6: core c projects, norms and attends query heads
+    [c·n_q/2, (c+1)·n_q/2); core 0 projects k (and writes the K rows), core 1 v (the V rows), swapped per
+    token tile. Each query tile's [tq, n_q/2, d] attention output is PE-transposed to [P, ·, tq] and
+    swapped with the peer's; core c then multiplies all n_q heads with w_o[:, its half of y] and stores
+    y[:, that half]. Order-preserving: the o contraction runs over the heads in order 0 … n_q − 1 on both
+    cores (not own heads first, whose other order of the fp32 sums would change bits), and every PSUM
+    block is the one-core versions' matmul: v1's bits. Pipelined: a query tile attends as soon as its
+    keys are projected (``on_tile``), and its o projection runs during the next tile's softmax
+    (``after_scores``), so the swap's latency hides behind it."""
+    T, H, n_q, n_kv, d = _check_block_prefill(x, w_qkv, w_o, k_cache, v_cache)
+    P, g, Hc = nl.tile_size.pmax, n_q // n_kv, H // 2
     n_prog = nl.num_programs()
     pid = nl.program_id(0) if n_prog > 1 else 0
-    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    assert n_prog == 2, f"attention_block_prefill_v2 is an LNC=2 kernel, launched on {n_prog} core(s)"
+    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
     h0, nh = lnc_share(n_q)
-    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
-    qT, kT, v_tiles, tiles = _prefill_inputs_b(
-        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps,
-        q_heads=(h0, h0 + nh), write_k=pid == 0, write_v=pid == n_prog - 1,
-    )  # fmt: skip
-    for q0, tq in tiles:
-        nk = q0 + tq
-        s = [nl.ndarray((tq, nk), dtype=q.dtype, buffer=nl.sbuf) for _ in range(nh)]
-        for h in range(nh):  # PE, then ACT (even heads) or DVE (odd heads)
-            for c0 in range(0, nk, SCORE_TILE):
-                csz = min(SCORE_TILE, nk - c0)
-                s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
-                nisa.nc_matmul(
-                    dst=s_psum,
-                    stationary=qT[:, h, q0 : q0 + tq],
-                    moving=kT[:, (h0 + h) // g, c0 : c0 + csz],
-                )
-                if h % 2 == 0:
-                    nisa.activation(dst=s[h][:, c0 : c0 + csz], op=nl.copy, data=s_psum, scale=d**-0.5)
-                else:
-                    nisa.tensor_scalar(
-                        dst=s[h][:, c0 : c0 + csz], data=s_psum, op0=nl.multiply, operand0=d**-0.5
-                    )
-        for h in range(nh):
-            nisa.affine_select(
-                dst=s[h][:, q0:nk],
-                pattern=[[-1, tq]],
-                channel_multiplier=1,
-                on_true_tile=s[h][:, q0:nk],
-                on_false_value=NEG_INF,
-                cmp_op=nl.greater_equal,
-            )
-        neg_max = nl.ndarray((tq, nh), dtype=q.dtype, buffer=nl.sbuf)
-        total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
-        for h in range(nh):  # DVE
-            nisa.tensor_reduce(dst=neg_max[:, h : h + 1], op=nl.maximum, data=s[h], axis=1, negate=True)
-        e = [nl.ndarray((tq, nk), dtype=nl.float32, buffer=nl.sbuf) for _ in range(nh)]
-        for h in range(nh):  # ACT
-            nisa.activation(
-                dst=e[h],
-                op=nl.exp,
-                data=s[h],
-                bias=neg_max[:, h : h + 1],
-                reduce_op=nl.add,
-                reduce_res=total[:, h : h + 1],
-                reduce_cmd=nisa.reduce_cmd.reset_reduce,
-            )
-        for h in range(nh):  # GpSimd: p = bf16(e / Σe) into s[h]
-            nisa.tensor_scalar(
-                dst=s[h], data=e[h], op0=nl.divide, operand0=total[:, h : h + 1], engine=nisa.gpsimd_engine
-            )
-        o = nl.ndarray((tq, nh, d), dtype=q.dtype, buffer=nl.sbuf)
-        for h in range(nh):  # PE, DVE and ACT
-            pT = _transposes_grouped(s[h], S_TILE, (nisa.vector_engine, nisa.scalar_engine)[h % 2])
-            o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
-            for i, pT_i in enumerate(pT):
-                nisa.nc_matmul(
-                    dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, (h0 + h) // g, :], accumulate=i > 0
-                )
-            nisa.tensor_copy(dst=o[:, h, :], src=o_psum, engine=nisa.scalar_engine)
-        nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)
-    return out
+    blocks = _col_blocks([(pid * Hc, (pid + 1) * Hc)])
+    kc = nh * d // P  # contraction tiles per core
+    pending = []  # the previous query tile's o projection: (stationaries, w_o rows, its first token)
+
+    def o_proj_pending():
+        if pending:
+            stat, wo_rows, t0 = pending.pop()
+            _o_proj_rows(stat, wo_rows, blocks, pid * Hc, y, t0)
+
+    def attend(q0, tq, qT, kT, v_tiles, wo_rows):
+        o = _prefill_attend_tile(qT, kT, v_tiles, q0, tq, h0, g, after_scores=o_proj_pending)
+        o = o.reshape((tq, nh * d))
+        t_psum = nl.ndarray((P, kc, tq), dtype=x.dtype, buffer=nl.psum)
+        for j in range(kc):
+            nisa.nc_transpose(dst=t_psum[:, j, :], data=o[:, j * P : (j + 1) * P])
+        mine = nl.ndarray((P, kc, tq), dtype=x.dtype, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=mine, src=t_psum)
+        theirs = nl.ndarray((P, kc, tq), dtype=x.dtype, buffer=nl.sbuf)
+        nisa.sendrecv(src=mine, dst=theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=1)
+        halves = (mine, theirs) if pid == 0 else (theirs, mine)  # heads 0 … n_q − 1 in order
+        pending.append(([t[:, j, :] for t in halves for j in range(kc)], wo_rows, q0))
+
+    _block_prefill_inputs(
+        x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, split=True, on_tile=attend
+    )
+    o_proj_pending()
+    return y
