@@ -1,5 +1,8 @@
 """Generation with the NumPy reference model: prefill, then one token at a time against the KV cache.
 
+Any model with the reference's ``cfg``, ``new_cache`` and ``forward`` runs too (the kernel-assembled
+``nki_moe.model.assembled.KernelModel``).
+
 Shape legend: S prompt tokens, N new tokens, V vocab, L layers, k top-k.
 Reports time to first token (the prefill plus choosing the first token) and decode tokens/s (the N − 1
 steps after it), the two numbers the competition scores.
@@ -58,7 +61,8 @@ def generate(
     """Generate up to ``max_new_tokens`` tokens after ``prompt``.
 
     Args:
-        model: the reference model.
+        model: the reference model, or any model with its ``cfg``, ``new_cache`` and ``forward``
+            (``nki_moe.model.assembled.KernelModel``).
         prompt: [S] token ids, S >= 1.
         max_new_tokens: N >= 1.
         temperature: 0 is greedy; otherwise sampling with ``top_k`` / ``top_p`` from a generator seeded
