@@ -240,6 +240,6 @@ def test_backend_neuron_with_the_sdk_asks_the_notebooks_to_measure(books, out, m
     assert (
         run_all.main(["--notebooks", str(books), "--only", "01", "--backend", "neuron", "--no-report"]) == 0
     )
-    # the notebooks keep the emulator (start_run records "neuron" from NKI_MOE_DEVICE), outputs in build/neuron/
+    # the notebooks keep the emulator (start_run records "neuron" from NKI_MOE_DEVICE); outputs: build/neuron/
     assert seen == [("sim", "1", "neuron")]
     assert "NKI_MOE_DEVICE" not in os.environ
