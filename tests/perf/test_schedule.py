@@ -350,17 +350,6 @@ def test_sendrecv_waits_for_the_peer_in_an_emulated_lnc2_kernel():
     assert s.start[store0] >= s.end[sr[0]]
 
 
-def _emulator_notes_registers() -> bool:
-    from nki_moe.sim.isa import VirtualRegister
-
-    return "rid" in VirtualRegister.__slots__
-
-
-@pytest.mark.xfail(
-    not _emulator_notes_registers(),
-    strict=True,
-    reason="needs the emulator to note register reads/writes (info['reg_reads'/'reg_writes'], nki_moe/sim)",
-)
 def test_register_dependencies_in_an_emulated_kernel():
     """End to end: a row gather through a register scalar_offset waits for the register_load that sets the
     register, which waits for the DMA that brought the index on chip; a dynamic loop waits for its bound."""
