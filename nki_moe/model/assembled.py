@@ -273,7 +273,6 @@ class KernelModel:
         weights: a weight source (``nki_moe.model.weights.Checkpoint``).
         kernels: {op: kernel name or "reference"} overriding :data:`DEFAULT_KERNELS` for those ops.
         dtype: "bf16" (the kernels' precision; the reference ops run in bf16 mode).
-        tp: tensor-parallel ranks; 1 only (every kernel takes the real-width shapes whole).
         moe_prefill_min_tokens: T at or above which the MoE of a forward uses ``experts_prefill``
             (default :data:`MOE_PREFILL_MIN_TOKENS`).
         target: emulator target of the launches.
@@ -284,23 +283,17 @@ class KernelModel:
         weights: WeightSource,
         kernels: dict[str, str] | None = None,
         dtype: str = "bf16",
-        tp: int = 1,
         moe_prefill_min_tokens: int | None = None,
         target: str = "trn2",
     ) -> None:
         if dtype != "bf16":
             raise ValueError(f"the kernels compute in bf16; dtype={dtype!r}")
-        if tp != 1:
-            raise NotImplementedError(
-                "tp > 1 is not needed: every kernel takes the real-width shapes on one rank (tp=1)"
-            )
         unknown = set(kernels or {}) - set(OPS_ORDER)
         if unknown:
             raise KeyError(f"unknown ops {sorted(unknown)}; ops: {OPS_ORDER}")
         self.weights = weights
         self.cfg = weights.cfg
         self.dtype = dtype
-        self.tp = tp
         self.target = target
         self.kernels = {**DEFAULT_KERNELS, **(kernels or {})}
         self.moe_prefill_min_tokens = (
