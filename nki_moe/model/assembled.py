@@ -199,9 +199,11 @@ class LaunchRecord:
 
 
 def nki_mac_ratio(launches: list[LaunchRecord]) -> float:
-    """NKI MACs / all MACs over ``launches`` (0 when there are none)."""
-    total = sum(r.macs for r in launches)
-    return sum(r.macs for r in launches if r.nki) / total if total else 0.0
+    """NKI MACs / all MACs over ``launches`` (``nki_moe.model.benchmark.nki_mac_ratio``; 0 when they hold no
+    MACs, e.g. before the first forward)."""
+    from nki_moe.model import benchmark
+
+    return benchmark.nki_mac_ratio(launches) if any(r.macs for r in launches) else 0.0
 
 
 class KernelKVCache(KVCache):
