@@ -262,6 +262,16 @@ def moe_block_slots(idx, block: int) -> int:
     return int((-(-counts // block) * block).sum())
 
 
+def _moe_prefill_padding(kernel: str, args: tuple) -> int:
+    """MACs a grouped prefill version computes on its blocks' padding slots (3·H·I per slot)."""
+    from nki_moe.kernels.moe_prefill import BLOCK
+
+    if kernel not in BLOCK:
+        return 0
+    idx, (_, H, I2) = args[1], args[3].shape
+    return (moe_block_slots(idx, BLOCK[kernel]) - idx.size) * 3 * H * (I2 // 2)
+
+
 def moe_expert_read_bytes(trace) -> int:
     """Bytes the DMAs of a MoE kernel's trace read from its expert weights: w_gate_up and w_down, the 4th and
     5th kernel arguments (the emulator numbers a launch's input tensors 1, 2, … in argument order)."""
@@ -589,6 +599,7 @@ OPS: dict[str, Ladder] = {
             cost=_moe_cost,
             compare=_compare_y,
             versions=_versions("moe_prefill", lnc=(2, 1, 1, 2, 2)),
+            padding_macs=_moe_prefill_padding,
             notebook="notebooks/05_moe_prefill.py",
             figures=("05_moe_prefill_sweep",),
             tests=("tests/kernels/test_moe_prefill.py",),

@@ -49,7 +49,6 @@ import numpy as np
 
 from nki_moe import ops, paths, results
 from nki_moe.figures import save_figure
-from nki_moe.kernels.moe_prefill import BLOCK
 from nki_moe.ladder import TARGETS
 from nki_moe.plots import series_style
 from nki_moe.tables import format_table
@@ -68,13 +67,11 @@ H, INTER = SHAPE.get("H", ops.HIDDEN), ops._rank_inter(SHAPE["tp"], SHAPE.get("i
 
 # %%
 def checked(v, T, routing="random", ladder=op):
-    """Check v at T (error ratio), assert MACs = T·8·3·H·I + padding; (Checked, args, padding slots)."""
+    """Check v at T: error ratio, and MACs = T·8·3·H·I + the blocks' padding (the registry's padding_macs);
+    returns (Checked, args, padding slots)."""
     args = ladder.args(T=T, routing=routing, **SHAPE)
-    c = ladder.check(v, args=args)
-    kernel = ladder.version(v).kernel
-    pad = ops.moe_block_slots(args[1], BLOCK[kernel]) - 8 * T if kernel in BLOCK else 0
-    assert c.macs == ladder.cost(T=T, **SHAPE).macs + pad * 3 * H * INTER, (v, T, c.macs)
-    return c, args, pad
+    c = ladder.check(v, args=args, T=T, routing=routing, **SHAPE)
+    return c, args, c.padding_macs // (3 * H * INTER)
 
 
 def profiles(v, c, T, ladder=op, trace_path=False):

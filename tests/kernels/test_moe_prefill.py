@@ -25,7 +25,7 @@ def _check(version, T, routing="random", **shape):
     """op.check on seeded inputs; asserts MACs = T·8·3·H·I + the padding slots' 3·H·I each."""
     shape = {**SMALL, **shape}
     args = op.args(T=T, routing=routing, **shape)
-    checked = op.check(version, args=args)  # no shape: the harness's MAC check has no padding term
+    checked = op.check(version, args=args)  # MACs asserted below, padding separately
     kernel = op.version(version).kernel
     pad = ops.moe_block_slots(args[1], BLOCK[kernel]) - T * 8 if kernel in BLOCK else 0
     inter = ops._rank_inter(shape["tp"], shape["inter"])
@@ -110,3 +110,18 @@ def test_final_version_real_widths_tp4(target):
     assert ops.moe_expert_read_bytes(checked.trace) == ops.moe_touched(args[1]) * _expert_bytes(
         H=2048, inter=768, tp=4
     )
+
+
+def test_the_harness_counts_block_padding_in_its_mac_check():
+    """Ladder.check asserts trace MACs = ideal + the registry's padding_macs; a wrong padding term fails."""
+    from dataclasses import replace
+
+    T = 20
+    c = op.check("v4", T=T, **SMALL)
+    args = op.args(T=T, **SMALL)
+    slots = ops.moe_block_slots(args[1], BLOCK["moe_prefill_v4"]) - 8 * T
+    assert slots > 0 and c.padding_macs == slots * 3 * SMALL["H"] * SMALL["inter"]
+    assert op.check("v0", T=T, **SMALL).padding_macs == 0  # per-token: no blocks, no padding
+    wrong = replace(op, padding_macs=lambda kernel, a: 0)
+    with pytest.raises(AssertionError, match="MACs, the op's cost function"):
+        wrong.check("v4", T=T, **SMALL)
