@@ -12,9 +12,9 @@ layer per shape × 48 is the step; the weights are random (the cost model times 
 values; the MoE reads 8 experts per token whatever the router picks). The launches are those of the kernel
 model (``nki_moe.model.assembled.KernelModel``, its default switches). Per layer of a decode step:
 
-    rmsnorm (input_norm)
-    attention_block_decode at context L (q|k|v, q/k norms, RoPE, KV append, attention, o) — or the q|k|v
-        matmul + attention_decode + the o matmul when cheaper
+    attention_layer_decode at context L (the input RMSNorm, q|k|v, q/k norms, RoPE, KV append, attention,
+        o in one launch) — or rmsnorm (input_norm) + attention_block_decode (the same block without the
+        norm), or rmsnorm + the q|k|v matmul + attention_decode + the o matmul, whichever is cheapest
     all-reduce of [1, 2048] bf16 (collective model)
     residual add + moe_layer_decode (norm + router + top-8 + experts in one launch) — or add_rmsnorm +
         router + moe_decode when cheaper
@@ -69,6 +69,7 @@ __all__ = [
     "Line",
     "StepEstimate",
     "Estimator",
+    "attention_plans",
     "bucket",
     "decode_launches",
     "prefill_launches",
@@ -311,8 +312,9 @@ def decode_launches(
     (itself included).
 
     Args:
-        attention: "block" (attention_block_decode) or "separate" (the q|k|v matmul, attention_decode, the o
-            matmul).
+        attention: "layer" (attention_layer_decode: the input RMSNorm and the fused block in one launch),
+            "block" (rmsnorm, then attention_block_decode) or "separate" (rmsnorm, the q|k|v matmul,
+            attention_decode, the o matmul).
         moe: "fused" (residual add + moe_layer_decode: norm, router and experts in one launch) or "separate"
             (add_rmsnorm + router + moe_decode).
         on_device_sampling: greedy sampling on the device (else the rank's logits go to the host).
@@ -320,8 +322,20 @@ def decode_launches(
     cfg = cfg or get_config("qwen3-30b-a3b")
     L, H, n_q, n_kv = _heads(cfg, tp)
     d, cached = cfg.head_dim, context - 1
-    layer = [_norm(1)]
-    if attention == "block":
+    layer = [] if attention == "layer" else [_norm(1)]
+    if attention == "layer":
+        shape = dict(L=cached, n_q=n_q, n_kv=n_kv)
+        layer.append(
+            Launch(
+                "input norm + attention (q|k|v .. o)",
+                "attention",
+                1,
+                "attention_layer_decode",
+                shape,
+                _cost("attention_layer_decode", shape),
+            )
+        )
+    elif attention == "block":
         shape = dict(L=cached, n_q=n_q, n_kv=n_kv)
         layer.append(
             Launch(
@@ -345,7 +359,7 @@ def decode_launches(
             Launch("o_proj", "attention", 1, "matmul", o, _cost("matmul", o)),
         ]
     else:
-        raise ValueError(f"attention must be 'block' or 'separate', got {attention!r}")
+        raise ValueError(f"attention must be 'layer', 'block' or 'separate', got {attention!r}")
     layer.append(_allreduce(cfg, 1, tp, "attention"))
     layer += _moe_launches(cfg, 1, tp, moe, "decode")
     layer += [_allreduce(cfg, 1, tp, "the MoE"), _residual(1, H, "the MoE")]
@@ -394,6 +408,14 @@ def _moe_launches(cfg: ModelConfig, T: int, tp: int, moe: str, how: str, chunk: 
         name = "experts" + ("" if how != "chunked" else f" (moe_decode, {size}-token chunks)")
         out.append(Launch(name, "moe", sizes.count(size), kernel, shape, _cost(kernel, shape)))
     return out
+
+
+def attention_plans() -> tuple[str, ...]:
+    """The decode attention plans :func:`step_estimates` compares under "best" ("layer" once the registry has
+    ``attention_layer_decode``)."""
+    from nki_moe import ops
+
+    return (("layer",) if "attention_layer_decode" in ops.OPS else ()) + ("block", "separate")
 
 
 def _moe_prefill_registered() -> bool:
@@ -554,10 +576,10 @@ def step_estimates(
     """The estimated lines of a decode step at ``context`` or of a prefill of ``tokens`` (one rank).
 
     Decode: ``attention`` / ``moe`` "best" takes the cheapest combination of the fused and separate launches
-    on ``target`` (:func:`decode_launches`). Prefill: ``experts`` "auto" is moe_prefill when the registry has
-    it and it can be estimated, else the decode MoE kernels in chunks of <= ``chunk`` tokens (fused, as the
-    kernel model runs them; each token reads its own 8 experts, an upper estimate of a prefill MoE); "best"
-    estimates both and takes the cheaper; the notes say which ran and why.
+    on ``target`` (:func:`decode_launches`, :func:`attention_plans`). Prefill: ``experts`` "auto" is
+    moe_prefill when the registry has it and it can be estimated, else the decode MoE kernels in chunks of
+    <= ``chunk`` tokens (fused, as the kernel model runs them; each token reads its own 8 experts, an upper
+    estimate of a prefill MoE); "best" estimates both and takes the cheaper; the notes say which ran and why.
     """
     cfg = cfg or get_config("qwen3-30b-a3b")
     L = cfg.num_hidden_layers
@@ -565,7 +587,7 @@ def step_estimates(
     if phase == "decode":
         plans = [
             (a, m)
-            for a in (("block", "separate") if attention == "best" else (attention,))
+            for a in (attention_plans() if attention == "best" else (attention,))
             for m in (("fused", "separate") if moe == "best" else (moe,))
         ]
         options = [

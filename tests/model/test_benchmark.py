@@ -118,7 +118,7 @@ def test_decode_best_plan_is_the_cheapest():
             bench._line(la, FakeEstimator(), "trn2").total_us
             for la in bench.decode_launches(640, CFG, 4, a, m)
         )
-        for a in ("block", "separate")
+        for a in bench.attention_plans()
         for m in ("fused", "separate")
     ]
     assert step.total_us == pytest.approx(min(totals)) and "decode plan" in step.notes[0]
