@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from nki_moe.check import check_close
-from nki_moe.kernels.layouts import tile_weight
+from nki_moe.kernels.layouts import attention_layer_layout, tile_weight
 from nki_moe.ladder import Ladder, Version, exact, ratio
 from nki_moe.reference import (
     add_rms_norm,
@@ -46,6 +46,7 @@ __all__ = [
     "bf16",
     "readme_table",
     "attention_decode",
+    "attention_layer_decode",
     "check_with_cache",
     "moe_decode",
     "moe_block_slots",
@@ -368,11 +369,12 @@ def check_with_cache(op, version, seed: int | None = None, target: str | None = 
     within bf16 tolerance — the RMS's fp32 sum order is not NumPy's, so a row can differ by one bf16 ulp;
     every other row untouched (bit-exact). Returns (Checked, cache outcomes)."""
     args = op.args(seed, **shape)
-    before = [np.asarray(c).astype(np.float32) for c in args[7:9]]
+    c = next(i for i, a in enumerate(args) if np.ndim(a) == 3)  # k_cache: the first 3-D argument
+    before = [np.asarray(a).astype(np.float32) for a in args[c : c + 2]]
     checked = op.check(version, args=args, target=target, **shape)
-    L = args[9] if isinstance(args[9], int) else 0
+    L = args[c + 2] if isinstance(args[c + 2], int) else 0
     outcomes = []
-    for name, cache, old, rows in zip(("k_cache", "v_cache"), args[7:9], before, checked.expected[1:3]):
+    for name, cache, old, rows in zip(("k_cache", "v_cache"), args[c : c + 2], before, checked.expected[1:3]):
         after, n = np.asarray(cache).astype(np.float32), len(rows)
         kept = np.concatenate([after[:L], after[L + n :]]), np.concatenate([old[:L], old[L + n :]])
         outcomes.append(exact(*kept, f"{name} rows not written"))
@@ -429,6 +431,46 @@ def _attn_block_cost(L: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: in
     """The fused block: the q|k|v and o projections' weights and MACs plus the decode attention's."""
     qkv, o = linear_cost(1, H, (n_q + 2 * n_kv) * d), linear_cost(1, n_q * d, H)
     return qkv + _attn_decode_cost(L, n_q, n_kv, d) + o
+
+
+def _attn_layer_args(
+    seed: int, L: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640
+) -> tuple:
+    """h [1, H] (the residual stream, scale 1), gamma [H] (the input norm's weight, ≈ 1), then the fused
+    block's w_qkv, w_o, norm weights, cos/sin, caches, L and eps (``_attn_block_args`` without its x)."""
+    rng = np.random.default_rng(seed + L + 2)
+    h = bf16(rng.standard_normal((1, H)))
+    gamma = bf16(1 + 0.1 * rng.standard_normal(H))
+    return (h, gamma, *_attn_block_args(seed, L, H, n_q, n_kv, d, cap)[1:])
+
+
+def attention_layer_decode(
+    h, gamma, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps, dtype="fp32"
+):
+    """The decode attention layer's reference: ``rms_norm`` (rounded to bf16 in bf16 mode, as the model's
+    separate input norm stores it) then ``attention_block_decode``. Returns: (y [1, H], k row, v row)."""
+    x = rms_norm(h, gamma, eps, dtype)
+    return attention_block_decode(
+        x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps, dtype
+    )
+
+
+def _attn_layer_cost(
+    L: int, H: int = HIDDEN, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640, cores: int = 2
+):
+    """The fused block (``_attn_block_cost``) plus the input norm, run on each of the launch's ``cores``
+    as ``_moe_layer_cost`` counts its norm: h and gamma read per core, the cross-partition sum of squares
+    as one [128, 128] ones matmul per core (the block's x is never read from HBM: it is h normed on chip,
+    so the block's x bytes stand for one core's h)."""
+    norm = OpCost(cores * 128 * 128, cores * H * 2, (cores - 1) * H * 2)
+    return _attn_block_cost(L, H, n_q, n_kv, d, cap) + norm
+
+
+def _layer_layout(args: tuple, lnc: int) -> tuple:
+    """(h, gamma, w_qkv, w_o, …) -> attention_block_v8's load-time layout (``attention_layer_layout``)."""
+    h, gamma, w_qkv, w_o, *rest = args
+    _, n_kv, d = rest[4].shape  # k_cache
+    return (h, gamma, *attention_layer_layout(w_qkv, w_o, n_kv, d), *rest)
 
 
 def _attn_prefill_args(seed: int, T: int, n_q: int = 8, n_kv: int = 1, d: int = 128, cap: int = 640) -> tuple:
@@ -656,6 +698,19 @@ OPS: dict[str, Ladder] = {
             figures=("06_attention_block_prefill_sweep",),
             tests=("tests/kernels/test_attention.py",),
         ),
+        Ladder(
+            name="attention_layer_decode",
+            title="decode attention layer of one rank: input RMSNorm + the fused block",
+            module="nki_moe.kernels.attention",
+            make_args=_attn_layer_args,
+            reference=attention_layer_decode,
+            cost=_attn_layer_cost,
+            compare=_compare_out,
+            # the weights in attention_layer_layout's order, laid out once at load time (as tile_weight's)
+            versions=(Version("v0", "attention_block_v8", 2, _layer_layout),),
+            notebook="notebooks/06_attention.py",
+            tests=("tests/kernels/test_attention_layer.py",),
+        ),
     )
 }
 
@@ -673,7 +728,8 @@ def readme_table() -> str:
     lines = ["| op | kernels | reference | notebook | figures | tests |", "|---|---|---|---|---|---|"]
     for op in OPS.values():
         ref = f"{op.reference.__module__}.{op.reference.__name__}"
-        versions = f"`{op.module}` {op.versions[0].kernel}…{op.final.kernel.rsplit('_', 1)[1]}"
+        first, last = op.versions[0].kernel, op.final.kernel
+        versions = f"`{op.module}` {first}" + (f"…{last.rsplit('_', 1)[1]}" if last != first else "")
         figs = ", ".join(f"`{f}`" for f in op.figures) or "—"
         tests = ", ".join(f"`{t}`" for t in op.tests)
         lines.append(f"| `{op.name}` | {versions} | `{ref}` | `{op.notebook}` | {figs} | {tests} |")

@@ -42,6 +42,10 @@ Versions (each adds one idea):
                          partitions (scores out of the PE transposed), q and k normed by one chain
     attention_block_v7   fewer dependent instructions on that chain (fused rsqrt, PSUM-read bias, one
                          division, a one-row last w_qkv chunk, the last w_o chunk after the 2nd exchange)
+    attention_block_v8   the layer's input RMSNorm fused in (h, gamma in; each core norms all of h); q|k|v
+                         split by columns (k on core 0, v on core 1, swapped while q streams), w_o and
+                         w_qkv in a host-side layout with 4-12 KiB descriptors (op attention_layer_decode;
+                         run on ``layouts.attention_layer_layout``'s weights, h and gamma first)
     attention_prefill_v0 prefill, one core: norm + RoPE per 128-token tile (all heads per instruction), K/V
                          written to rows 0..T-1; per head and query tile the scores (key tiles past the
                          diagonal skipped, the diagonal masked with -inf) go to an HBM scratch and back
@@ -80,8 +84,8 @@ Limits (asserted at entry):
     n_q % 2 == 0                 prefill v4  the query heads split evenly over the two cores
     0 <= L < cap                 v0-v3  the new row fits the cache (prefill: 1 <= T <= cap)
     H % 128 == 0                 v0-v3  (block) whole contraction tiles and 128-column o groups
-    H % 256 == 0, n_q even       v1-v7  (block) halves of the weights and heads for the two cores
-    G/2 <= 8 or 8 | G/2          v4-v7  (block) yᵀ in runs of min(8, G/2) columns per partition
+    H % 256 == 0, n_q even       v1-v8  (block) halves of the weights and heads for the two cores
+    G/2 <= 8 or 8 | G/2          v4-v8  (block) yᵀ in runs of min(8, G/2) columns per partition
     H % 256 == 0, n_q even, (n_q/2·d) % 128 == 0   prefill block: halves of the o columns and heads
 """
 
@@ -841,9 +845,9 @@ def _blocked_rows(cache, j, L, nt, t=None):
     return t
 
 
-def _blocked_kT(k_blk, slots):
-    """Kᵀ [d, S] in slot order from the blocked cached rows (one PE transpose per slot); the new key's
-    column (the last of slot L % nt) is left for the caller."""
+def _blocked_kT(k_blk, slots, engine=nisa.vector_engine):
+    """Kᵀ [d, S] in slot order from the blocked cached rows (one PE transpose per slot, evicted by
+    ``engine``); the new key's column (the last of slot L % nt) is left for the caller."""
     d = k_blk.shape[2]
     S = slots[-1][0] + slots[-1][1]
     kT = nl.ndarray((d, S), dtype=k_blk.dtype, buffer=nl.sbuf)
@@ -851,7 +855,7 @@ def _blocked_kT(k_blk, slots):
         if m > 0:
             kT_psum = nl.ndarray((d, m), dtype=k_blk.dtype, buffer=nl.psum)
             nisa.nc_transpose(dst=kT_psum, data=k_blk[0:m, s, :])
-            nisa.tensor_copy(dst=kT[:, off : off + m], src=kT_psum)
+            nisa.tensor_copy(dst=kT[:, off : off + m], src=kT_psum, engine=engine)
     return kT
 
 
@@ -1429,6 +1433,269 @@ def attention_block_v7(x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_c
     y_psum = nl.ndarray((P, G // 2), dtype=nl.float32, buffer=nl.psum)
     _o_proj(wo_chunks, hg, outT, n_q, 0, Hc, gb, y_psum)
     yT = nl.ndarray((P, G // 2), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=yT, src=y_psum)
+    _store_y(y, yT, pid * Hc, gb)
+    return y
+
+
+def _check_layer(h, gamma, w_qkv, w_o, k_cache, L):
+    """Restate the layer kernel's limits (weights in ``layouts.attention_layer_layout``'s order); returns
+    (H, n_q, n_kv, d)."""
+    cap, n_kv, d = k_cache.shape
+    H, P = h.shape[1], nl.tile_size.pmax
+    assert tuple(h.shape) == (1, H) and H % 256 == 0, f"h {tuple(h.shape)}: one token, H % 256 == 0"
+    assert tuple(gamma.shape) == (H,), f"gamma {tuple(gamma.shape)} != ({H},): the input norm's weight"
+    n_q = w_o.shape[2]
+    assert tuple(w_o.shape) == (2, d, n_q, H // 2) and n_q % 2 == 0, (
+        f"w_o {tuple(w_o.shape)} != (2, {d}, n_q, {H // 2}) with n_q even (attention_layer_layout)"
+    )
+    cols = (n_kv + n_q // 2) * d
+    assert tuple(w_qkv.shape) == (2, P, (H // P) * cols), (
+        f"w_qkv {tuple(w_qkv.shape)} != {(2, P, (H // P) * cols)} (attention_layer_layout)"
+    )
+    assert d <= 128 and d % 2 == 0 and n_q <= 128 and n_q % n_kv == 0, f"heads {n_q}/{n_kv} of {d}"
+    assert 0 <= L < cap, f"position L={L} outside the cache's {cap} rows"
+    return H, n_q, n_kv, d
+
+
+def _row_chunks(R, last):
+    """(first row, rows) chunks of R weight rows per partition: all but ``last``, then ``last`` (the GEMV
+    left after the last byte is short; the first chunk holds the first half, R / 2 rows, at least)."""
+    last = max(1, min(last, R // 2))
+    return [(0, R - last), (R - last, last)]
+
+
+def _gemv_halves(x_blk, w_t, r0, nb, heads, accs):
+    """Accumulate rows r0 … of the blocked weight chunk w_t [P, rows, heads·d] into accs[hf] [d, heads]
+    (slot r = hf·nb + t: half hf, t-th row of the partition), one matmul per row and head."""
+    d = w_t.shape[2] // heads
+    for rr in range(w_t.shape[1]):
+        hf, t = divmod(r0 + rr, nb)
+        for j in range(heads):
+            nisa.nc_matmul(
+                dst=accs[hf][:, j : j + 1],
+                stationary=w_t[:, rr, j * d : (j + 1) * d],
+                moving=x_blk[:, r0 + rr : r0 + rr + 1],
+                accumulate=t > 0,
+            )
+
+
+def _bcast_rows(vecs, p):
+    """[d] or [1, d] HBM rows -> SBUF [p, d] copies of each: one 256 B descriptor per row instead of p (the
+    DMA engines' time), broadcast on chip by two PE transposes and an add to zeros (bit-exact), the rows
+    stage by stage so PE, DVE and ACT overlap."""
+    d, n = vecs[0].shape[-1], len(vecs)
+    row = nl.ndarray((1, n, d), dtype=vecs[0].dtype, buffer=nl.sbuf)
+    for k, v in enumerate(vecs):
+        nisa.dma_copy(dst=row[0:1, k, :], src=v.ap(pattern=[[0, 1], [1, d]], offset=0))
+    zeros = nl.ndarray((d, p), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=zeros, value=0.0)
+    col = nl.ndarray((d, n), dtype=row.dtype, buffer=nl.psum)
+    for k in range(n):
+        nisa.nc_transpose(dst=col[:, k : k + 1], data=row[0:1, k, :])
+    cols = [nl.ndarray((d, p), dtype=row.dtype, buffer=nl.sbuf) for _ in range(n)]
+    for k in range(n):
+        nisa.tensor_scalar(dst=cols[k], data=zeros, op0=nl.add, operand0=col[:, k : k + 1])
+    out = []
+    for k in range(n):
+        b_psum = nl.ndarray((p, d), dtype=row.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=b_psum, data=cols[k])
+        b = nl.ndarray((p, d), dtype=row.dtype, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=b, src=b_psum, engine=nisa.scalar_engine)
+        out.append(b)
+    return out
+
+
+# ---- block v8: the input RMSNorm fused in; q|k|v by columns per core, k and v swapped before q is done -----
+@nki.jit
+def attention_block_v8(h, gamma, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, L, eps):
+    """The decode attention half of a layer in one launch (``attention_block_v8[2]``): x = RMSNorm(h)·gamma,
+    rounded as the model's rmsnorm (bf16(h·rstd), then bf16(·gamma)), then attention_block_v7's work on x,
+    with v7's bits. v7's schedule (21.85 µs at L = 639 on trn2, estimate): after the last w_qkv byte the
+    q|k|v exchange (~2 µs of fixed DMA cost) opens the chain of norms and softmax, and w_o streams at 2 KiB
+    per descriptor to the end. v8, with host-side layouts (``layouts.attention_layer_layout``):
+
+    * every core loads all of h and gamma (one 4 KiB descriptor each, on DMA engines 8 and 12), blocks them
+      as the weight rows by PE transposes and sums the squares itself (a ones matmul across the partitions):
+      no exchange, done while the first weight bytes stream;
+    * q|k|v split by columns: core 0 computes its query heads and the k heads over the whole contraction,
+      core 1 its query heads and the v heads (v7's two halves of the sum: the same bits); the k|v block
+      streams first, its rows are swapped while the q columns stream, the new key is normed, rotated and
+      written before the last q byte: the chain after it starts at the q heads' norm;
+    * w_o per core with each partition's heads contiguous (8 / 6 / 2 KiB descriptors), w_qkv in 4-12 KiB;
+      the q/k norm weights and cos/sin as one row each, broadcast on chip (four descriptors, not 13); the
+      attention outputs swapped as [n_q/2, d] rows on DMA engine 4 (256 B, not 8 B, per descriptor).
+
+    Estimate at L = 639 (trn2): 19.68 µs, 1.46x the HBM floor of the block plus the norm's reads (v7 1.62x,
+    rmsnorm_v3 + v7 31.1 µs as two launches); trn3 16.94 µs (v7 18.29).
+
+    Args: h [1, H] bf16 (the residual stream), gamma [H] (the input norm's weight); w_qkv
+    [2, 128, (H/128)·(n_kv + n_q/2)·d] and w_o [2, d, n_q, H/2]: ``attention_layer_layout`` of w_qkv
+    [H, (n_q + 2·n_kv)·d] and w_o [n_q·d, H]; the rest as attention_block_v7's. Returns: y [1, H] (before
+    the residual add); cache row L written in place."""
+    H, n_q, n_kv, d = _check_layer(h, gamma, w_qkv, w_o, k_cache, L)
+    P, g, G = nl.tile_size.pmax, n_q // n_kv, H // 128
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_prog == 2, f"LNC=2 launch (attention_block_v8[2]), got {n_prog} programs"
+    y = nl.ndarray((1, H), dtype=h.dtype, buffer=nl.shared_hbm)
+    Hc, nh, nb = H // 2, n_q // 2, H // 256
+    R, ckv, cq = 2 * nb, n_kv * d, nh * d  # rows per partition; columns of the k|v block and the q block
+    F = w_qkv.shape[2]
+    h0, h1 = pid * nh, (pid + 1) * nh
+    kv = [j for j in range(n_kv) if j * g < h1 and (j + 1) * g > h0]
+    # loads in consumption order (the DMA engines take them in program order): the k|v block, h, gamma,
+    # the first q chunk, the k|v swap, the norm weights and cos/sin, the last q chunk, the cache rows, w_o
+    w_kv = nl.ndarray((P, R, ckv), dtype=w_qkv.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=w_kv, src=w_qkv.ap(pattern=[[F, P], [ckv, R], [1, ckv]], offset=pid * P * F))
+    rows_t = nl.ndarray((97, H), dtype=h.dtype, buffer=nl.sbuf)  # h on partition 64, gamma on 96
+    nisa.dma_copy(dst=rows_t[64:65, :], src=h)  # one 4 KiB descriptor each, on DMA engines of their own
+    nisa.dma_copy(dst=rows_t[96:97, :], src=gamma.ap(pattern=[[0, 1], [1, H]], offset=0))
+    q_chunks = []
+    for r0, rows in _row_chunks(R, R // 4):
+        q_chunks.append((r0, nl.ndarray((P, rows, cq), dtype=w_qkv.dtype, buffer=nl.sbuf)))
+    r0, w_t = q_chunks[0]
+    src = w_qkv.ap(pattern=[[F, P], [cq, w_t.shape[1]], [1, cq]], offset=pid * P * F + R * ckv + r0 * cq)
+    nisa.dma_copy(dst=w_t, src=src)
+    nt, slots = _slots(L, P)
+    v_blk, z = {}, {}  # z: [d, P] zeros per KV head, the new v goes into column L // nt
+    for j in kv:  # zeroed first: the new row's partition is added into, the padding rows stay finite
+        v_blk[j] = nl.ndarray((P, nt, d), dtype=v_cache.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=v_blk[j], value=0.0)
+        z[j] = nl.ndarray((d, P), dtype=h.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=z[j], value=0.0)
+    zeros_gp = nl.ndarray((g, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=zeros_gp, value=0.0)
+    zeros_bf = nl.ndarray((g, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.memset(dst=zeros_bf, value=0.0)
+    # h and gamma blocked as the weights' rows by PE transposes ([i, hf·nb + t] = row hf·Hc + i·nb + t),
+    # RMSNorm of h: per-partition sums of squares, summed across the partitions by a ones matmul
+    x_raw = nl.ndarray((P, R), dtype=h.dtype, buffer=nl.psum)
+    g_t = nl.ndarray((P, R), dtype=gamma.dtype, buffer=nl.psum)
+    for dst, p in ((x_raw, 64), (g_t, 96)):
+        for r in range(R):
+            hf, t = divmod(r, nb)
+            nisa.nc_transpose(dst=dst[:, r : r + 1], data=rows_t[p : p + 1, hf * Hc + t : (hf + 1) * Hc : nb])
+    sq = nl.ndarray((P, R), dtype=nl.float32, buffer=nl.sbuf)  # discarded; only the sum is kept
+    ss = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(
+        dst=sq,
+        op=nl.square,
+        data=x_raw,
+        reduce_op=nl.add,
+        reduce_res=ss,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+    )
+    ones = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=ones, value=1.0)
+    tot = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.psum)  # every partition: Σ h²
+    nisa.nc_matmul(dst=tot, stationary=ones, moving=ss)
+    rstd = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(dst=rstd, op=nl.rsqrt, data=tot, scale=1.0 / H, bias=eps)
+    xr = nl.ndarray((P, R), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.activation(dst=xr, op=nl.copy, data=x_raw, scale=rstd)  # bf16(h · rstd): HF's rounding point
+    x_blk = nl.ndarray((P, R), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=x_blk, data1=xr, data2=g_t, op=nl.multiply)  # bf16(· gamma)
+    # k (core 0) or v (core 1) over the whole contraction in v7's halves, swapped as rows while q streams
+    acc_kv = [nl.ndarray((d, n_kv), dtype=nl.float32, buffer=nl.psum) for _ in range(2)]
+    _gemv_halves(x_blk, w_kv, 0, nb, n_kv, acc_kv)
+    kv_half = nl.ndarray((d, n_kv), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=kv_half, src=acc_kv[0])
+    kvT_mine = nl.ndarray((d, n_kv), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=kvT_mine, data1=kv_half, data2=acc_kv[1], op=nl.add)  # bf16(x @ w), v7's sum
+    kv_mine = _transpose(kvT_mine)  # [n_kv, d]: d·2 contiguous bytes per descriptor for the swap
+    kv_theirs = nl.ndarray((n_kv, d), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.sendrecv(src=kv_mine, dst=kv_theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+    k_new, v_new = (kv_mine, kv_theirs) if pid == 0 else (kv_theirs, kv_mine)  # [n_kv, d] each
+    qw_t, kw_t, cos_t, sin_t = _bcast_rows((q_norm_w, k_norm_w, cos, sin), max(nh, n_kv))
+    for r0, w_t in q_chunks[1:]:  # after the swap in program order: its transfer is booked first
+        src = w_qkv.ap(pattern=[[F, P], [cq, w_t.shape[1]], [1, cq]], offset=pid * P * F + R * ckv + r0 * cq)
+        nisa.dma_copy(dst=w_t, src=src)
+    k_blk = {j: _blocked_rows(k_cache, j, L, nt) for j in kv}
+    for j in kv:
+        _blocked_rows(v_cache, j, L, nt, v_blk[j])
+    acc_q = [nl.ndarray((d, nh), dtype=nl.float32, buffer=nl.psum) for _ in range(2)]
+    r0, w_t = q_chunks[0]
+    _gemv_halves(x_blk, w_t, r0, nb, nh, acc_q)  # the first chunk holds the first half's nb rows
+    # the new key normed and rotated, and the cache row written, while the last q rows stream
+    kn = _norm_rope(k_new, kw_t, cos_t, sin_t, eps, fused_rsqrt=True)  # [n_kv, d]
+    q_half = nl.ndarray((d, nh), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=q_half, src=acc_q[0])
+    # w_o chunks: the own heads, the peer's but one, then (after the o swap) the last one
+    chunk_heads = [nh, nh - 1, 1] if nh > 1 else [1, 1]
+    starts = [sum(chunk_heads[:i]) for i in range(len(chunk_heads))]
+    wo_t = []
+    for a, nhd in zip(starts[:-1], chunk_heads[:-1]):
+        t = nl.ndarray((d, nhd, Hc), dtype=w_o.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(
+            dst=t, src=w_o.ap(pattern=[[n_q * Hc, d], [Hc, nhd], [1, Hc]], offset=(pid * d * n_q + a) * Hc)
+        )
+        wo_t.append(t)
+        if a == 0:  # the cache row after the own heads' w_o: the engines reach it once it is ready
+            if pid == 0:
+                nisa.dma_copy(dst=k_cache[L : L + 1, :, :].reshape((n_kv, d)), src=kn)
+            else:
+                nisa.dma_copy(dst=v_cache[L : L + 1, :, :].reshape((n_kv, d)), src=v_new)
+    for r0, w_t in q_chunks[1:]:
+        _gemv_halves(x_blk, w_t, r0, nb, nh, acc_q)
+    qT_raw = nl.ndarray((d, nh), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_tensor(dst=qT_raw, data1=q_half, data2=acc_q[1], op=nl.add)
+    qn = _norm_rope(_transpose(qT_raw), qw_t, cos_t, sin_t, eps, fused_rsqrt=True)  # [nh, d]
+    kTs = {j: _blocked_kT(k_blk[j], slots, nisa.scalar_engine) for j in kv}  # ACT evicts, DVE norms q
+    knT, vT = (_transpose(t, nisa.scalar_engine) for t in (kn, v_new))  # [d, n_kv], off DVE's chain
+    qT = _transpose(qn)  # [d, nh]
+    pL, sL = divmod(L, nt)
+
+    def place_v(j):  # v_blk[pL, sL] = v: a [d, P] tile holding v in column pL, PE-transposed, added
+        nisa.tensor_copy(dst=z[j][:, pL : pL + 1], src=vT[:, j : j + 1])
+        zT = nl.ndarray((P, d), dtype=h.dtype, buffer=nl.psum)
+        nisa.nc_transpose(dst=zT, data=z[j])
+        nisa.tensor_tensor(dst=v_blk[j][:, sL, :], data1=v_blk[j][:, sL, :], data2=zT, op=nl.add)
+
+    col = slots[sL][0] + pL
+    mask = _slot_mask(slots, g, P)
+    outT = nl.ndarray((d, n_q), dtype=h.dtype, buffer=nl.sbuf)  # column k: head o_pid(k), own heads first
+    for j in kv:
+        a, b = max(h0, j * g), min(h1, (j + 1) * g)
+        nisa.tensor_copy(dst=kTs[j][:, col : col + 1], src=knT[:, j : j + 1])
+        m = None if mask is None else mask[:, 0 : b - a, :]
+        o_psum = _attend_lanes(
+            qT[:, a - h0 : b - h0], kTs[j], v_blk[j], slots, zeros_gp[0 : b - a, :], m,
+            fast=True, before_pv=lambda j=j: place_v(j), zeros_bf=zeros_bf[0 : b - a, :],
+        )  # fmt: skip
+        nisa.tensor_copy(dst=outT[:, a - h0 : b - h0], src=o_psum)
+    # the attention outputs swapped as rows [nh, d] on partitions 32.. (d·2 bytes per descriptor, one DMA
+    # engine of their own) instead of [d, nh] columns (8 B descriptors on all 16 engines)
+    o_ps = nl.ndarray((32 + nh, d), dtype=h.dtype, buffer=nl.psum)
+    nisa.nc_transpose(dst=o_ps[32 : 32 + nh, :], data=outT[:, 0:nh])
+    o_rows = nl.ndarray((32 + nh, d), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=o_rows[32 : 32 + nh, :], src=o_ps[32 : 32 + nh, :])
+    o_peer = nl.ndarray((32 + nh, d), dtype=h.dtype, buffer=nl.sbuf)
+    o_mine, o_theirs = o_rows[32 : 32 + nh, :], o_peer[32 : 32 + nh, :]
+    nisa.sendrecv(src=o_mine, dst=o_theirs, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=1)
+    a, nhd = starts[-1], chunk_heads[-1]  # the last w_o chunk after the exchange: its transfer goes first
+    t = nl.ndarray((d, nhd, Hc), dtype=w_o.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(
+        dst=t, src=w_o.ap(pattern=[[n_q * Hc, d], [Hc, nhd], [1, Hc]], offset=(pid * d * n_q + a) * Hc)
+    )
+    wo_t.append(t)
+    gb = _o_groups(G)  # runs of min(8, G/2) columns: this core's half of y
+    y_psum = nl.ndarray((P, G // 2), dtype=nl.float32, buffer=nl.psum)
+    for k in range(n_q):  # v7's order: own heads (during the swap), then the peer's
+        if k == nh:  # the peer's rows back to columns, after the own heads' matmuls on the PE
+            oT_ps = nl.ndarray((d, nh), dtype=h.dtype, buffer=nl.psum)
+            nisa.nc_transpose(dst=oT_ps, data=o_theirs)
+            nisa.tensor_copy(dst=outT[:, nh:n_q], src=oT_ps)
+        c = max(i for i, s in enumerate(starts) if s <= k)
+        for cc in range(Hc // P):
+            a, b = divmod(cc, gb)
+            nisa.nc_matmul(
+                dst=y_psum[:, cc : cc + 1],
+                stationary=wo_t[c][:, k - starts[c], a * P * gb + b : (a + 1) * P * gb : gb],
+                moving=outT[:, k : k + 1],
+                accumulate=k > 0,
+            )
+    yT = nl.ndarray((P, G // 2), dtype=h.dtype, buffer=nl.sbuf)
     nisa.tensor_copy(dst=yT, src=y_psum)
     _store_y(y, yT, pid * Hc, gb)
     return y

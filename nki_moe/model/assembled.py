@@ -67,7 +67,7 @@ import ml_dtypes
 import numpy as np
 
 from nki_moe import ops
-from nki_moe.kernels.layouts import tile_weight
+from nki_moe.kernels.layouts import attention_layer_layout, tile_weight
 from nki_moe.reference.attention import (
     KVCache,
     attention_block,
@@ -275,6 +275,9 @@ class _Layer:
     gate_up: np.ndarray  # [E, H, 2I]
     down: np.ndarray  # [E, I, H]
     tiled: dict = field(default_factory=dict)  # name -> tile_weight(w) for matmul_v5/v6
+    # (w_qkv, w_o) in attention_layer_layout for an attention_layer_decode kernel (None: the shape does not
+    # fit that layout, the kernel then falls back to the reference loudly)
+    layer_layout: tuple | None = None
 
 
 class KernelModel:
@@ -420,6 +423,14 @@ class KernelModel:
             )
             for name in ("w_qkv", "w_o"):
                 lw.tiled[name] = tile_weight(getattr(lw, name), n_prog=2)
+            if self._family("attention_decode") == "attention_layer_decode":
+                cfg = self.cfg
+                try:
+                    lw.layer_layout = attention_layer_layout(
+                        lw.w_qkv, lw.w_o, cfg.num_key_value_heads, cfg.head_dim
+                    )
+                except AssertionError:
+                    lw.layer_layout = None
             self._layers[i] = lw
         return self._layers[i]
 
@@ -692,10 +703,17 @@ class KernelModel:
         if T == 1 and fused_block:
             shape = {"T": 1, "L": L, "H": H, "n_q": n_q, "n_kv": n_kv, "d": d}
             macs = qkv_proj_cost(1, H, n_q, n_kv, d).macs + core_macs + o_proj_cost(1, H, n_q, d).macs
-            norm_in = () if normed else (lw.input_norm,)
+            norm_in, (w_qkv, w_o) = (), (lw.w_qkv, lw.w_o)
+            if not normed:  # an attention_layer_decode kernel: gamma, and the weights in its layout
+                norm_in, (w_qkv, w_o) = (lw.input_norm,), (lw.layer_layout or (None, None))
+
+            def unfit(_name) -> str:
+                if normed or lw.layer_layout is not None:
+                    return ""
+                return f"attention_layer_layout needs H % 256 == 0 and an even n_q (H={H}, n_q={n_q})"
 
             def run(kernel, lnc):
-                args = (h, *norm_in, lw.w_qkv, lw.w_o, lw.q_norm, lw.k_norm, cos_b, sin_b)
+                args = (h, *norm_in, w_qkv, w_o, lw.q_norm, lw.k_norm, cos_b, sin_b)
                 (y,), m = self._run(kernel, lnc, *args, cache.keys[layer], cache.values[layer], L, eps)
                 advance()
                 return _bf16(y), m
@@ -709,7 +727,7 @@ class KernelModel:
                 )  # fmt: skip
                 return _bf16(out)
 
-            return self._op(phase, "attention_decode", layer, shape, macs, run, ref)
+            return self._op(phase, "attention_decode", layer, shape, macs, run, ref, unfit)
         qkv = self._matmul(phase, "qkv_proj", layer, h, lw.w_qkv, lw.tiled["w_qkv"], lw.w_qkv.shape[1])
         q, k, v = (np.ascontiguousarray(a) for a in split(qkv))
         shape = {"T": T, "L": L, "n_q": n_q, "n_kv": n_kv, "d": d}

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
+from nki_moe import ops
 from nki_moe.model.assembled import (
     DEFAULT_KERNELS,
     OPS_ORDER,
@@ -64,7 +65,9 @@ def _prompt(n=12, vocab=512):
 
 def test_defaults_cover_every_op():
     assert tuple(DEFAULT_KERNELS) == OPS_ORDER
-    assert DEFAULT_KERNELS["experts"] == "moe_decode_v5"  # the fused MoE layer (norm + router + experts)
+    # the fused layer kernels' final versions: norm + router + experts; input norm + attention block
+    assert DEFAULT_KERNELS["experts"] == ops.get("moe_layer_decode").final.kernel
+    assert DEFAULT_KERNELS["attention_decode"] == ops.get("attention_layer_decode").final.kernel
     assert DEFAULT_KERNELS["attention_prefill"] == "attention_prefill_v5"  # v6 breaks parity (assembled.py)
 
 
@@ -164,7 +167,9 @@ def test_real_width_every_op_is_a_kernel(real_parity):
     assert res.fallbacks == [] and res.nki_mac_ratio == 1.0
     decode = [r for r in launches if r.phase == "decode"]
     ops_run = {r.op for r in decode}
-    assert ops_run == {"input_norm", "attention_decode", "experts", "final_norm", "lm_head"}
+    # the decode attention layer kernel (attention_layer_decode) does the input RMSNorm itself
+    assert model.fuses_input_norm
+    assert ops_run == {"attention_decode", "experts", "final_norm", "lm_head"}
     lm = [r for r in decode if r.op == "lm_head"]
     assert all(r.macs == 2048 * 151936 for r in lm)  # the trace's MACs: exactly H·V per decode step
     moe = [r for r in decode if r.op == "experts"]  # router H·E + 8 experts · 3·H·I, per token
@@ -186,7 +191,7 @@ def test_real_width_forced_mix(real):
     for a, b in zip(got.routing, want.routing):
         np.testing.assert_array_equal(a, b)
     experts = [r for r in model.launches if r.op == "experts"]
-    assert experts and all(r.nki and r.kernel == "moe_decode_v5" for r in experts)
+    assert experts and all(r.nki and r.kernel == DEFAULT_KERNELS["experts"] for r in experts)
     attn = [r for r in model.launches if r.op.startswith("attention")]
     assert attn and all(r.kernel == "reference" and r.reason == "selected" for r in attn)
 
