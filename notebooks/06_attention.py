@@ -421,6 +421,44 @@ print(f"v5 {pp5.latency_us:.2f} µs → v6 {pp6.latency_us:.2f} µs; bit-identic
 assert pp6.latency_us < pp5.latency_us and same(pc6) < 0.9 < same(pc5)
 
 # %% [markdown]
+# ### prefill v7 · the softmax straight from PSUM, the normalisation deferred
+# v6 still copies every score out of PSUM, masks it on GpSimd, takes the max, exps it and divides it by
+# Σe (GpSimd) before p·V. v7 reads PSUM directly: DVE's max pass masks the diagonal bank in place
+# (`range_select`: keys past the query become FP32_MIN), ACT's exp takes scale = d^-0.5 and bias =
+# −max·d^-0.5 and writes the unnormalised bf16 exps, and o = (e·V) / Σe is divided once per [tq, d] at
+# its eviction (flash-style): of v6's five passes over every score, two are left (the max, the exp). The
+# faster variant again (no bf16 scores, no bf16 p).
+
+# %%
+pc7, pp7 = prefill.step("v7", T=SHOW_T)
+_ = ops.check_with_cache(prefill, "v7", T=SHOW_T)
+print(f"v6 {pp6.latency_us:.2f} µs → v7 {pp7.latency_us:.2f} µs; bit-identical: v7 {100 * same(pc7):.1f} %")
+print({e: f"{pp6.busy_us[e] / 2:.1f} → {pp7.busy_us[e] / 2:.1f} µs per core"
+       for e in ("pe", "act", "dve", "pool")})
+trn3_us = {v: prefill.profile(v, target="trn3", trace_path=False, T=SHOW_T).latency_us for v in ("v6", "v7")}
+print(f"trn3: v6 {trn3_us['v6']:.2f} µs → v7 {trn3_us['v7']:.2f} µs")
+assert pp7.latency_us < pp6.latency_us and trn3_us["v7"] < trn3_us["v6"]
+assert same(pc7) < 0.9 and {r.opcode for r in pc7.trace if r.engine == "pool"} == {"iota"}  # no mask pass
+
+# %% [markdown]
+# ### prefill v8 · the prologue pipelined into the attention
+# v7's schedule: the norms, RoPE and transposes of all tiles (~14 µs at T = 512, mostly DVE) run before the
+# first score. Causal attention lets query tile t start once key tiles 0 … t exist, so v8 norms token tile
+# t + 2 while tile t attends, with the norm's elementwise products on GpSimd (idle since v7) beside ACT's
+# exps and DVE's maxima, and runs the (tile, head) items as one software pipeline across the tiles (scores
+# and max two items ahead, the exp one ahead, then p·V). The same per-head instructions as v7: v7's bits.
+
+# %%
+pc8, pp8 = prefill.step("v8", T=SHOW_T)
+_ = ops.check_with_cache(prefill, "v8", T=SHOW_T)
+print(f"v7 {pp7.latency_us:.2f} µs → v8 {pp8.latency_us:.2f} µs "
+      f"({pp8.latency_us / pp8.roofline_us:.1f}× the PE floor {pp8.roofline_us:.2f} µs)")
+trn3_us["v8"] = prefill.profile("v8", target="trn3", trace_path=False, T=SHOW_T).latency_us
+print(f"trn3: v7 {trn3_us['v7']:.2f} µs → v8 {trn3_us['v8']:.2f} µs")
+assert pp8.latency_us < pp7.latency_us and trn3_us["v8"] < trn3_us["v7"]
+assert np.array_equal(pc8.outputs[0], pc7.outputs[0])
+
+# %% [markdown]
 # ### Prefill sweep over T (estimated)
 
 # %%
@@ -428,30 +466,34 @@ psweep = prefill.sweep(T=PREFILL_T)
 print(psweep.table(TARGET))
 prefill.save_figures(psweep, T=(PREFILL_T[0], SHOW_T))
 plat = {tg: psweep.latency(tg) for tg in ("trn2", "trn3")}
-pladder = ("v6", "v5", "v4", "v3", "v1", "v0")
+pladder = ("v8", "v7", "v6", "v5", "v4", "v3", "v1", "v0")
 assert all(all(plat[tg][a, T] < plat[tg][b, T] for a, b in zip(pladder, pladder[1:]))
            for tg in plat for T in PREFILL_T)
 lnc2_gain = {(tg, T): plat[tg]["v3", T] / plat[tg]["v4", T] for tg in plat for T in PREFILL_T}
 assert all(x > (1.5 if T >= 512 else 1.2) for (_, T), x in lnc2_gain.items())
 assert all(busiest_engine(p, compute_only=True) == "dve" for p in (pp0, pp1, pp2, pp3, pp4))
-print({f"prefill_{c.version}": busiest_engine(p, compute_only=True) for c, p in ((pc5, pp5), (pc6, pp6))})
+print({f"prefill_{c.version}": busiest_engine(p, compute_only=True)
+       for c, p in ((pc5, pp5), (pc6, pp6), (pc7, pp7), (pc8, pp8))})
 if SHOW_T >= 512:  # at the short prompts the prologue's DVE work still dominates
     assert all(busiest_engine(p, compute_only=True) == "act" for p in (pp5, pp6))
+    assert busiest_engine(pp7, compute_only=True) == "dve"  # the max from PSUM (fp32: N) and the prologue
 print({f"prefill_{c.version}": f"{100 * same(c):.1f} % bit-identical"
-       for c in (pc0, pc1, pc2, pc3, pc4, pc5, pc6)})
-assert same(pc5) == same(pc4) == same(pc3) == same(pc1) > 0.95 > 0.9 > max(same(pc2), same(pc6))
+       for c in (pc0, pc1, pc2, pc3, pc4, pc5, pc6, pc7, pc8)})
+assert same(pc5) == same(pc4) == same(pc3) == same(pc1) > 0.95 > 0.9 > max(same(pc2), same(pc6), same(pc7))
 
 # %% [markdown]
-# Asserted at every T on both chips: v6 < v5 < v4 < v3 < v1 < v0 (the scores in SBUF beat the HBM round
-# trip; overlapping the heads' stages beats the per-head chain; two cores beat one — by over 1.2× at every
-# T and over 1.5× at T ≥ 512: at the short prompts the fixed DMA costs do not halve; planned loads and
-# rebalanced passes beat v4; one pass fewer beats v5, by little: the latency is the dependent chain's, not
-# one engine's work); v0-v4's busiest compute engine is DVE (the scale, the max and the normalisation
-# each pass over every score), v5's and v6's ACT at T ≥ 512 (the evictions and the exps). The flash
-# version (v2) adds per-block rescaling work on DVE and does not pay at T ≤ 640, where a whole score row
-# block fits in SBUF; it is not bit-identical, while v1, v3, v4 and v5 keep the reference's rounding
-# points and give the same bits (> 95 % bit-identical to the reference; the rest trace back to a one-ulp
-# difference of a normed q or k: the RMS's fp32 sum order). v6 is the faster variant and v5 the
+# Asserted at every T on both chips: v8 < v7 < v6 < v5 < v4 < v3 < v1 < v0 (the scores in SBUF beat the HBM
+# round trip; overlapping the heads' stages beats the per-head chain; two cores beat one — by over 1.2× at
+# every T and over 1.5× at T ≥ 512: at the short prompts the fixed DMA costs do not halve; planned loads and
+# rebalanced passes beat v4; one pass fewer beats v5, by little: the latency is the dependent chain's, not one
+# engine's work; the softmax read from PSUM beats v6; the prologue pipelined into the attention beats v7, by
+# most at the long prompts, where there is more attention to hide it behind); v0-v4's busiest compute engine
+# is DVE (the scale, the max and the normalisation each pass over every score), v5's and v6's ACT at T ≥ 512
+# (the evictions and the exps), v7's DVE (the fp32 max from PSUM and the prologue). The flash version (v2)
+# adds per-block rescaling work on DVE and does not pay at T ≤ 640, where a whole score row block fits in
+# SBUF; it is not bit-identical, while v1, v3, v4 and v5 keep the reference's rounding points and give the
+# same bits (> 95 % bit-identical to the reference; the rest trace back to a one-ulp difference of a normed q
+# or k: the RMS's fp32 sum order). v6-v8 are faster variants (v8 the fastest, v7's bits) and v5 the
 # order-preserving one.
 
 # %% [markdown]
@@ -554,9 +596,12 @@ block_prefill_final = {"final_version": "v2", "lnc": 2, "final": bfinal, "order_
 # load-time layout would lift it) and the cache rows 1.25 KiB; after the last weight byte the last w_o
 # chunk's GEMV and the store (~2.7 µs). The second exchange now overlaps the stream; it cannot go without
 # computing every head's attention on both cores (the MACs would exceed the analytic count) or swapping
-# partial sums after the o GEMV (v4: slower). Prefill v6 stays below 20 % of its two cores'
-# PE floor: the T = 512 goal of 1.5× is not met and cannot be with these passes — the busiest engine's own
-# work per core (asserted below) already exceeds 1.5× the floor. Both caches pass in every check.
+# partial sums after the o GEMV (v4: slower). Prefill v8 (the fastest, a faster variant; v5 the
+# order-preserving one) stays below 25 % of its two cores' PE floor (printed: ~6.3× it at T = 512 on trn2):
+# the T = 512 goal of 1.5× is not met and cannot be with these passes — the busiest engine's own work per
+# core (ACT: exps, eᵀ evictions, the norms; DVE close behind; asserted below) still exceeds 1.5× the
+# floor, and so do the ~3 µs before the first load lands plus the ~5 µs of output stores after the last
+# instruction. Both caches pass in every check.
 
 # %%
 print("\n".join(sweep.summary_lines("v2", (LENGTHS[0], SHOW_L), "attention_decode_v2 (1 core)")))
@@ -571,13 +616,13 @@ assert all(x > 1.5 for x in ratio_floor.values())
 v7_tail = tail_us(q7)
 print(f"v7 at L={SHOW_L}: first byte {min(b for _, _, b, _ in big_dmas(q7)):.2f} µs, last weight byte "
       f"{max(e for *_, e in big_dmas(q7)):.2f} µs, then {v7_tail:.2f} µs (exchange, o GEMV, store)")
-print("\n".join(psweep.summary_lines("v6", (PREFILL_T[0], SHOW_T), "attention_prefill_v6 (LNC=2)")))
-assert all(r["pct_roofline"] < 20 for r in psweep.rows)  # far from the PE floor
-busiest = max(pp6.busy_us[e] for e in ("pe", "act", "dve", "pool")) / 2  # per core
-print(f"prefill v6 T={SHOW_T}: busiest engine {busiest:.1f} µs per core, 1.5× floor "
-      f"{1.5 * pp6.roofline_us:.1f} µs")
+print("\n".join(psweep.summary_lines("v8", (PREFILL_T[0], SHOW_T), "attention_prefill_v8 (LNC=2)")))
+assert all(r["pct_roofline"] < 25 for r in psweep.rows)  # far from the PE floor (v8, T = 640, trn3: ~21 %)
+busiest = max(pp8.busy_us[e] for e in ("pe", "act", "dve", "pool")) / 2  # per core
+print(f"prefill v8 T={SHOW_T}: {pp8.latency_us / pp8.roofline_us:.2f}× its floor; busiest engine "
+      f"{busiest:.1f} µs per core, 1.5× floor {1.5 * pp8.roofline_us:.1f} µs")
 if SHOW_T >= 512:
-    assert busiest > 1.5 * pp6.roofline_us
+    assert busiest > 1.5 * pp8.roofline_us and pp8.latency_us > 1.5 * pp8.roofline_us
 
 # %% [markdown]
 # ## This notebook's line of the per-token budget
@@ -605,7 +650,7 @@ if SHOW_L == 639:
           f"{48 * separate[TARGET] / 1e3:.2f} ms as separate launches")
 
 # %%
-prefill_final = {"final_version": "v6", "lnc": 2, "final": psweep.final("v6", (PREFILL_T[0], SHOW_T)),
+prefill_final = {"final_version": "v8", "lnc": 2, "final": psweep.final("v8", (PREFILL_T[0], SHOW_T)),
                  "order_preserving_version": "v5",
                  "order_preserving": psweep.final("v5", (PREFILL_T[0], SHOW_T))}
 results.record("06_attention", {"estimated_by": "nki_moe cost model", "final_version": "v2", "lnc": 1,

@@ -59,6 +59,11 @@ Versions (each adds one idea):
                          normalisation on GpSimd, pᵀ evicted four tiles per copy: v4's bits (order-preserving)
     attention_prefill_v6 v5 with the scale folded into the PSUM eviction: one pass fewer, one rounding fewer —
                          the faster variant, not bit-identical to the reference
+    attention_prefill_v7 the softmax straight from PSUM: masked max (range_select) on DVE, exp with the scale
+                         and −max as bias on ACT, unnormalised exps into p·V, o / Σe at the end (faster)
+    attention_prefill_v8 v7 with the prologue pipelined (causal: query tile t needs keys 0 … t only): token
+                         tile t + 2 normed (products on GpSimd) while tile t attends, one pipeline over the
+                         (tile, head) items
     attention_block_prefill_v0  the prefill block (x, w_qkv, w_o in; y out), unfused, one core: q|k|v
                          stored to HBM and read back by v5's passes, the attention output likewise to o
     attention_block_prefill_v1  q/k-norm + RoPE fused into the QKV epilogue: PSUM tiles evicted, normed and
@@ -70,7 +75,7 @@ Issue 16's prefill rungs → these: v0 scores in HBM = v0; v1 SBUF-resident = v1
 RoPE fused into the QKV epilogue": the prefill versions norm and rotate q/k per 128-token tile as it is
 loaded, but take q, k, v (the projections' outputs); the epilogue fusion proper is attention_block_prefill_v1
 (x, w_qkv in; v0 the unfused baseline, v2 the o projection fused too, LNC=2); v4 LNC=2 = v4. v3 (stage
-interleave), v5 and v6 are the workbook's own.
+interleave), v5-v8 are the workbook's own.
 
 Run: ``nki_moe.sim.run(attention_block_v7, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
 L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v6, q, k, v, q_norm_w, k_norm_w, cos, sin,
@@ -2130,10 +2135,11 @@ def _heads_view(t, heads):
     return t.ap(pattern=[[d, p], [0, heads], [1, d]], offset=0)
 
 
-def _norm_rope_heads_b(x_t, w_b, cos_t, sin_n, eps):
+def _norm_rope_heads_b(x_t, w_b, cos_t, sin_n, eps, engine=nisa.vector_engine):
     """_norm_rope_heads with [p, d] operands broadcast over the heads on chip (``_heads_views``) and fewer
     DVE passes: Σx² per head accumulated by ACT (one activation per head, no DVE reduce), rotate_half·sin
-    as two plain products with a pre-negated sin (sin_n = [-sin_lo, sin_hi]). The same roundings."""
+    as two plain products with a pre-negated sin (sin_n = [-sin_lo, sin_hi]). The same roundings. ``engine``:
+    the engine of the elementwise products (prefill v8: GpSimd)."""
     p, heads, d = x_t.shape
     h = d // 2
     sq = nl.ndarray((p, heads, d), dtype=nl.float32, buffer=nl.sbuf)  # discarded
@@ -2152,26 +2158,27 @@ def _norm_rope_heads_b(x_t, w_b, cos_t, sin_n, eps):
     xn = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
     for hd in range(heads):  # bf16(x · rstd)
         nisa.activation(dst=xn[:, hd, :], op=nl.copy, data=x_t[:, hd, :], scale=rstd[:, hd : hd + 1])
-    nisa.tensor_tensor(dst=xn, data1=xn, data2=_heads_view(w_b[0:p, :], heads), op=nl.multiply)
+    nisa.tensor_tensor(dst=xn, data1=xn, data2=_heads_view(w_b[0:p, :], heads), op=nl.multiply, engine=engine)
     xc = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
-    nisa.tensor_tensor(dst=xc, data1=xn, data2=_heads_view(cos_t, heads), op=nl.multiply)
+    nisa.tensor_tensor(dst=xc, data1=xn, data2=_heads_view(cos_t, heads), op=nl.multiply, engine=engine)
     rs = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
     s_lo = sin_n.ap(pattern=[[d, p], [0, heads], [1, h]], offset=0)
     s_hi = sin_n.ap(pattern=[[d, p], [0, heads], [1, h]], offset=h)
-    nisa.tensor_tensor(dst=rs[:, :, 0:h], data1=xn[:, :, h:d], data2=s_lo, op=nl.multiply)
-    nisa.tensor_tensor(dst=rs[:, :, h:d], data1=xn[:, :, 0:h], data2=s_hi, op=nl.multiply)
+    nisa.tensor_tensor(dst=rs[:, :, 0:h], data1=xn[:, :, h:d], data2=s_lo, op=nl.multiply, engine=engine)
+    nisa.tensor_tensor(dst=rs[:, :, h:d], data1=xn[:, :, 0:h], data2=s_hi, op=nl.multiply, engine=engine)
     out = nl.ndarray((p, heads, d), dtype=x_t.dtype, buffer=nl.sbuf)
-    nisa.tensor_tensor(dst=out, data1=xc, data2=rs, op=nl.add)
+    nisa.tensor_tensor(dst=out, data1=xc, data2=rs, op=nl.add, engine=engine)
     return out
 
 
-def _neg_sin(s_t):
-    """[-sin_lo, sin_hi] of a [tsz, d] sin tile: the pre-negated operand of ``_norm_rope_heads_b``."""
+def _neg_sin(s_t, engine=nisa.vector_engine):
+    """[-sin_lo, sin_hi] of a [tsz, d] sin tile, on ``engine``: the pre-negated operand of
+    ``_norm_rope_heads_b``."""
     tsz, d = s_t.shape
     h = d // 2
     sin_n = nl.ndarray((tsz, d), dtype=s_t.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=sin_n[:, 0:h], data=s_t[:, 0:h], op0=nl.multiply, operand0=-1.0)
-    nisa.tensor_copy(dst=sin_n[:, h:d], src=s_t[:, h:d])
+    nisa.tensor_scalar(dst=sin_n[:, 0:h], data=s_t[:, 0:h], op0=nl.multiply, operand0=-1.0, engine=engine)
+    nisa.tensor_copy(dst=sin_n[:, h:d], src=s_t[:, h:d], engine=engine)
     return sin_n
 
 
@@ -2371,6 +2378,238 @@ def attention_prefill_v6(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
     points: HF rounds q·kᵀ to bf16 before the scaling, so a score can differ by one bf16 ulp and the output
     is not bit-identical (the order-preserving variant is v5)."""
     return _prefill_lnc2(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps, fold_scale=True)
+
+
+def _partition_index(P):
+    """fp32 [P, 1] SBUF tile holding p on partition p (the causal bound of ``range_select``)."""
+    idx_i = nl.ndarray((P, 1), dtype=nl.int32, buffer=nl.sbuf)
+    nisa.iota(dst=idx_i, pattern=[[0, 1]], offset=0, channel_multiplier=1)
+    idx = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=idx, src=idx_i)
+    return idx
+
+
+def _evict_alternate(h):
+    """The engine evicting head h's eᵀ tiles from PSUM: DVE for even heads, ACT for odd ones (as v5)."""
+    return (nisa.vector_engine, nisa.scalar_engine)[h % 2]
+
+
+def _scores_max(qT, kT, q0, tq, h, h0, g, p_idx, neg):
+    """PE: head h's scores of query tile [q0, q0 + tq) over keys 0 … q0 + tq − 1, one PSUM bank per ≤ 512
+    keys; DVE: their row max read from PSUM, the bank holding the diagonal tile masked in place by the same
+    pass (``range_select``: keys past the query set to FP32_MIN), neg[:, h] = −max·d^-0.5. Returns the
+    banks [(c0, PSUM [tq, csz])]."""
+    d, nk = qT.shape[0], q0 + tq
+    blocks = [(c0, min(SCORE_TILE, nk - c0)) for c0 in range(0, nk, SCORE_TILE)]
+    m = nl.ndarray((tq, len(blocks)), dtype=nl.float32, buffer=nl.sbuf)
+    banks = []
+    for b, (c0, csz) in enumerate(blocks):
+        s_psum = nl.ndarray((tq, csz), dtype=nl.float32, buffer=nl.psum)
+        nisa.nc_matmul(
+            dst=s_psum, stationary=qT[:, h, q0 : q0 + tq], moving=kT[:, (h0 + h) // g, c0 : c0 + csz]
+        )
+        if c0 + csz > q0:  # key c0 + j kept iff c0 + j − q0 <= p
+            nisa.range_select(
+                dst=s_psum,
+                on_true_tile=s_psum,
+                comp_op0=nl.greater_equal,
+                comp_op1=nl.less_equal,
+                bound0=float(c0 - q0),
+                bound1=p_idx[0:tq, :],
+                reduce_res=m[:, b : b + 1],
+                range_start=float(c0 - q0),
+            )
+        else:
+            nisa.tensor_reduce(dst=m[:, b : b + 1], op=nl.maximum, data=s_psum, axis=1)
+        banks.append((c0, s_psum))
+    if len(blocks) > 1:
+        nisa.tensor_reduce(dst=m[:, 0:1], op=nl.maximum, data=m, axis=1)
+    nisa.tensor_scalar(dst=neg[:, h : h + 1], data=m[:, 0:1], op0=nl.multiply, operand0=-(d**-0.5))
+    return banks
+
+
+def _exp(banks, h, neg, total, scale, dtype):
+    """ACT: e = exp(s·scale + neg[:, h]) [tq, nk] in ``dtype`` (bf16: p·V's operand) and total[:, h] = Σe
+    (fp32), one pass per bank read straight from PSUM (the banks of ``_scores_max``). Returns e."""
+    tq, nk = neg.shape[0], banks[-1][0] + banks[-1][1].shape[1]
+    e = nl.ndarray((tq, nk), dtype=dtype, buffer=nl.sbuf)
+    for b, (c0, s_psum) in enumerate(banks):
+        nisa.activation(
+            dst=e[:, c0 : c0 + s_psum.shape[1]],
+            op=nl.exp,
+            data=s_psum,
+            scale=scale,
+            bias=neg[:, h : h + 1],
+            reduce_op=nl.add,
+            reduce_res=total[:, h : h + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce if b == 0 else nisa.reduce_cmd.reduce,
+        )
+    return e
+
+
+def _pv(e, v_tiles, h, kv, total, o, evict):
+    """eᵀ by PE transposes evicted by the ``evict`` engine, p·V with the unnormalised e (KV head kv), then on
+    DVE o[:, h, :] = (e·V) / Σe at the [tq, d] eviction (flash-style deferred normalisation)."""
+    tq, d = o.shape[0], o.shape[2]
+    o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
+    for i, pT_i in enumerate(_transposes_grouped(e, S_TILE, evict)):
+        nisa.nc_matmul(dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, kv, :], accumulate=i > 0)
+    nisa.tensor_scalar(dst=o[:, h, :], data=o_psum, op0=nl.divide, operand0=total[:, h : h + 1])
+
+
+def _softmax_state(tq, nh, d, dtype):
+    """Per query tile: (neg [tq, nh] = −max·d^-0.5, total [tq, nh] = Σe, o [tq, nh, d] the output)."""
+    neg = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+    total = nl.ndarray((tq, nh), dtype=nl.float32, buffer=nl.sbuf)
+    return neg, total, nl.ndarray((tq, nh, d), dtype=dtype, buffer=nl.sbuf)
+
+
+# ---- prefill v7: the softmax straight from PSUM: one ACT pass per score, the normalisation deferred -------
+@nki.jit
+def attention_prefill_v7(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v6 with the scores never copied out of PSUM: the masked row max read from PSUM
+    on DVE (the diagonal mask folded into that pass by ``range_select``, ``_scores_max``), the exp reading
+    PSUM with scale = d^-0.5 and bias = −max·d^-0.5 (``_exp``), the unnormalised bf16 exps into p·V and o
+    divided by Σe at the [tq, d] eviction (flash-style deferred normalisation, ``_pv``); head h + 1's scores
+    and max issued before head h's exp. Gone per score: v6's PSUM eviction, the GpSimd mask and the GpSimd
+    normalisation pass — of five passes over every score two are left (DVE's max, ACT's exp). Estimate
+    (trn2, T = 512): 34.96 µs against v6's 36.76 (12.1 % of the PE floor); the prologue (norms, RoPE,
+    transposes: ~14 µs before the first score) is v6's, and the busiest engine is now DVE (~17 µs per
+    core: the fp32 max from PSUM costs N per score, the bf16 max of v6 N/2). The faster variant: not the
+    reference's rounding points (no bf16 scores, no bf16 p): ~33 % of the outputs bit-identical to the
+    reference at T = 512, all within the ratio (v5 is the order-preserving version)."""
+    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    g = n_q // n_kv
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    h0, nh = lnc_share(n_q)
+    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
+    qT, kT, v_tiles, tiles = _prefill_inputs_b(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps,
+        q_heads=(h0, h0 + nh), write_k=pid == 0, write_v=pid == n_prog - 1,
+    )  # fmt: skip
+    p_idx = _partition_index(S_TILE)
+    for q0, tq in tiles:  # head h + 1's scores and max issued before head h's exp: PE and DVE a head ahead
+        neg, total, o = _softmax_state(tq, nh, d, q.dtype)
+        banks = _scores_max(qT, kT, q0, tq, 0, h0, g, p_idx, neg)
+        for h in range(nh):
+            nxt = _scores_max(qT, kT, q0, tq, h + 1, h0, g, p_idx, neg) if h + 1 < nh else None
+            e = _exp(banks, h, neg, total, d**-0.5, q.dtype)
+            _pv(e, v_tiles, h, (h0 + h) // g, total, o, _evict_alternate(h))
+            banks = nxt
+        nisa.dma_copy(dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=o)
+    return out
+
+
+def _prefill_loads(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, q_heads, write_v):
+    """v5's loads (``_prefill_inputs_b``), all issued before any compute, in the order v8 consumes them:
+    per 128-token tile q, k, cos, sin and v (the norm weights' [P, d] broadcasts after the first tile's
+    q, k, cos and sin: only its products need them), then the V rows to the cache HBM→HBM.
+    Returns ((q_norm_w, k_norm_w) broadcasts, per tile (q, k, v, (cos, sin)) SBUF tiles, the tiles)."""
+    T = q.shape[0]
+    cap, n_kv, d = k_cache.shape
+    h0, h1 = q_heads
+    tiles = [(t0, min(S_TILE, T - t0)) for t0 in range(0, T, S_TILE)]
+
+    def load(src, shape):
+        t = nl.ndarray(shape, dtype=src.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(dst=t, src=src.reshape(shape))
+        return t
+
+    loads = []
+    for n, (t0, tsz) in enumerate(tiles):
+        rows = slice(t0, t0 + tsz)
+        q_t, k_t = load(q[rows, h0 * d : h1 * d], (tsz, h1 - h0, d)), load(k[rows, :], (tsz, n_kv, d))
+        cs = load(cos[rows, :], (tsz, d)), load(sin[rows, :], (tsz, d))
+        if n == 0:
+            wb = _broadcast(q_norm_w, S_TILE), _broadcast(k_norm_w, S_TILE)
+        loads.append((q_t, k_t, load(v[rows, :], (tsz, n_kv, d)), cs))
+    if write_v:
+        nisa.dma_copy(dst=v_cache[0:T, :, :], src=v.reshape((T, n_kv, d)))
+    return wb, loads, tiles
+
+
+# ---- prefill v8: v7 with the prologue pipelined into the attention, its products on GpSimd -----------------
+@nki.jit
+def attention_prefill_v8(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v7 with the prologue pipelined into the attention. Causal: query tile t needs
+    key tiles 0 … t only, so token tile t + 2 is normed and rotated while tile t attends, its elementwise
+    products on GpSimd (idle in v7's attention; tile 0's on DVE, nothing to overlap yet) beside ACT's exps
+    and DVE's maxima, its Qᵀ/Kᵀ placed (PE transposes) just before its first scores. The (tile, head) items
+    run as a software pipeline across the tiles: scores and max two items ahead, the exp one ahead, then
+    p·V, its eᵀ tiles evicted by ACT (DVE now has the max). The loads all first, as v5's
+    (``_prefill_loads``). The same per-head instructions as v7 on other engines and in another order: v7's
+    bits. Estimate (trn2, T = 512): 26.69 µs (15.9 % of the PE floor, 6.3× it; v7 34.96). What is left:
+    per core ACT ~13.2 µs (exps, eᵀ evictions, the norms' Σx² and scaling) and DVE ~11.5 µs (the max from
+    PSUM, the divisions, the Qᵀ/Kᵀ evictions) against a 4.25 µs floor; ~3 µs before the first load lands;
+    ~5 µs after the last instruction — the out stores: the cost model orders the two cores' stores into
+    the same rows (byte ranges of one HBM tensor overlap), so core 1's last store waits for core 0's."""
+    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    g = n_q // n_kv
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    h0, nh = lnc_share(n_q)
+    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
+    (qw_b, kw_b), loads, tiles = _prefill_loads(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, (h0, h0 + nh), write_v=pid == n_prog - 1
+    )
+    qT = nl.ndarray((d, nh, T), dtype=q.dtype, buffer=nl.sbuf)
+    kT = nl.ndarray((d, n_kv, T), dtype=k.dtype, buffer=nl.sbuf)
+    p_idx = _partition_index(S_TILE)
+    normed = {}
+
+    def norm(i):  # ACT and GpSimd (tile 0: DVE, nothing to overlap yet), beside tile i − 1's attention
+        q_t, k_t, _, (c_t, s_t) = loads[i]
+        eng = nisa.gpsimd_engine if i > 0 else nisa.vector_engine
+        sin_n = _neg_sin(s_t, eng)
+        normed[i] = [
+            _norm_rope_heads_b(x_t, w_b, c_t, sin_n, eps, eng) for x_t, w_b in ((q_t, qw_b), (k_t, kw_b))
+        ]
+
+    def place(i):  # PE transposes (DVE evictions) into Qᵀ, Kᵀ; this core's K-cache rows
+        t0, tsz = tiles[i]
+        qn, kn = normed.pop(i)
+        _heads_T(qn, qT, t0)
+        _heads_T(kn, kT, t0)
+        if pid == 0:
+            nisa.dma_copy(dst=k_cache[t0 : t0 + tsz, :, :], src=kn)
+
+    v_tiles = [ld[2] for ld in loads]
+    items = [(i, h) for i in range(len(tiles)) for h in range(nh)]  # (query tile, head), in order
+    state, banks, exps = {}, {}, {}
+
+    def scores(n):  # stage 1 of item n: PE scores, DVE max (the tile's Qᵀ/Kᵀ placed before its first head)
+        i, h = items[n]
+        if h == 0:
+            place(i)
+            state[i] = _softmax_state(tiles[i][1], nh, d, q.dtype)
+        banks[n] = _scores_max(qT, kT, *tiles[i], h, h0, g, p_idx, state[i][0])
+
+    def exp(n):  # stage 2: ACT's exp pass from PSUM
+        i, h = items[n]
+        exps[n] = _exp(banks.pop(n), h, state[i][0], state[i][1], d**-0.5, q.dtype)
+
+    for i in range(min(2, len(tiles))):
+        norm(i)
+    for n in range(min(2, len(items))):
+        scores(n)
+    exp(0)
+    for n, (i, h) in enumerate(items):  # program order: scores 2 items ahead, exp 1 ahead, then p·V
+        if h == min(2, nh - 1) and i + 2 < len(tiles):
+            norm(i + 2)  # two tiles ahead: its GpSimd chain has a whole tile's attention to run beside
+        if n + 2 < len(items):
+            scores(n + 2)
+        if n + 1 < len(items):
+            exp(n + 1)
+        _pv(exps.pop(n), v_tiles, h, (h0 + h) // g, *state[i][1:], nisa.scalar_engine)  # stage 3, DVE spared
+        if h == nh - 1:
+            q0, tq = tiles[i]
+            nisa.dma_copy(
+                dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=state.pop(i)[2]
+            )
+    return out
 
 
 # ======== the prefill block: q|k|v projection + prefill attention + o projection ============================

@@ -142,8 +142,8 @@ def test_prefill_v4_writes_each_cache_once_and_rejects_odd_head_counts():
 
 def test_prefill_trn3_and_bits():
     """The order-preserving prefill (v1: normalised before p·V) is bit-identical on almost every element;
-    flash (v2) is not. The final rung is v6 (LNC=2, the faster, not order-preserving variant)."""
-    assert prefill.final.name == "v6" and prefill.final.lnc == 2
+    flash (v2) is not. The final rung is v8 (LNC=2, the faster, not order-preserving variant)."""
+    assert prefill.final.name == "v8" and prefill.final.lnc == 2
     ops.check_with_cache(prefill, prefill.final, target="trn3", T=512)
     share = {}
     for v in ("v1", "v2"):
@@ -311,3 +311,33 @@ def test_prefill_block_fusion_is_faster_and_order_preserving_at_t512():
     same = float((out["v2"].astype(np.float32) == c.expected[0]).mean())
     assert 0.5 < same < 1.0, same
     assert bprefill.final.name == "v2" and bprefill.final.lnc == 2
+
+
+# ---- prefill v7 / v8: the softmax straight from PSUM, the prologue pipelined -------------------------------
+@pytest.mark.parametrize("version", ("v7", "v8"))
+@pytest.mark.parametrize("T", (20, 200, 512))
+def test_prefill_v7_v8_match_the_reference_with_the_caches(version, T):
+    """The masked max from PSUM (range_select), one exp pass from PSUM and the deferred normalisation: the
+    ratio, both caches (checked by check_with_cache), MACs = the tiled count (the mask adds no matmul)."""
+    checked, cache = ops.check_with_cache(prefill, version, T=T)
+    pairs = sum(min(128, T - q0) * min(T, q0 + 128) for q0 in range(0, T, 128))
+    assert checked.macs == 2 * 8 * 128 * pairs and len(cache) == 4 and all(cache)
+
+
+def test_prefill_v7_v8_faster_variants_one_core_as_two():
+    """v7 and v8 run the same per-head instructions (v8 only reorders the prologue and moves its products to
+    GpSimd: the same roundings): the same bits, on one core as on two, with a KV head shared by the cores.
+    Not the reference's rounding points (unnormalised bf16 exps, one division at the end): not
+    bit-identical; faster than v6 (estimates, T = 512, trn2 and trn3)."""
+    small = dict(seed=4, T=20, n_q=6, n_kv=3, d=64, cap=32)
+    c7, c8 = prefill.check("v7", **small), prefill.check("v8", **small)
+    one = prefill.check("v8", lnc=1, **small)
+    assert np.array_equal(c7.outputs[0], c8.outputs[0]) and np.array_equal(one.outputs[0], c8.outputs[0])
+    s = _shares(prefill, ("v7", "v8"), T=200)
+    assert np.array_equal(s["v7"][0], s["v8"][0]) and s["v8"][1] < 0.9
+    for target in ("trn2", "trn3"):
+        lat = {
+            v: prefill.profile(v, target=target, trace_path=False, T=512).latency_us
+            for v in ("v6", "v7", "v8")
+        }
+        assert lat["v8"] < lat["v7"] < lat["v6"], (target, lat)
