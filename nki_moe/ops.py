@@ -640,7 +640,7 @@ OPS: dict[str, Ladder] = {
             reference=moe_decode,  # the same layer maths at any T
             cost=_moe_cost,
             compare=_compare_y,
-            versions=_versions("moe_prefill", lnc=(2, 1, 1, 2, 2)),
+            versions=_versions("moe_prefill", lnc=(2, 1, 1, 2, 2, 2, 2, 2)),
             padding_macs=_moe_prefill_padding,
             notebook="notebooks/05_moe_prefill.py",
             figures=("05_moe_prefill_sweep",),

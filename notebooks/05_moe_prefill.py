@@ -23,7 +23,8 @@
 # - The decode kernels (notebook 04) read one expert per (token, slot) pair: T·8·2.36 MB, 9.7 GB at T = 512,
 #   32× the touched experts' weights. Grouping the pairs by expert is the prefill lever ([NXDI] blockwise).
 # - The ladder: v0 per token (decode's GEMVs) → v1 grouped on device, every expert read once → v2 blocks of 64
-#   slots, one dynamic loop over the blocks in use → v3 LNC=2 → v4 the DMA side (prefetch, all 16 engines).
+#   slots, one dynamic loop over the blocks in use → v3 LNC=2 → v4 the DMA side (prefetch, all 16 engines) →
+#   v5 no dependent small DMA behind the bulk → v6 the DMA engines balanced → v7 the combine's sum in PSUM.
 # - Checks: 3-way error ratio vs the NumPy MoE layer; MACs = T·8·3·H·I + the padding (printed apart); expert
 #   bytes read = the touched experts' weights (v2+: once per block); ragged T, an empty expert, a hot expert,
 #   tied routing. All Trainium times are ESTIMATES of the nki_moe cost model.
@@ -185,6 +186,40 @@ c4 = rung("v4")
 print(EST["v4", STEP_T, TARGET].summary())
 
 # %% [markdown]
+# ## v5 · no dependent small DMA behind the bulk
+# v4's schedule at T = 512 (printed below, after every version has run there): the next block's expert id and
+# table rows went out after 2.36 MB of weights on the same DMA engines, so the weights after them waited
+# ≈ 3 µs per block; and the routing table was written by 8 dependent indirect DMAs per token tile (≈ 2 µs of
+# fixed latency each, serialised across the cores through the shared table). v5 fetches the next block's rows
+# and token gather one block ahead, the expert id two ahead before the next weights, and writes each token
+# tile's 8·128 table entries with one indirect DMA (an index per pair).
+
+# %%
+c5 = rung("v5")
+print(EST["v5", STEP_T, TARGET].summary())
+
+# %% [markdown]
+# ## v6 · the DMA engines balanced
+# With B = 64, the token gather, the output store and the 64-row down chunk each use 8 of the 16 DMA engines:
+# v4/v5 put the gather and the store on engines 0-7 and the chunk on 8-15 (≈ 9.3 against 7.7 µs per block).
+# v6's down projection writes column half h of the block's output on partitions 64h … 64h + 63
+# (`tile_position`), so the store is one [128, H/2] transfer on all 16 engines (2 KiB rows).
+
+# %%
+c6 = rung("v6")
+print(EST["v6", STEP_T, TARGET].summary())
+
+# %% [markdown]
+# ## v7 · the combine's running sum in PSUM
+# After the last block each core sums 8 gathered rows per token in fp32: 7 vector adds of [128, H/2] per
+# token tile, at 2N cycles with both operands in SBUF ([ISA-OLD]). With the sum in PSUM each add reads one
+# PSUM and one SBUF operand (N cycles): the combine is bound by its gathers. The same adds in the same order.
+
+# %%
+c7 = rung("v7")
+print(EST["v7", STEP_T, TARGET].summary())
+
+# %% [markdown]
 # ## Checks of the final version
 # Ragged T (not a multiple of the block), an empty expert (routing "half": experts E/2 … E − 1 get no token:
 # none of their bytes is read), one hot expert (every token's slot 0 is expert 0), tied routing (equal logits:
@@ -210,6 +245,27 @@ for T in V0_T:
         c, args, pad = checked("v0", T)
         EST.update({("v0", T, tg): p for tg, p in profiles("v0", c, T).items()})
         INFO["v0", T] = (bytes_vs_min(c, args), pad, c.ratio)
+
+# %% [markdown]
+# Where the time goes at T = BIG_T on the notebook's target, core 0 (estimates): the routing before the
+# first weight DMA, the block loop, the combine after the last matmul, and the mean busy µs of DMA engines 0-7
+# and 8-15.
+
+# %%
+def phase_us(v, T=BIG_T, tg=TARGET):
+    """(routing, loop, combine, engines 0-7 busy, engines 8-15 busy) µs on core 0."""
+    s, recs = EST[v, T, tg].schedule, list(EST[v, T, tg].trace)
+    mine = [i for i in range(len(recs)) if s.pid[i] == 0]
+    w_dmas = [i for i in mine if recs[i].engine == "dma" and any(a.alloc == 4 for a in recs[i].accesses)]
+    w0 = min(s.start[i] for i in w_dmas)  # the first expert weight DMA
+    mm = max(s.end[i] for i in mine if recs[i].opcode == "nc_matmul")
+    busy = [np.mean([s.dma_engines_busy_ns[0, e] for e in half]) / 1e3 for half in (range(8), range(8, 16))]
+    return w0 / 1e3, (mm - w0) / 1e3, s.latency_ns / 1e3 - mm / 1e3, *busy
+
+
+PHASES = {v: phase_us(v) for v in names[4:]}
+print(format_table([(v, *p) for v, p in PHASES.items()],
+                   ["version", "routing µs", "loop µs", "combine µs", "DMA 0-7 busy µs", "DMA 8-15 busy µs"]))
 
 # %%
 V0_FIT = {tg: np.polyfit(V0_T[-2:], [EST["v0", T, tg].latency_us for T in V0_T[-2:]], 1) for tg in TARGETS}
@@ -291,7 +347,8 @@ save_figure(fig, "05_moe_prefill_sweep", SW_COLS)
 # Printed from the estimates (cost model, not measurements): the per-version table at T = STEP_T and BIG_T on
 # both chips, the final version's ratio to its floor at BIG_T (the issue's goal: 1.3×), where it beats v0.
 # Asserted: a crossover against the decode kernel exists on both chips; v2+ read every touched expert once at
-# T = STEP_T; from the crossover on, the final version beats v0 at every T of the sweep.
+# T = STEP_T; from the crossover on, the final version beats v0 at every T of the sweep; (full run) the final
+# version within 1.3x of its floor at BIG_T on trn2.
 
 # %%
 table = [(v, op.version(v).lnc, *(us_at(v, T, tg) for T in (STEP_T, BIG_T) for tg in TARGETS),
@@ -305,6 +362,8 @@ beats = {tg: [T for T in SWEEP_T if EST[fin, T, tg].latency_us < v0_us(T, tg)] f
 print(f"{op.final.kernel} beats v0 at T = {beats}; the issue's goal (1.3x of the floor at T = {BIG_T}) is "
       f"{'met' if gap['trn2'] <= 1.3 else 'missed'} on trn2")
 assert all(c is not None for c in CROSS.values()) and all(INFO[v, STEP_T][0] == 1.0 for v in names[2:])
+if not SMOKE:  # issue 15's goal, met by the final version on trn2 (estimate)
+    assert gap["trn2"] <= 1.3, gap
 assert all(T in beats[tg] for tg in TARGETS for T in SWEEP_T if T >= CROSS[tg])
 
 # %%
@@ -318,10 +377,13 @@ print(f"emulated {op.final.kernel} at T={BIG_T}: {EMU_S:.1f} s = {EMU_S / REF_S:
 # ## Closing note
 # The table above holds every version's estimate at T = STEP_T and BIG_T (v0 beyond its emulated T:
 # extrapolated) and the sweep table the crossover: below it the assembled model should run notebook 04's
-# selective decode kernel for a prompt, from it on this prefill kernel. Where the time goes at large T: the
-# per-block DMA fixed costs and 64-row transfers on half of the DMA engines (the Perfetto traces under
-# build/traces/), not the PE. Not built: issue 15's v5 (the combine fused into the down projection's
-# epilogue; see the kernel module's header for why a DMA read-modify-write would not save bytes).
+# selective decode kernel for a prompt, from it on this prefill kernel. Where v4's time went at large T: DMA
+# fixed costs (the routing table's dependent scatters, the ids and rows queued behind the weights), 64-row
+# transfers on half of the DMA engines and a combine bound by its fp32 adds (the phase table above; the
+# Perfetto traces under build/traces/), not the PE; v5-v7 remove one each. Not built: issue 15's v5 (the
+# combine fused into the down projection's epilogue; see the kernel module's header for why a DMA
+# read-modify-write costs more DMA time than the combine it removes and would not keep v4's output bit for
+# bit).
 
 # %%
 results.record("05_moe_prefill", {

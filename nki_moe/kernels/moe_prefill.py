@@ -35,10 +35,27 @@ Versions (each adds one idea):
                     64-127 (computed there by tile_position), so DMA engines 8-15 carry it while the 64-row
                     token gather and output store use engines 0-7; descriptors of 4-12 KiB (>= 2 KiB)
                     except the 8-byte table rows and 4-byte block ids
+    moe_prefill_v5  no dependent small DMA behind the bulk: the next block's table rows and token gather one
+                    block ahead, the expert id two ahead requested before the next weights (v4 queued both
+                    behind 2.36 MB of weights), and the routing table written by one indirect DMA per token
+                    tile (v1-v4: 8, each ≈ 2 µs of fixed latency, serialised across the two cores)
+    moe_prefill_v6  the DMA engines balanced: the down projection writes column half h of the block's output
+                    on partitions 64h … 64h + 63 (tile_position), so its store [128, H/2] runs on all 16
+                    engines (v4/v5: the 64-row gather and store on engines 0-7, the 64-row down chunk on
+                    8-15)
+    moe_prefill_v7  the combine's fp32 running sum in PSUM: each add reads one PSUM and one SBUF operand,
+                    the vector engine's full rate (N cycles, not 2N), so the combine is bound by its gathers
 
-Not done (issue 15's v5): the combine fused into the down projection's epilogue. A DMA read-modify-write
-scatter-add (dma_compute) into y reads and writes each pair's row in HBM as the slot scratch does (the same
-bytes), and an SBUF-resident y needs a cross-partition scatter (a one-hot matmul: MACs beyond the analytic).
+Not done (issue 15's v5): the combine fused into the down projection's epilogue. Costed on this model it
+loses, so the rungs above went to what the schedule showed instead (v4 at T = 512, trn2, core 0: the first
+weight DMA at 95 µs, 67 µs of the routing being 32 dependent table scatters; ≈ 3 µs of idle DMA engines per
+block; engines 0-7 busy 648 µs against 534 µs for 8-15; 76 µs after the last matmul, the combine bound by its
+fp32 adds; v7: 37 / 565 / 51 µs for routing / loop / combine, engines 602 / 600 µs). A DMA read-modify-write
+scatter-add (dma_compute, software DGE) into an fp32 y moves, per 64-slot block, the fp32 rows in and out
+(2 × 512 KiB) besides the block's 256 KiB, where v7 stores 256 KiB and reads it back once in the combine:
+more DMA-engine time in the DMA-bound loop than the combine tail it removes, plus a zero fill and a final
+bf16 pass of y; and its adds run in block (expert) order, so y would not be bit-identical to v4's. An
+SBUF-resident y needs a cross-partition scatter (a one-hot matmul: MACs beyond the analytic count).
 
 Dynamic loops (nl.dynamic_range, [NKI-ISA]): the bounds are registers loaded from SBUF; the induction
 variable is used only as a DMA ``scalar_offset`` (legal from NKI 0.4). The emulator runs such a loop for
@@ -47,14 +64,15 @@ the next block's weight tiles from one iteration to the next: on hardware the tw
 alternate by iteration parity, i.e. the loop body unrolled by two; not written out here (ASSUMPTION that the
 compiler's buffer rotation does it, as the cost model's two generations per allocation site do).
 
-Run: ``nki_moe.sim.run(moe_prefill_v4[2], x, idx, weights, w_gate_up, w_down)``; checked in
+Run: ``nki_moe.sim.run(moe_prefill_v7[2], x, idx, weights, w_gate_up, w_down)``; checked in
 tests/kernels/test_moe_prefill.py and notebooks/05_moe_prefill.py.
 
 Limits (asserted at entry; x [T, H], idx/weights [T, k], w_gate_up [E, H, 2I], w_down [E, I, H]):
-    1 <= T <= 640                 v0-v4  token tiles of 128; the routing tables fit SBUF
-    H % 512 == 0                  v0-v4  whole [128, ·] contraction tiles and [·, 512] PSUM output rows
-    k == 8                        v0-v4  the router's top-8
-    8 <= E <= 128                 v1-v4  the experts go on the partitions of the counts and prefix sums
+    1 <= T <= 640                 v0-v7  token tiles of 128; the routing tables fit SBUF
+    H % 512 == 0                  v0-v7  whole [128, ·] contraction tiles and [·, 512] PSUM output rows
+    k == 8                        v0-v7  the router's top-8
+    8 <= E <= 128                 v1-v7  the experts go on the partitions of the counts and prefix sums
+    B == 64                       v6-v7  a block fills one half of the partitions
 """
 
 import nki
@@ -72,6 +90,9 @@ BLOCK = {  # token slots per block of each grouped version (its padding unit)
     "moe_prefill_v2": 64,
     "moe_prefill_v3": 64,
     "moe_prefill_v4": 64,
+    "moe_prefill_v5": 64,
+    "moe_prefill_v6": 64,
+    "moe_prefill_v7": 64,
 }
 
 
@@ -100,7 +121,7 @@ def max_blocks(T, E, block):
 
 
 # ---- shared leaves: the on-device grouping, the block's rows and tokens, the per-token combine -------------
-def _route(idx, weights, E, block):
+def _route(idx, weights, E, block, one_scatter=False):
     """Group the T·8 (token, slot) pairs by expert into blocks of ``block`` slots, on device.
 
     Returns (tab, span, bexp, nb, pos):
@@ -111,7 +132,9 @@ def _route(idx, weights, E, block):
         nb [1, 1] int32 (SBUF): the blocks in use, Σ_e ceil(c_e / B).
         pos: per token tile (t0, tsz, slots [tsz, 8] uint32): the slot of each (token, slot) pair.
     On an LNC=2 launch both cores compute the counts and the block table; core 0 writes the table's padding,
-    each core scatters the pairs of every other token tile into it (core barriers order the two steps).
+    each core scatters the pairs of every other token tile into it (core barriers order the two steps): one
+    indirect DMA per slot j (8 per tile), or with ``one_scatter`` one per tile (v5+: a vector_offset of one
+    index per pair, [tsz, 8], one per row of the 8·tsz-row access pattern).
     """
     P = nl.tile_size.pmax
     T = idx.shape[0]
@@ -219,6 +242,12 @@ def _route(idx, weights, E, block):
         w_t = nl.ndarray((tsz, TOP_K), dtype=weights.dtype, buffer=nl.sbuf)
         nisa.dma_copy(dst=w_t, src=weights[t0 : t0 + tsz, :])
         nisa.tensor_copy(dst=vals[:, :, 1], src=w_t)
+        if one_scatter:  # the tile's 8·tsz pairs by one indirect DMA (an index per pair)
+            nisa.dma_copy(
+                dst=tab.ap(pattern=[[2, tsz * TOP_K], [1, 2]], offset=0, vector_offset=p_u, indirect_dim=0),
+                src=vals,
+            )
+            continue
         for j in range(TOP_K):
             nisa.dma_copy(
                 dst=tab.ap(
@@ -231,13 +260,21 @@ def _route(idx, weights, E, block):
     return tab, span, bexp, nb, pos
 
 
-def _block_rows(tab, blk, block):
-    """Block ``blk``'s token ids (uint32) and routing weights (fp32), each [B, 1] on the partitions."""
-    rows = nl.ndarray((block, 2), dtype=nl.float32, buffer=nl.sbuf)
+def _block_rows(tab, blk, block, ahead=0, copies=1):
+    """Block ``blk`` + ``ahead``'s token ids (uint32) [B, 1] and routing weights (fp32) [copies·B, 1] (the
+    block's rows repeated on ``copies`` partition ranges); looking ahead, a block past the table's end reads
+    as padding (token 0, weight 0: the DMA is skipped)."""
+    rows = nl.ndarray((copies * block, 2), dtype=nl.float32, buffer=nl.sbuf)
     by_block = tab.reshape((tab.shape[0] // block, block * 2))  # scalar_offset steps one block
-    nisa.dma_copy(dst=rows, src=by_block.ap(pattern=[[2, block], [1, 2]], offset=0, scalar_offset=blk))
+    pattern = [[2, block], [1, 2]] if copies == 1 else [[0, copies], [2, block], [1, 2]]
+    src = by_block.ap(pattern=pattern, offset=ahead * block * 2, scalar_offset=blk)
+    if ahead:
+        nisa.memset(dst=rows, value=0.0)
+        nisa.dma_copy(dst=rows, src=src, oob_mode=nisa.oob_mode.skip)
+    else:
+        nisa.dma_copy(dst=rows, src=src)
     tok = nl.ndarray((block, 1), dtype=nl.uint32, buffer=nl.sbuf)
-    nisa.tensor_copy(dst=tok, src=rows[:, 0:1])
+    nisa.tensor_copy(dst=tok, src=rows[0:block, 0:1])
     return tok, rows[:, 1:2]
 
 
@@ -250,28 +287,41 @@ def _store_block(out_slots, blk, y_sb):
 
 def _gather_xT(x, tok, block):
     """xT [P, KT, B], xT[p, kt, b] = x[tok[b], p·KT + kt]: the block's rows by indirect DMA, PE transposes."""
-    P = nl.tile_size.pmax
+    return _transpose_rows(_gather_rows(x, tok, block))
+
+
+def _gather_rows(x, tok, block):
+    """x_rows [B, H] = x[tok]: the block's token rows by one indirect DMA (4 KiB rows)."""
     H = x.shape[1]
-    KT = H // P
     x_rows = nl.ndarray((block, H), dtype=x.dtype, buffer=nl.sbuf)
     nisa.dma_copy(
         dst=x_rows, src=x.ap(pattern=[[H, block], [1, H]], offset=0, vector_offset=tok, indirect_dim=0)
     )
-    xT = nl.ndarray((P, KT, block), dtype=x.dtype, buffer=nl.sbuf)
+    return x_rows
+
+
+def _transpose_rows(x_rows):
+    """xT [P, KT, B], xT[p, kt, b] = x_rows[b, p·KT + kt] by PE transposes (one PSUM bank per eviction)."""
+    P = nl.tile_size.pmax
+    block, H = x_rows.shape
+    KT = H // P
+    xT = nl.ndarray((P, KT, block), dtype=x_rows.dtype, buffer=nl.sbuf)
     group = max(1, min(KT, 2048 // (2 * block)))  # transposes per 2 KiB PSUM bank, evicted by one copy
     for g0 in range(0, KT, group):
         gsz = min(group, KT - g0)
-        xT_ps = nl.ndarray((P, gsz, block), dtype=x.dtype, buffer=nl.psum)
+        xT_ps = nl.ndarray((P, gsz, block), dtype=x_rows.dtype, buffer=nl.psum)
         for g in range(gsz):
             nisa.nc_transpose(dst=xT_ps[:, g, :], data=x_rows[:, g0 + g : H : KT])
         nisa.tensor_copy(dst=xT[:, g0 : g0 + gsz, :], src=xT_ps)
     return xT
 
 
-def _combine(out_slots, pos, y):
+def _combine(out_slots, pos, y, acc_buffer=nl.sbuf):
     """y[t, cols] = Σ_j out_slots[slot(t, j), cols] (an fp32 sum of the weighted pair outputs, gathered by
     indirect DMA), every token tile; on an LNC=2 launch each core sums one half of the columns (after a
-    barrier: the other core's blocks)."""
+    barrier: the other core's blocks). ``acc_buffer`` holds the fp32 running sum: in PSUM (v7) each add reads
+    one PSUM and one SBUF operand, the vector engine's full-rate case (N cycles, 2N for two SBUF operands,
+    [ISA-OLD]); the same adds in the same order either way."""
     H = y.shape[1]
     n_prog = nl.num_programs()
     pid = nl.program_id(0) if n_prog > 1 else 0
@@ -290,7 +340,7 @@ def _combine(out_slots, pos, y):
                     indirect_dim=0,
                 ),
             )
-        acc = nl.ndarray((tsz, HS), dtype=nl.float32, buffer=nl.sbuf)
+        acc = nl.ndarray((tsz, HS), dtype=nl.float32, buffer=acc_buffer)
         nisa.tensor_tensor(dst=acc, data1=pr[:, 0, :], data2=pr[:, 1, :], op=nl.add)
         for j in range(2, TOP_K - 1):
             nisa.tensor_tensor(dst=acc, data1=acc, data2=pr[:, j, :], op=nl.add)
@@ -669,4 +719,259 @@ def moe_prefill_v4(x, idx, weights, w_gate_up, w_down):
             nisa.tensor_scalar(dst=y_sb[:, h0 : h0 + HB], data=y_ps, op0=nl.multiply, operand0=w)
         _store_block(out_slots, blk, y_sb)
     _combine(out_slots, pos, y)
+    return y
+
+
+# ---- v5: every small DMA a block needs issued ahead of the bulk that would queue it ------------------------
+@nki.jit
+def moe_prefill_v5(x, idx, weights, w_gate_up, w_down):
+    """As moe_prefill_v4 (launch ``moe_prefill_v5[2]``) with no dependent small DMA queued behind the bulk:
+    the next block's table rows, then its token gather, are fetched one block ahead, and the expert id two
+    blocks ahead is requested before the next block's weights (v4 issued both after 2.36 MB of weights on
+    the same DMA engines: the next weights waited for the id, ≈ 3 µs of idle engines per block, and the
+    compute for the gather); the routing table is written by one indirect DMA per token tile (v4: 8, each
+    ≈ 2 µs of fixed latency, serialised across the cores through the shared table: 67 µs at T = 512).
+    Estimate (cost model, one TP=4 rank) at T = 512: trn2 725 µs = 1.40x the floor (v4 885 µs; the look-ahead
+    alone 783 µs), trn3 591 µs.
+
+    Args/Returns: as moe_prefill_v0.
+    """
+    T, H, E, inter = _check(x, idx, weights, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, Q = H // P, P // 2
+    B = BLOCK["moe_prefill_v5"]
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    chunks = i_chunks(inter)
+    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    tab, _, bexp, nb, pos = _route(idx, weights, E, B, one_scatter=True)
+    out_slots = nl.ndarray((tab.shape[0], H), dtype=x.dtype, buffer=nl.shared_hbm)
+    n_blocks, e = nisa.register_alloc(), nisa.register_alloc()
+    nisa.register_load(n_blocks, nb)
+    nxt_tok, nxt_w = _block_rows(tab, 0, B, ahead=pid)
+    nxt = _load_block_expert(w_gate_up, w_down, _block_expert_id(bexp, 0, pid), e)
+    nxt_id = _block_expert_id(bexp, 0, pid + n_prog)
+    nxt_x = _gather_rows(x, nxt_tok, B)
+    for blk in nl.dynamic_range(pid, n_blocks, n_prog):
+        (gu, dn), x_rows, w = nxt, nxt_x, nxt_w  # issued one iteration ago (or before the loop)
+        far_id = _block_expert_id(bexp, blk, 2 * n_prog)  # small DMAs first: not behind the next weights
+        nxt_tok, nxt_w = _block_rows(tab, blk, B, ahead=n_prog)
+        nxt = _load_block_expert(w_gate_up, w_down, nxt_id, e)
+        nxt_x = _gather_rows(x, nxt_tok, B)
+        nxt_id = far_id
+        xT = _transpose_rows(x_rows)
+        acts = []
+        for (i0, isz), (_, p0) in zip(chunks, dn):
+            gu_ps = nl.ndarray((P, 2, B), dtype=nl.float32, buffer=nl.psum)
+            for half, c0 in ((0, i0), (1, inter + i0)):
+                for kt in range(KT):
+                    nisa.nc_matmul(
+                        dst=gu_ps[p0 : p0 + isz, half, :],
+                        stationary=gu[:, kt, c0 : c0 + isz],
+                        moving=xT[:, kt, :],
+                        accumulate=kt > 0,
+                        **(dict(tile_position=(0, Q), tile_size=(P, Q)) if p0 else {}),
+                    )
+            g = nl.ndarray((P, B), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0, :])
+            act = nl.ndarray((P, B), dtype=x.dtype, buffer=nl.sbuf)
+            nisa.tensor_tensor(
+                dst=act[p0 : p0 + isz],
+                data1=g[p0 : p0 + isz],
+                data2=gu_ps[p0 : p0 + isz, 1, :],
+                op=nl.multiply,
+            )
+            acts.append(act[p0 : p0 + isz])
+        y_sb = nl.ndarray((B, H), dtype=x.dtype, buffer=nl.sbuf)
+        for h0 in range(0, H, HB):
+            y_ps = nl.ndarray((B, HB), dtype=nl.float32, buffer=nl.psum)
+            for c, (act, ((_, isz), (d, p0))) in enumerate(zip(acts, zip(chunks, dn))):
+                nisa.nc_matmul(
+                    dst=y_ps,
+                    stationary=act,
+                    moving=d[p0 : p0 + isz, h0 : h0 + HB],
+                    accumulate=c > 0,
+                    **(dict(tile_position=(Q, 0), tile_size=(Q, P)) if p0 else {}),
+                )
+            nisa.tensor_scalar(dst=y_sb[:, h0 : h0 + HB], data=y_ps, op0=nl.multiply, operand0=w)
+        _store_block(out_slots, blk, y_sb)
+    _combine(out_slots, pos, y)
+    return y
+
+
+# ---- v6: the block's output on all 128 partitions, so its store uses all 16 DMA engines -----------------
+def _store_block_halves(out_slots, blk, y_sb):
+    """Block ``blk``'s weighted outputs, y_sb [2B, H/2] (partition h·B + b: slot b's column half h), to its
+    rows of the slot-ordered scratch: 2 KiB descriptors on all 16 DMA engines."""
+    rows, HH = y_sb.shape
+    block, H = rows // 2, 2 * HH
+    by_block = out_slots.reshape((out_slots.shape[0] // block, block * H))
+    nisa.dma_copy(
+        dst=by_block.ap(pattern=[[HH, 2], [H, block], [1, HH]], offset=0, scalar_offset=blk), src=y_sb
+    )
+
+
+@nki.jit
+def moe_prefill_v6(x, idx, weights, w_gate_up, w_down):
+    """As moe_prefill_v5 (launch ``moe_prefill_v6[2]``) with the DMA engines balanced: v5's 64-row transfers
+    left engines 0-7 with two per block (the token gather and the output store) and 8-15 with one (the down
+    chunk). Here the down projection writes column half h of the block's output on partitions 64·h … 64·h + 63
+    (tile_position; the routing weights loaded on both halves), so the store is [128, H/2]: 2 KiB rows on all
+    16 engines. Per block ≈ 8.5 µs of transfers on each engine (v5: 9.3 on 0-7, 7.7 on 8-15). Estimate at
+    T = 512: trn2 679 µs = 1.31x the floor, trn3 554 µs.
+
+    Args/Returns: as moe_prefill_v0.
+    """
+    T, H, E, inter = _check(x, idx, weights, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, Q = H // P, P // 2
+    B = BLOCK["moe_prefill_v6"]
+    HH, HC = H // 2, min(HB, H // 2)  # the column half on each partition half; PSUM chunk of it
+    assert B == Q, f"B={B} slots must fill one partition half ({Q})"
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    chunks = i_chunks(inter)
+    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    tab, _, bexp, nb, pos = _route(idx, weights, E, B, one_scatter=True)
+    out_slots = nl.ndarray((tab.shape[0], H), dtype=x.dtype, buffer=nl.shared_hbm)
+    n_blocks, e = nisa.register_alloc(), nisa.register_alloc()
+    nisa.register_load(n_blocks, nb)
+    nxt_tok, nxt_w = _block_rows(tab, 0, B, ahead=pid, copies=2)
+    nxt = _load_block_expert(w_gate_up, w_down, _block_expert_id(bexp, 0, pid), e)
+    nxt_id = _block_expert_id(bexp, 0, pid + n_prog)
+    nxt_x = _gather_rows(x, nxt_tok, B)
+    for blk in nl.dynamic_range(pid, n_blocks, n_prog):
+        (gu, dn), x_rows, w = nxt, nxt_x, nxt_w  # issued one iteration ago (or before the loop)
+        far_id = _block_expert_id(bexp, blk, 2 * n_prog)  # small DMAs first: not behind the next weights
+        nxt_tok, nxt_w = _block_rows(tab, blk, B, ahead=n_prog, copies=2)
+        nxt = _load_block_expert(w_gate_up, w_down, nxt_id, e)
+        nxt_x = _gather_rows(x, nxt_tok, B)
+        nxt_id = far_id
+        xT = _transpose_rows(x_rows)
+        acts = []
+        for (i0, isz), (_, p0) in zip(chunks, dn):
+            gu_ps = nl.ndarray((P, 2, B), dtype=nl.float32, buffer=nl.psum)
+            for half, c0 in ((0, i0), (1, inter + i0)):
+                for kt in range(KT):
+                    nisa.nc_matmul(
+                        dst=gu_ps[p0 : p0 + isz, half, :],
+                        stationary=gu[:, kt, c0 : c0 + isz],
+                        moving=xT[:, kt, :],
+                        accumulate=kt > 0,
+                        **(dict(tile_position=(0, Q), tile_size=(P, Q)) if p0 else {}),
+                    )
+            g = nl.ndarray((P, B), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0, :])
+            act = nl.ndarray((P, B), dtype=x.dtype, buffer=nl.sbuf)
+            nisa.tensor_tensor(
+                dst=act[p0 : p0 + isz],
+                data1=g[p0 : p0 + isz],
+                data2=gu_ps[p0 : p0 + isz, 1, :],
+                op=nl.multiply,
+            )
+            acts.append(act[p0 : p0 + isz])
+        y_sb = nl.ndarray((P, HH), dtype=x.dtype, buffer=nl.sbuf)
+        for h0 in range(0, H, HC):
+            q0, c0 = h0 // HH * B, h0 % HH  # output partitions of this column chunk, its column in the half
+            y_ps = nl.ndarray((P, HC), dtype=nl.float32, buffer=nl.psum)
+            for c, (act, ((_, isz), (d, p0))) in enumerate(zip(acts, zip(chunks, dn))):
+                tiling = dict(tile_position=(p0, q0), tile_size=(P if isz > Q else Q, Q))  # (row, col)
+                nisa.nc_matmul(
+                    dst=y_ps[q0 : q0 + B],
+                    stationary=act,
+                    moving=d[p0 : p0 + isz, h0 : h0 + HC],
+                    accumulate=c > 0,
+                    **(tiling if p0 or q0 else {}),
+                )
+            nisa.tensor_scalar(
+                dst=y_sb[q0 : q0 + B, c0 : c0 + HC],
+                data=y_ps[q0 : q0 + B],
+                op0=nl.multiply,
+                operand0=w[q0 : q0 + B],
+            )
+        _store_block_halves(out_slots, blk, y_sb)
+    _combine(out_slots, pos, y)
+    return y
+
+
+# ---- v7: the combine's running sum in PSUM (full-rate vector adds) ----------------------------------------
+@nki.jit
+def moe_prefill_v7(x, idx, weights, w_gate_up, w_down):
+    """As moe_prefill_v6 (launch ``moe_prefill_v7[2]``) with the combine's fp32 running sum in PSUM: each of
+    a token tile's 7 adds reads one PSUM and one SBUF operand, the vector engine's full-rate case (N cycles
+    instead of 2N), so the combine after the last block is bound by its gathers, not by the adds. The same
+    adds in the same order: bit-identical to v4-v6. Estimate at T = 512: trn2 654 µs = 1.26x the floor (issue
+    15's goal: 1.3x), trn3 534 µs = 1.74x.
+
+    Args/Returns: as moe_prefill_v0.
+    """
+    T, H, E, inter = _check(x, idx, weights, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, Q = H // P, P // 2
+    B = BLOCK["moe_prefill_v7"]
+    HH, HC = H // 2, min(HB, H // 2)  # the column half on each partition half; PSUM chunk of it
+    assert B == Q, f"B={B} slots must fill one partition half ({Q})"
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    chunks = i_chunks(inter)
+    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
+    tab, _, bexp, nb, pos = _route(idx, weights, E, B, one_scatter=True)
+    out_slots = nl.ndarray((tab.shape[0], H), dtype=x.dtype, buffer=nl.shared_hbm)
+    n_blocks, e = nisa.register_alloc(), nisa.register_alloc()
+    nisa.register_load(n_blocks, nb)
+    nxt_tok, nxt_w = _block_rows(tab, 0, B, ahead=pid, copies=2)
+    nxt = _load_block_expert(w_gate_up, w_down, _block_expert_id(bexp, 0, pid), e)
+    nxt_id = _block_expert_id(bexp, 0, pid + n_prog)
+    nxt_x = _gather_rows(x, nxt_tok, B)
+    for blk in nl.dynamic_range(pid, n_blocks, n_prog):
+        (gu, dn), x_rows, w = nxt, nxt_x, nxt_w  # issued one iteration ago (or before the loop)
+        far_id = _block_expert_id(bexp, blk, 2 * n_prog)  # small DMAs first: not behind the next weights
+        nxt_tok, nxt_w = _block_rows(tab, blk, B, ahead=n_prog, copies=2)
+        nxt = _load_block_expert(w_gate_up, w_down, nxt_id, e)
+        nxt_x = _gather_rows(x, nxt_tok, B)
+        nxt_id = far_id
+        xT = _transpose_rows(x_rows)
+        acts = []
+        for (i0, isz), (_, p0) in zip(chunks, dn):
+            gu_ps = nl.ndarray((P, 2, B), dtype=nl.float32, buffer=nl.psum)
+            for half, c0 in ((0, i0), (1, inter + i0)):
+                for kt in range(KT):
+                    nisa.nc_matmul(
+                        dst=gu_ps[p0 : p0 + isz, half, :],
+                        stationary=gu[:, kt, c0 : c0 + isz],
+                        moving=xT[:, kt, :],
+                        accumulate=kt > 0,
+                        **(dict(tile_position=(0, Q), tile_size=(P, Q)) if p0 else {}),
+                    )
+            g = nl.ndarray((P, B), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0, :])
+            act = nl.ndarray((P, B), dtype=x.dtype, buffer=nl.sbuf)
+            nisa.tensor_tensor(
+                dst=act[p0 : p0 + isz],
+                data1=g[p0 : p0 + isz],
+                data2=gu_ps[p0 : p0 + isz, 1, :],
+                op=nl.multiply,
+            )
+            acts.append(act[p0 : p0 + isz])
+        y_sb = nl.ndarray((P, HH), dtype=x.dtype, buffer=nl.sbuf)
+        for h0 in range(0, H, HC):
+            q0, c0 = h0 // HH * B, h0 % HH  # output partitions of this column chunk, its column in the half
+            y_ps = nl.ndarray((P, HC), dtype=nl.float32, buffer=nl.psum)
+            for c, (act, ((_, isz), (d, p0))) in enumerate(zip(acts, zip(chunks, dn))):
+                tiling = dict(tile_position=(p0, q0), tile_size=(P if isz > Q else Q, Q))  # (row, col)
+                nisa.nc_matmul(
+                    dst=y_ps[q0 : q0 + B],
+                    stationary=act,
+                    moving=d[p0 : p0 + isz, h0 : h0 + HC],
+                    accumulate=c > 0,
+                    **(tiling if p0 or q0 else {}),
+                )
+            nisa.tensor_scalar(
+                dst=y_sb[q0 : q0 + B, c0 : c0 + HC],
+                data=y_ps[q0 : q0 + B],
+                op0=nl.multiply,
+                operand0=w[q0 : q0 + B],
+            )
+        _store_block_halves(out_slots, blk, y_sb)
+    _combine(out_slots, pos, y, acc_buffer=nl.psum)
     return y

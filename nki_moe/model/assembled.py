@@ -132,9 +132,9 @@ _OP_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 # The decode/prefill MoE switch: notebook 05's crossover on trn2 (cost-model estimates, one TP=4 rank): from
-# T = 20 tokens per launch the prefill kernel's one read per touched expert beats the decode kernel's one read
-# per (token, slot) pair (trn3: from T = 54). Notebook 05 asserts that its computed crossover equals this.
-MOE_PREFILL_MIN_TOKENS = 20
+# T = 14 tokens per launch the prefill kernel's one read per touched expert beats the decode kernel's one read
+# per (token, slot) pair (trn3: from T = 20). Notebook 05 asserts that its computed crossover equals this.
+MOE_PREFILL_MIN_TOKENS = 14
 
 
 def _default_kernels() -> dict[str, str]:
