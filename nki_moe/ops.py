@@ -247,6 +247,19 @@ def _moe_layer_cost(T: int, tp: int = 4, H: int = HIDDEN, inter: int = MOE_I, E:
     )
 
 
+def _moe_layer_padding(kernel: str, args: tuple) -> int:
+    """MACs the fused layer computes beyond norm + router + experts by design, on each of the launch's 2
+    cores: from v6 on, the PE transpose of the [E, T] logits back to [T, E] (T·E_tile² per 128-expert tile)
+    and one [T, 128] x [T, 8] one-hot matmul per token putting the softmax weights on every partition; in v8,
+    one fp32 [128, 128] identity matmul per token moving the received partial sums into PSUM."""
+    if kernel == "moe_decode_v5":
+        return 0
+    (T, H), E = args[0].shape, args[2].shape[1]
+    transpose = T * sum(min(128, E - e0) ** 2 for e0 in range(0, E, 128))
+    per_core = transpose + T * (T * 128 * TOP_K) + (T * 128 * H // 2 if kernel == "moe_decode_v8" else 0)
+    return 2 * per_core
+
+
 def _compare_moe_layer(out, lowp, fp32):
     """y by its error ratio; ids exact (equal logits: lower expert first); weights bf16-close."""
     return [
@@ -628,7 +641,14 @@ OPS: dict[str, Ladder] = {
             reference=moe_layer_decode,
             cost=_moe_layer_cost,
             compare=_compare_moe_layer,
-            versions=(Version("v0", "moe_decode_v5", 2),),  # the moe_decode ladder's v5, fused
+            # moe_decode's v5, fused; v6: a shorter head; v7: a shorter tail; v8: v7 with full rows back
+            versions=(
+                Version("v0", "moe_decode_v5", 2),
+                Version("v1", "moe_decode_v6", 2),
+                Version("v2", "moe_decode_v7", 2),
+                Version("v3", "moe_decode_v8", 2),
+            ),
+            padding_macs=_moe_layer_padding,
             notebook="notebooks/04_moe_decode.py",
             tests=("tests/kernels/test_moe_decode.py",),
         ),

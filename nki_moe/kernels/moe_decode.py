@@ -28,6 +28,14 @@ Versions (each adds one idea):
     moe_decode_v5  the fused layer (registered as op ``moe_layer_decode``): RMSNorm, router logits, top-8
                    and softmax of the winners in the same launch, the ids going from nc_find_index8 straight
                    into the expert DMAs' register, then v4's experts
+    moe_decode_v6  the head: h before the router weights, the router split in two DMAs and computed
+                   transposed, the first expert DMAs right after the ids, the softmax weights broadcast by a
+                   one-hot matmul instead of two dependent DMAs (registered as the layer's v1)
+    moe_decode_v7  the tail: the down projection split by output column (each core all 8 slots, its half of
+                   H), the acts exchanged mid-stream instead of the partial sums after it, y produced
+                   transposed on [128, 8] PSUM (the layer's v2)
+    moe_decode_v8  v7 with a core's first 2 slots on full down rows again, their partial sums joining the
+                   acts in the mid-stream exchange (the layer's v3)
 
 Variant (not a rung): ``moe_decode_fp8`` is v4 on float8_e4m3 experts with per-channel scales, a numerics
 change (host-side layout: ``nki_moe.kernels.moe_layouts.quantize_experts_fp8``).
@@ -36,15 +44,15 @@ Indirect DMA: the pair's expert id is loaded from the SBUF copy of idx into a re
 DMAs' ``scalar_offset`` (one runtime base per DMA: hardware DGE can do that, only vector_offset gathers need
 software DGE; AWS's selective-expert kernel selects experts the same way, [NKILIB-MOE]).
 
-Run: ``nki_moe.sim.run(moe_decode_v5[2], h, gamma, w_router, w_gate_up, w_down, 1e-6)`` (the fused layer;
-v0-v4 take the router's output instead: x, idx, weights, w_gate_up, w_down); checked in
+Run: ``nki_moe.sim.run(moe_decode_v8[2], h, gamma, w_router, w_gate_up, w_down, 1e-6)`` (the fused layer,
+v5-v8; v0-v4 take the router's output instead: x, idx, weights, w_gate_up, w_down); checked in
 tests/kernels/test_moe_decode.py and notebooks/04_moe_decode.py.
 
 Limits (asserted at entry; x [T, H], idx/weights [T, k], w_gate_up [E, H, 2I], w_down [E, I, H]):
-    1 <= T <= 128                 v0-v5  tokens on the partitions of the routing tiles
-    H % 512 == 0                  v0-v5  whole [128, ·] contraction tiles and [1, 512] PSUM output rows
+    1 <= T <= 128                 v0-v8  tokens on the partitions of the routing tiles
+    H % 512 == 0                  v0-v8  whole [128, ·] contraction tiles and [1, 512] PSUM output rows
     k == 8                        v0-v4  the router's top-8
-    8 <= E <= 512                 v5     max8 needs 8 candidates; one PSUM bank holds 512 fp32 logits
+    8 <= E <= 512                 v5-v8  max8 needs 8 candidates; one PSUM bank holds 512 fp32 logits
 """
 
 import nki
@@ -678,6 +686,706 @@ def moe_decode_v5(h, gamma, w_router, w_gate_up, w_down, eps):
         else:
             nisa.tensor_copy(dst=y_sb, src=mine)
         nisa.dma_copy(dst=y[t : t + 1, pid * HS : (pid + 1) * HS], src=y_sb)
+    return y, idx_out, w_out
+
+
+# ---- v6: the head shortened: the experts' first DMAs right after the ids, w_k broadcast on the PE ----------
+@nki.jit
+def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
+    """As moe_decode_v5 (launch ``moe_decode_v6[2]``) with a shorter head, the time before the first expert
+    byte in which HBM idles (v5: 10.3 µs at T = 1 on trn2, estimate): h is loaded before the router weights
+    (the norm runs while they land, instead of h queueing behind them), the router weights in two DMAs (3/4
+    and 1/4 of the contraction, so most router matmuls run before the last byte), the logits computed
+    transposed (wr the stationary: half the PE time of v5's [T, E] GEMVs), rounded to bf16 and transposed
+    back on the PE, where max8 / nc_find_index8 read them without v5's extra fp32 copy; the first pairs'
+    expert DMAs go out as soon as nc_find_index8 has the ids, and the softmax weights reach every partition
+    by one one-hot matmul per token instead of v5's two dependent DMAs (idx_out and w_out are written after
+    the expert DMAs are out). First expert byte at 6.8 µs; 42.4 µs at T = 1, TP = 4 on trn2 (v5: 46.2),
+    33.4 µs on trn3 (cost-model estimates). Same values as v5 (bit-identical on the tests' inputs: the
+    logits' dot products are the same, in the other operand order).
+
+    Args, Returns: as moe_decode_v5.
+    """
+    T, H, E, inter = _check_layer(h, gamma, w_router, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, I2 = H // P, 2 * inter
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    first, count = lnc_share(TOP_K)
+    HS = H // n_prog
+    chunks = i_chunks(inter)
+    depth = max(1, min(4, (96 * 1024) // ((KT * I2 + len(chunks) * H) * 2)))
+    y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
+    idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
+    w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
+    # h first (4 KiB: the norm runs while the 512 KiB of router weights land), the router weights in two
+    # DMAs, kt < 3/4·KT then the rest (the first part's matmuls run while the rest lands), gamma between them
+    x_sb = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=x_sb, src=h.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
+    wr = nl.ndarray((P, KT, E), dtype=w_router.dtype, buffer=nl.sbuf)  # h = p·KT + kt, as v2
+    KH = 3 * KT // 4
+    nisa.dma_copy(dst=wr[:, :KH, :], src=w_router.ap(pattern=[[KT * E, P], [E, KH], [1, E]], offset=0))
+    g_sb = nl.ndarray((P, KT), dtype=gamma.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=g_sb, src=gamma.ap(pattern=[[KT, P], [1, KT]], offset=0))
+    nisa.dma_copy(
+        dst=wr[:, KH:, :], src=w_router.ap(pattern=[[KT * E, P], [E, KT - KH], [1, E]], offset=KH * E)
+    )
+    # one-hot rows sel[p, t, :] = (p == t): the stationary that copies token t's weights to all partitions
+    sel_i = nl.ndarray((T, T, P), dtype=nl.int32, buffer=nl.sbuf)
+    nisa.iota(dst=sel_i, pattern=[[1, T], [0, P]], offset=0, channel_multiplier=-1)
+    sel = nl.ndarray((T, T, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=sel, data=sel_i, op0=nl.equal, operand0=0)
+    eye_i = nl.ndarray((P, P), dtype=nl.int32, buffer=nl.sbuf)  # identities: p == column
+    nisa.iota(dst=eye_i, pattern=[[1, P]], offset=0, channel_multiplier=-1)
+    eye_bf = nl.ndarray((P, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=eye_bf, data=eye_i, op0=nl.equal, operand0=0)
+    # RMSNorm as v5
+    sq = nl.ndarray((P, T, KT), dtype=nl.float32, buffer=nl.sbuf)
+    ss = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    for t in range(T):
+        nisa.activation(
+            dst=sq[:, t, :],
+            op=nl.square,
+            data=x_sb[:, t, :],
+            reduce_op=nl.add,
+            reduce_res=ss[:, t : t + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
+    ones = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=ones, value=1.0)
+    tot = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.psum)
+    nisa.nc_matmul(dst=tot, stationary=ones, moving=ss)
+    ms = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=ms, data=tot, op0=nl.multiply, operand0=1.0 / H, op1=nl.add, operand1=eps)
+    rstd = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(dst=rstd, op=nl.rsqrt, data=ms)
+    xT = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
+    for t in range(T):
+        xr = nl.ndarray((P, KT), dtype=h.dtype, buffer=nl.sbuf)
+        nisa.tensor_scalar(dst=xr, data=x_sb[:, t, :], op0=nl.multiply, operand0=rstd[:, t : t + 1])
+        nisa.tensor_tensor(dst=xT[:, t, :], data1=xr, data2=g_sb, op=nl.multiply)
+    # router logits transposed (experts on the partitions, wr the stationary: 64-cycle GEMVs), rounded to
+    # bf16, then back to [T, E] by a PE transpose (exact), where max8 and nc_find_index8 read them
+    e_tiles = [(e0, min(P, E - e0)) for e0 in range(0, E, P)]
+    lgT_ps = nl.ndarray((P, len(e_tiles), T), dtype=nl.float32, buffer=nl.psum)
+    for c, (e0, esz) in enumerate(e_tiles):
+        for kt in range(KT):
+            nisa.nc_matmul(
+                dst=lgT_ps[:esz, c, :],
+                stationary=wr[:, kt, e0 : e0 + esz],
+                moving=xT[:, :, kt],
+                accumulate=kt > 0,
+            )
+    lgT = nl.ndarray((P, len(e_tiles), T), dtype=h.dtype, buffer=nl.sbuf)
+    lg = nl.ndarray((T, E), dtype=nl.float32, buffer=nl.psum)
+    for c, (e0, esz) in enumerate(e_tiles):
+        nisa.tensor_copy(dst=lgT[:esz, c, :], src=lgT_ps[:esz, c, :], engine=nisa.scalar_engine)
+        nisa.nc_matmul(dst=lg[:, e0 : e0 + esz], stationary=lgT[:esz, c, :], moving=eye_bf[:esz, :esz])
+    top = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.max8(dst=top, src=lg)
+    i_t = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.sbuf)
+    nisa.nc_find_index8(dst=i_t, data=lg, vals=top)
+    # the first `depth` pairs' expert DMAs go out now: the softmax and the small DMAs run under them
+    pairs = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
+    rows0 = [_row_offsets(inter, n) for n in range(len(pairs))]
+    ids = [i_t[p // TOP_K : p // TOP_K + 1, p % TOP_K : p % TOP_K + 1] for p in pairs]
+    regs = [nisa.register_alloc() for _ in range(depth)]
+    loaded = [_load_expert(w_gate_up, w_down, ids[n], regs[n], rows0[n]) for n in range(depth)]
+    neg_max = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=neg_max, data=top[:, 0:1], op0=nl.multiply, operand0=-1.0)
+    ex = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    ssum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(
+        dst=ex,
+        op=nl.exp,
+        data=top,
+        bias=neg_max,
+        reduce_op=nl.add,
+        reduce_res=ssum,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+    )
+    rsum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.reciprocal(dst=rsum, data=ssum)
+    w_t = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=w_t, data=ex, op0=nl.multiply, operand0=rsum)
+    # w_f[p, t·8 + j] = w_t[t, j] on every partition: sel[:, t, :]ᵀ @ w_t picks row t (exact in fp32 PSUM)
+    wf_ps = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.psum)
+    for t in range(T):
+        nisa.nc_matmul(dst=wf_ps[:, t * TOP_K : (t + 1) * TOP_K], stationary=sel[:, t, :], moving=w_t)
+    w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=w_f, src=wf_ps)
+    if pid == 0:
+        nisa.dma_copy(dst=idx_out, src=i_t)
+        nisa.dma_copy(dst=w_out, src=w_t)
+    # the experts: moe_decode_v5's loop
+    for n, pair in enumerate(pairs):
+        t, j = divmod(pair, TOP_K)
+        gu, dn = loaded.pop(0)
+        if n + depth < len(pairs):
+            loaded.append(_load_expert(w_gate_up, w_down, ids[n + depth], regs[n % depth], rows0[n + depth]))
+        if j == first:
+            y_ps = nl.ndarray((1, H), dtype=nl.float32, buffer=nl.psum)
+        acts = []
+        for (i0, isz), p0 in zip(chunks, rows0[n]):
+            tiling = dict(tile_position=(0, 64), tile_size=(128, 64)) if p0 else {}
+            gu_ps = nl.ndarray((P, 2), dtype=nl.float32, buffer=nl.psum)
+            for half, c0 in ((0, i0), (1, inter + i0)):
+                for kt in range(KT):
+                    nisa.nc_matmul(
+                        dst=gu_ps[p0 : p0 + isz, half : half + 1],
+                        stationary=gu[:, kt, c0 : c0 + isz],
+                        moving=xT[:, t, kt : kt + 1],
+                        accumulate=kt > 0,
+                        **tiling,
+                    )
+            g = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0:1])
+            act = nl.ndarray((P, 1), dtype=h.dtype, buffer=nl.sbuf)
+            nisa.scalar_tensor_tensor(
+                dst=act[p0 : p0 + isz],
+                data=g[p0 : p0 + isz],
+                op0=nl.multiply,
+                operand0=w_f[p0 : p0 + isz, pair : pair + 1],
+                op1=nl.multiply,
+                operand1=gu_ps[p0 : p0 + isz, 1:2],
+            )
+            acts.append(act[p0 : p0 + isz])
+        for h0 in range(0, H, HB):
+            for c, ((_, isz), p0) in enumerate(zip(chunks, rows0[n])):
+                nisa.nc_matmul(
+                    dst=y_ps[:, h0 : h0 + HB],
+                    stationary=acts[c],
+                    moving=dn[p0 : p0 + isz, c, h0 : h0 + HB],
+                    accumulate=j > first or c > 0,
+                    **(dict(tile_position=(64, 0), tile_size=(64, 128)) if p0 else {}),
+                )
+        if j < first + count - 1:
+            continue
+        mine = y_ps[:, pid * HS : (pid + 1) * HS]
+        y_sb = nl.ndarray((1, HS), dtype=h.dtype, buffer=nl.sbuf)
+        if n_prog > 1:
+            other = 1 - pid
+            part = nl.ndarray((1, HS), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.tensor_copy(dst=part, src=y_ps[:, other * HS : (other + 1) * HS])
+            theirs = nl.ndarray((1, HS), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.sendrecv(src=part, dst=theirs, send_to_rank=other, recv_from_rank=other, pipe_id=0)
+            nisa.tensor_tensor(dst=y_sb, data1=mine, data2=theirs, op=nl.add)
+        else:
+            nisa.tensor_copy(dst=y_sb, src=mine)
+        nisa.dma_copy(dst=y[t : t + 1, pid * HS : (pid + 1) * HS], src=y_sb)
+    return y, idx_out, w_out
+
+
+# ---- v7: the tail shortened: the down projection split by output column, the acts exchanged mid-stream -----
+def _load_down_cols(w_down, e, rows0, h0, hs, nj):
+    """Start the DMAs of columns h0 … h0 + hs of one pair's down weights (expert id in register ``e``; chunk c
+    on partitions rows0[c] + …; one run of hs elements per row) as a [P, C, K, P, nj] tile, K = hs / (P·nj):
+    column h0 + k·P·nj + q·nj + jj at [·, c, k, q, jj], so [rows, c, k, :, jj] is a [I_chunk, 128] block."""
+    P = nl.tile_size.pmax
+    _, inter, H = w_down.shape
+    chunks = i_chunks(inter)
+    nk = hs // (P * nj)
+    dn = nl.ndarray((P, len(chunks), nk, P, nj), dtype=w_down.dtype, buffer=nl.sbuf)
+    for c, ((i0, isz), p0) in enumerate(zip(chunks, rows0)):
+        nisa.dma_copy(
+            dst=dn[p0 : p0 + isz, c, :, :, :],
+            src=w_down.ap(
+                pattern=[[H, isz], [P * nj, nk], [nj, P], [1, nj]], offset=i0 * H + h0, scalar_offset=e
+            ),
+        )
+    return dn
+
+
+@nki.jit
+def moe_decode_v7(h, gamma, w_router, w_gate_up, w_down, eps):
+    """As moe_decode_v6 (launch ``moe_decode_v7[2]``) with a shorter tail (v6: 8.2 µs from the last weight
+    byte to the end, T = 1 on trn2: one-partition PSUM read-outs of [1, 1024], sendrecv, add, output DMA):
+    the down projection is split by output column instead of by slot. Each core still runs the gate/up GEMVs
+    of its 4 slots, sends their acts ([I, 4] bf16) to the other core in the middle of the weight stream and
+    projects all 8 slots onto its own half of H (the same bytes: 8 half rows instead of 4 rows), so no
+    partial sum crosses over after the last weight byte. The down projection produces y transposed,
+    h = pid·H/2 + p·NJ + jj on [128, NJ] PSUM (stationary = a [I_chunk, 128] block of the down weights, its
+    columns 16 B apart, moving = act [I_chunk, 1]: 64 PE cycles per matmul, half of v6's), so the read-out is
+    one 8-element-per-partition add and the output DMA writes 16 B per partition. Tail 2.7 µs; 38.2 µs at
+    T = 1, TP = 4 on trn2, 29.3 µs on trn3 (estimates). The price: the half rows are 2 KiB runs per
+    partition (DMA efficiency 0.80 instead of 0.89 on the down weights, ~1.1 µs of stream).
+
+    Numerics: each core accumulates its own slots and the other core's in two PSUM groups, in v5's slot and
+    chunk order, and adds them once (v5: my partial + the other core's); the PE sums each output's products
+    over a chunk's rows in one matmul, as in v5, with the weights as the other operand, so y is v5's
+    (bit-identical on the tests' inputs, asserted there).
+
+    Args, Returns: as moe_decode_v5.
+    """
+    T, H, E, inter = _check_layer(h, gamma, w_router, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, I2 = H // P, 2 * inter
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    first, count = lnc_share(TOP_K)
+    HS = H // n_prog
+    NJ = HS // P  # output columns per partition
+    chunks = i_chunks(inter)
+    C = len(chunks)
+    depth_a = max(1, min(4, (96 * 1024) // ((KT * I2 + C * HS) * 2)))  # own pairs in flight (gate|up + down)
+    depth_b = max(1, min(8, (32 * 1024) // (C * HS * 2)))  # the other core's pairs in flight (down only)
+    y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
+    idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
+    w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
+    # ---- head: as moe_decode_v6
+    x_sb = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=x_sb, src=h.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
+    wr = nl.ndarray((P, KT, E), dtype=w_router.dtype, buffer=nl.sbuf)
+    KH = 3 * KT // 4
+    nisa.dma_copy(dst=wr[:, :KH, :], src=w_router.ap(pattern=[[KT * E, P], [E, KH], [1, E]], offset=0))
+    g_sb = nl.ndarray((P, KT), dtype=gamma.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=g_sb, src=gamma.ap(pattern=[[KT, P], [1, KT]], offset=0))
+    nisa.dma_copy(
+        dst=wr[:, KH:, :], src=w_router.ap(pattern=[[KT * E, P], [E, KT - KH], [1, E]], offset=KH * E)
+    )
+    sel_i = nl.ndarray((T, T, P), dtype=nl.int32, buffer=nl.sbuf)
+    nisa.iota(dst=sel_i, pattern=[[1, T], [0, P]], offset=0, channel_multiplier=-1)
+    sel = nl.ndarray((T, T, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=sel, data=sel_i, op0=nl.equal, operand0=0)
+    eye_i = nl.ndarray((P, P), dtype=nl.int32, buffer=nl.sbuf)  # identities: p == column
+    nisa.iota(dst=eye_i, pattern=[[1, P]], offset=0, channel_multiplier=-1)
+    eye_bf = nl.ndarray((P, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=eye_bf, data=eye_i, op0=nl.equal, operand0=0)
+    # every pair's act, slot j's chunk c at [rows, t, j·C + c] (zeros elsewhere: the exchange sends all rows)
+    acts = nl.ndarray((P, T, TOP_K * C), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.memset(dst=acts, value=0.0)
+    sq = nl.ndarray((P, T, KT), dtype=nl.float32, buffer=nl.sbuf)
+    ss = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    for t in range(T):
+        nisa.activation(
+            dst=sq[:, t, :],
+            op=nl.square,
+            data=x_sb[:, t, :],
+            reduce_op=nl.add,
+            reduce_res=ss[:, t : t + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
+    ones = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=ones, value=1.0)
+    tot = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.psum)
+    nisa.nc_matmul(dst=tot, stationary=ones, moving=ss)
+    ms = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=ms, data=tot, op0=nl.multiply, operand0=1.0 / H, op1=nl.add, operand1=eps)
+    rstd = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(dst=rstd, op=nl.rsqrt, data=ms)
+    xT = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
+    for t in range(T):
+        xr = nl.ndarray((P, KT), dtype=h.dtype, buffer=nl.sbuf)
+        nisa.tensor_scalar(dst=xr, data=x_sb[:, t, :], op0=nl.multiply, operand0=rstd[:, t : t + 1])
+        nisa.tensor_tensor(dst=xT[:, t, :], data1=xr, data2=g_sb, op=nl.multiply)
+    # router logits transposed (experts on the partitions, wr the stationary: 64-cycle GEMVs), rounded to
+    # bf16, then back to [T, E] by a PE transpose (exact), where max8 and nc_find_index8 read them
+    e_tiles = [(e0, min(P, E - e0)) for e0 in range(0, E, P)]
+    lgT_ps = nl.ndarray((P, len(e_tiles), T), dtype=nl.float32, buffer=nl.psum)
+    for c, (e0, esz) in enumerate(e_tiles):
+        for kt in range(KT):
+            nisa.nc_matmul(
+                dst=lgT_ps[:esz, c, :],
+                stationary=wr[:, kt, e0 : e0 + esz],
+                moving=xT[:, :, kt],
+                accumulate=kt > 0,
+            )
+    lgT = nl.ndarray((P, len(e_tiles), T), dtype=h.dtype, buffer=nl.sbuf)
+    lg = nl.ndarray((T, E), dtype=nl.float32, buffer=nl.psum)
+    for c, (e0, esz) in enumerate(e_tiles):
+        nisa.tensor_copy(dst=lgT[:esz, c, :], src=lgT_ps[:esz, c, :], engine=nisa.scalar_engine)
+        nisa.nc_matmul(dst=lg[:, e0 : e0 + esz], stationary=lgT[:esz, c, :], moving=eye_bf[:esz, :esz])
+    top = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.max8(dst=top, src=lg)
+    i_t = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.sbuf)
+    nisa.nc_find_index8(dst=i_t, data=lg, vals=top)
+    # ---- phase A: my pairs' gate|up and the down weights of my half of H; the first DMAs go out now
+    own = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
+    theirs = [t * TOP_K + j for t in range(T) for j in range(TOP_K) if not first <= j < first + count]
+    rows0 = {p: [64 if isz <= 64 and p % 2 else 0 for _, isz in chunks] for p in own + theirs}
+    ids = {p: i_t[p // TOP_K : p // TOP_K + 1, p % TOP_K : p % TOP_K + 1] for p in own + theirs}
+    regs_a = [nisa.register_alloc() for _ in range(depth_a)]
+
+    def load_a(n):
+        """Own pair n: gate|up (v2's run) and the down columns of my half, one register for both."""
+        pair, e = own[n], regs_a[n % depth_a]
+        nisa.register_load(e, ids[pair])
+        gu = nl.ndarray((P, KT, I2), dtype=w_gate_up.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(
+            dst=gu, src=w_gate_up.ap(pattern=[[KT * I2, P], [I2, KT], [1, I2]], offset=0, scalar_offset=e)
+        )
+        return gu, _load_down_cols(w_down, e, rows0[pair], pid * HS, HS, NJ)
+
+    loaded = [load_a(n) for n in range(min(depth_a, len(own)))]
+    neg_max = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=neg_max, data=top[:, 0:1], op0=nl.multiply, operand0=-1.0)
+    ex = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    ssum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(
+        dst=ex,
+        op=nl.exp,
+        data=top,
+        bias=neg_max,
+        reduce_op=nl.add,
+        reduce_res=ssum,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+    )
+    rsum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.reciprocal(dst=rsum, data=ssum)
+    w_t = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=w_t, data=ex, op0=nl.multiply, operand0=rsum)
+    wf_ps = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.psum)
+    for t in range(T):
+        nisa.nc_matmul(dst=wf_ps[:, t * TOP_K : (t + 1) * TOP_K], stationary=sel[:, t, :], moving=w_t)
+    w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=w_f, src=wf_ps)
+    if pid == 0:
+        nisa.dma_copy(dst=idx_out, src=i_t)
+        nisa.dma_copy(dst=w_out, src=w_t)
+    # yT[p, g, t, jj] = y[t, pid·HS + p·NJ + jj] summed over my slots (g = 0) or the other core's (g = 1)
+    yT = nl.ndarray((P, 2, T, NJ), dtype=nl.float32, buffer=nl.psum)
+
+    def down(pair, dn, g, start):
+        """Accumulate pair's slot into group g of yT: one [I_chunk, 128] x [I_chunk, 1] matmul per column."""
+        t, j = divmod(pair, TOP_K)
+        for jj in range(NJ):
+            for c, ((_, isz), p0) in enumerate(zip(chunks, rows0[pair])):
+                nisa.nc_matmul(
+                    dst=yT[:, g, t, jj : jj + 1],
+                    stationary=dn[p0 : p0 + isz, c, 0, :, jj],
+                    moving=acts[p0 : p0 + isz, t, j * C + c : j * C + c + 1],
+                    accumulate=not (start and c == 0),
+                    **(dict(tile_position=(64, 0), tile_size=(64, 128)) if p0 else {}),
+                )
+
+    for n, pair in enumerate(own):
+        t, j = divmod(pair, TOP_K)
+        gu, dn = loaded.pop(0)
+        if n + depth_a < len(own):
+            loaded.append(load_a(n + depth_a))
+        for c, ((i0, isz), p0) in enumerate(zip(chunks, rows0[pair])):
+            tiling = dict(tile_position=(0, 64), tile_size=(128, 64)) if p0 else {}
+            gu_ps = nl.ndarray((P, 2), dtype=nl.float32, buffer=nl.psum)
+            for half, c0 in ((0, i0), (1, inter + i0)):
+                for kt in range(KT):
+                    nisa.nc_matmul(
+                        dst=gu_ps[p0 : p0 + isz, half : half + 1],
+                        stationary=gu[:, kt, c0 : c0 + isz],
+                        moving=xT[:, t, kt : kt + 1],
+                        accumulate=kt > 0,
+                        **tiling,
+                    )
+            g = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0:1])
+            nisa.scalar_tensor_tensor(
+                dst=acts[p0 : p0 + isz, t, j * C + c : j * C + c + 1],
+                data=g[p0 : p0 + isz],
+                op0=nl.multiply,
+                operand0=w_f[p0 : p0 + isz, pair : pair + 1],
+                op1=nl.multiply,
+                operand1=gu_ps[p0 : p0 + isz, 1:2],
+            )
+        down(pair, dn, 0, j == first)
+    if n_prog > 1:
+        mine = nl.ndarray((P, T, NJ), dtype=nl.float32, buffer=nl.sbuf)  # read out while phase B streams
+        nisa.tensor_copy(dst=mine, src=yT[:, 0, :, :])
+        # ---- the exchange: my slots' acts out, the other core's in (mid-stream: its down weights still load)
+        other = 1 - pid
+        o_first = other * count
+        nisa.sendrecv(
+            src=acts[:, :, first * C : (first + count) * C],
+            dst=acts[:, :, o_first * C : (o_first + count) * C],
+            send_to_rank=other,
+            recv_from_rank=other,
+            pipe_id=0,
+        )
+        # ---- phase B: the other core's pairs, the down columns of my half only (DMAs issued after the
+        # exchange, so its small transfer is not queued behind them on the DMA engines)
+        regs_b = [nisa.register_alloc() for _ in range(depth_b)]
+
+        def load_b(n):
+            """The other core's pair n: the down columns of my half."""
+            pair, e = theirs[n], regs_b[n % depth_b]
+            nisa.register_load(e, ids[pair])
+            return _load_down_cols(w_down, e, rows0[pair], pid * HS, HS, NJ)
+
+        loaded_b = [load_b(n) for n in range(min(depth_b, len(theirs)))]
+        for n, pair in enumerate(theirs):
+            dn = loaded_b.pop(0)
+            if n + depth_b < len(theirs):
+                loaded_b.append(load_b(n + depth_b))
+            down(pair, dn, 1, pair % TOP_K == o_first)
+    # ---- tail: y = my slots + the other core's (v5's order), rounded once, written from the [P, NJ] layout
+    y_sb = nl.ndarray((P, T, NJ), dtype=h.dtype, buffer=nl.sbuf)
+    if n_prog > 1:
+        nisa.tensor_tensor(dst=y_sb, data1=mine, data2=yT[:, 1, :, :], op=nl.add)
+    else:
+        nisa.tensor_copy(dst=y_sb, src=yT[:, 0, :, :])
+    nisa.dma_copy(dst=y.ap(pattern=[[NJ, P], [H, T], [1, NJ]], offset=pid * HS), src=y_sb)
+    return y, idx_out, w_out
+
+
+# ---- v8: v7's exchange carrying partial sums too: a core's first 2 slots back on full down rows ----------
+SPLIT_SLOTS = 2  # v8: the last 2 of a core's 4 slots have their down projection split by output column
+
+
+@nki.jit
+def moe_decode_v8(h, gamma, w_router, w_gate_up, w_down, eps):
+    """As moe_decode_v7 (launch ``moe_decode_v8[2]``) with only the last SPLIT_SLOTS = 2 of each core's 4
+    slots split by output column: the first 2 load their down weights in full rows again (4 KiB runs per
+    partition instead of v7's 2 KiB halves) and project onto all of H; their partial sums of the other
+    core's half go out in v7's mid-stream exchange together with the last 2 slots' acts (one fp32 message of
+    48 B per partition). Each core starts the other core's PSUM group from that partial (an fp32 identity
+    matmul: exact) and accumulates the other core's last 2 slots onto it, so every fp32 sum keeps v5's
+    order; no partial sum crosses over after the last weight byte. The exchange waits for the 2 full slots'
+    down projections and the last gate/up, so 4 half rows per core (~5 µs) must still stream after it: 2
+    split slots hide it, 1 would not (39.4 µs), 3 gain less (37.9 µs). idx_out and w_out are the last DMAs
+    (they fill in after the stream instead of inside it). 37.6 µs at T = 1, TP = 4 on trn2, 28.9 µs on trn3
+    (estimates). Same values as v5 (bit-identical on the tests' inputs).
+
+    Args, Returns: as moe_decode_v5.
+    """
+    T, H, E, inter = _check_layer(h, gamma, w_router, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, I2 = H // P, 2 * inter
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    first, count = lnc_share(TOP_K)
+    HS = H // n_prog
+    NJ = HS // P  # output columns per partition and half
+    chunks = i_chunks(inter)
+    C = len(chunks)
+    n_full = count - SPLIT_SLOTS if n_prog > 1 else count  # slots per core on full down rows
+    # DMA jobs in flight: phase A (a gate|up tile is the largest) and phase B (half rows)
+    depth_a = max(2, min(8, (96 * 1024) // (KT * I2 * 2)))
+    depth_b = max(1, min(8, (32 * 1024) // (C * HS * 2)))
+    y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
+    idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
+    w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
+    # ---- head: as moe_decode_v6
+    x_sb = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=x_sb, src=h.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
+    wr = nl.ndarray((P, KT, E), dtype=w_router.dtype, buffer=nl.sbuf)
+    KH = 3 * KT // 4
+    nisa.dma_copy(dst=wr[:, :KH, :], src=w_router.ap(pattern=[[KT * E, P], [E, KH], [1, E]], offset=0))
+    g_sb = nl.ndarray((P, KT), dtype=gamma.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=g_sb, src=gamma.ap(pattern=[[KT, P], [1, KT]], offset=0))
+    nisa.dma_copy(
+        dst=wr[:, KH:, :], src=w_router.ap(pattern=[[KT * E, P], [E, KT - KH], [1, E]], offset=KH * E)
+    )
+    sel_i = nl.ndarray((T, T, P), dtype=nl.int32, buffer=nl.sbuf)
+    nisa.iota(dst=sel_i, pattern=[[1, T], [0, P]], offset=0, channel_multiplier=-1)
+    sel = nl.ndarray((T, T, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=sel, data=sel_i, op0=nl.equal, operand0=0)
+    eye_i = nl.ndarray((P, P), dtype=nl.int32, buffer=nl.sbuf)  # identities: p == column
+    nisa.iota(dst=eye_i, pattern=[[1, P]], offset=0, channel_multiplier=-1)
+    eye_bf = nl.ndarray((P, P), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=eye_bf, data=eye_i, op0=nl.equal, operand0=0)
+    eye = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)  # fp32: moves the received partial into PSUM
+    nisa.tensor_scalar(dst=eye, data=eye_i, op0=nl.equal, operand0=0)
+    acts = nl.ndarray((P, T, TOP_K * C), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.memset(dst=acts, value=0.0)
+    sq = nl.ndarray((P, T, KT), dtype=nl.float32, buffer=nl.sbuf)
+    ss = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    for t in range(T):
+        nisa.activation(
+            dst=sq[:, t, :],
+            op=nl.square,
+            data=x_sb[:, t, :],
+            reduce_op=nl.add,
+            reduce_res=ss[:, t : t + 1],
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
+    ones = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.memset(dst=ones, value=1.0)
+    tot = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.psum)
+    nisa.nc_matmul(dst=tot, stationary=ones, moving=ss)
+    ms = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=ms, data=tot, op0=nl.multiply, operand0=1.0 / H, op1=nl.add, operand1=eps)
+    rstd = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(dst=rstd, op=nl.rsqrt, data=ms)
+    xT = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
+    for t in range(T):
+        xr = nl.ndarray((P, KT), dtype=h.dtype, buffer=nl.sbuf)
+        nisa.tensor_scalar(dst=xr, data=x_sb[:, t, :], op0=nl.multiply, operand0=rstd[:, t : t + 1])
+        nisa.tensor_tensor(dst=xT[:, t, :], data1=xr, data2=g_sb, op=nl.multiply)
+    # router logits transposed (experts on the partitions, wr the stationary: 64-cycle GEMVs), rounded to
+    # bf16, then back to [T, E] by a PE transpose (exact), where max8 and nc_find_index8 read them
+    e_tiles = [(e0, min(P, E - e0)) for e0 in range(0, E, P)]
+    lgT_ps = nl.ndarray((P, len(e_tiles), T), dtype=nl.float32, buffer=nl.psum)
+    for c, (e0, esz) in enumerate(e_tiles):
+        for kt in range(KT):
+            nisa.nc_matmul(
+                dst=lgT_ps[:esz, c, :],
+                stationary=wr[:, kt, e0 : e0 + esz],
+                moving=xT[:, :, kt],
+                accumulate=kt > 0,
+            )
+    lgT = nl.ndarray((P, len(e_tiles), T), dtype=h.dtype, buffer=nl.sbuf)
+    lg = nl.ndarray((T, E), dtype=nl.float32, buffer=nl.psum)
+    for c, (e0, esz) in enumerate(e_tiles):
+        nisa.tensor_copy(dst=lgT[:esz, c, :], src=lgT_ps[:esz, c, :], engine=nisa.scalar_engine)
+        nisa.nc_matmul(dst=lg[:, e0 : e0 + esz], stationary=lgT[:esz, c, :], moving=eye_bf[:esz, :esz])
+    top = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.max8(dst=top, src=lg)
+    i_t = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.sbuf)
+    nisa.nc_find_index8(dst=i_t, data=lg, vals=top)
+    # ---- phase A DMAs, in stream order: per own pair its gate|up (+ its full down rows for the first
+    # n_full slots), then my half of the down weights of my last slots
+    other = 1 - pid
+    o_first = other * count
+    own = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
+    full = [p for p in own if p % TOP_K < first + n_full]
+    split_own = [p for p in own if p % TOP_K >= first + n_full]
+    split_theirs = [t * TOP_K + j for t in range(T) for j in range(o_first + n_full, o_first + count)]
+    split_theirs = split_theirs if n_prog > 1 else []
+    rows0 = {p: [64 if isz <= 64 and p % 2 else 0 for _, isz in chunks] for p in range(T * TOP_K)}
+    ids = {p: i_t[p // TOP_K : p // TOP_K + 1, p % TOP_K : p % TOP_K + 1] for p in range(T * TOP_K)}
+    jobs_a = [(p, kind) for p in own for kind in (("gate_up", "full") if p in full else ("gate_up",))]
+    jobs_a += [(p, "half") for p in split_own]
+    regs_a = [nisa.register_alloc() for _ in range(depth_a)]
+
+    def load_a(k):
+        """Phase A job k: a gate|up tile (v2's run), a pair's full down rows, or my half of them."""
+        pair, kind = jobs_a[k]
+        e = regs_a[k % depth_a]
+        nisa.register_load(e, ids[pair])
+        if kind == "gate_up":
+            gu = nl.ndarray((P, KT, I2), dtype=w_gate_up.dtype, buffer=nl.sbuf)
+            nisa.dma_copy(
+                dst=gu, src=w_gate_up.ap(pattern=[[KT * I2, P], [I2, KT], [1, I2]], offset=0, scalar_offset=e)
+            )
+            return gu
+        h0, hs = (0, H) if kind == "full" else (pid * HS, HS)
+        return _load_down_cols(w_down, e, rows0[pair], h0, hs, NJ)
+
+    loaded = [load_a(k) for k in range(min(depth_a, len(jobs_a)))]
+    n_issued = len(loaded)
+
+    def next_a():
+        """The next phase A tile; issues the job depth_a ahead."""
+        nonlocal n_issued
+        tile = loaded.pop(0)
+        if n_issued < len(jobs_a):
+            loaded.append(load_a(n_issued))
+            n_issued += 1
+        return tile
+
+    neg_max = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=neg_max, data=top[:, 0:1], op0=nl.multiply, operand0=-1.0)
+    ex = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    ssum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.activation(
+        dst=ex,
+        op=nl.exp,
+        data=top,
+        bias=neg_max,
+        reduce_op=nl.add,
+        reduce_res=ssum,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+    )
+    rsum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.reciprocal(dst=rsum, data=ssum)
+    w_t = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.sbuf)
+    nisa.tensor_scalar(dst=w_t, data=ex, op0=nl.multiply, operand0=rsum)
+    wf_ps = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.psum)
+    for t in range(T):
+        nisa.nc_matmul(dst=wf_ps[:, t * TOP_K : (t + 1) * TOP_K], stationary=sel[:, t, :], moving=w_t)
+    w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
+    nisa.tensor_copy(dst=w_f, src=wf_ps)
+    # yF[p, k, t, jj] = y[t, k·HS + p·NJ + jj]: my slots in half k = pid (and my full slots' partial of the
+    # other half in k = other); yB: the other core's slots in my half
+    yF = nl.ndarray((P, n_prog, T, NJ), dtype=nl.float32, buffer=nl.psum)
+    yB = nl.ndarray((P, T, NJ), dtype=nl.float32, buffer=nl.psum)
+
+    def down(pair, dn, dst, ks, start):
+        """Accumulate pair's slot into dst[:, k, t, :] for the halves ks of dn: a [I_chunk, 128] x
+        [I_chunk, 1] matmul per output column."""
+        t, j = divmod(pair, TOP_K)
+        for k_dn, k in enumerate(ks):
+            for jj in range(NJ):
+                for c, ((_, isz), p0) in enumerate(zip(chunks, rows0[pair])):
+                    nisa.nc_matmul(
+                        dst=dst[:, k, t, jj : jj + 1],
+                        stationary=dn[p0 : p0 + isz, c, k_dn, :, jj],
+                        moving=acts[p0 : p0 + isz, t, j * C + c : j * C + c + 1],
+                        accumulate=not (start and c == 0),
+                        **(dict(tile_position=(64, 0), tile_size=(64, 128)) if p0 else {}),
+                    )
+
+    for pair in own:
+        t, j = divmod(pair, TOP_K)
+        gu = next_a()
+        for c, ((i0, isz), p0) in enumerate(zip(chunks, rows0[pair])):
+            tiling = dict(tile_position=(0, 64), tile_size=(128, 64)) if p0 else {}
+            gu_ps = nl.ndarray((P, 2), dtype=nl.float32, buffer=nl.psum)
+            for half, c0 in ((0, i0), (1, inter + i0)):
+                for kt in range(KT):
+                    nisa.nc_matmul(
+                        dst=gu_ps[p0 : p0 + isz, half : half + 1],
+                        stationary=gu[:, kt, c0 : c0 + isz],
+                        moving=xT[:, t, kt : kt + 1],
+                        accumulate=kt > 0,
+                        **tiling,
+                    )
+            g = nl.ndarray((P, 1), dtype=nl.float32, buffer=nl.sbuf)
+            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0:1])
+            nisa.scalar_tensor_tensor(
+                dst=acts[p0 : p0 + isz, t, j * C + c : j * C + c + 1],
+                data=g[p0 : p0 + isz],
+                op0=nl.multiply,
+                operand0=w_f[p0 : p0 + isz, pair : pair + 1],
+                op1=nl.multiply,
+                operand1=gu_ps[p0 : p0 + isz, 1:2],
+            )
+        if pair in full:
+            down(pair, next_a(), yF, range(n_prog), j == first)
+    if n_prog > 1:
+        # ---- the exchange (one fp32 message per core): my full slots' partial of the other core's half, and
+        # my split slots' acts (bf16 values, exact in fp32)
+        NX = NJ + SPLIT_SLOTS * C
+        msg = nl.ndarray((P, T, NX), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=msg[:, :, :NJ], src=yF[:, other, :, :])
+        s0 = (first + n_full) * C
+        nisa.tensor_copy(dst=msg[:, :, NJ:], src=acts[:, :, s0 : s0 + SPLIT_SLOTS * C])
+        got = nl.ndarray((P, T, NX), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.sendrecv(src=msg, dst=got, send_to_rank=other, recv_from_rank=other, pipe_id=0)
+        # ---- phase B DMAs (after the exchange: its transfer is not queued behind them): the other core's
+        # split slots, my half of their down weights
+        regs_b = [nisa.register_alloc() for _ in range(depth_b)]
+
+        def load_b(n):
+            """The other core's split pair n: the down columns of my half."""
+            pair, e = split_theirs[n], regs_b[n % depth_b]
+            nisa.register_load(e, ids[pair])
+            return _load_down_cols(w_down, e, rows0[pair], pid * HS, HS, NJ)
+
+        loaded_b = [load_b(n) for n in range(min(depth_b, len(split_theirs)))]
+        for pair in split_own:  # my split slots, my half: after my full slots in group pid (v5's order)
+            down(pair, next_a(), yF, [pid], False)
+        mine = nl.ndarray((P, T, NJ), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.tensor_copy(dst=mine, src=yF[:, pid, :, :])
+        # the other core's group: its full slots' partial first (identity matmul), then its split slots
+        o0 = (o_first + n_full) * C
+        nisa.tensor_copy(dst=acts[:, :, o0 : o0 + SPLIT_SLOTS * C], src=got[:, :, NJ:])
+        for t in range(T):
+            nisa.nc_matmul(dst=yB[:, t, :], stationary=eye, moving=got[:, t, :NJ])
+        yB4 = yB.reshape((P, 1, T, NJ))
+        for n, pair in enumerate(split_theirs):
+            dn = loaded_b.pop(0)
+            if n + depth_b < len(split_theirs):
+                loaded_b.append(load_b(n + depth_b))
+            down(pair, dn, yB4, [0], False)
+    if pid == 0:  # last in the DMA order: these two small writes fill in after the weight stream
+        nisa.dma_copy(dst=idx_out, src=i_t)
+        nisa.dma_copy(dst=w_out, src=w_t)
+    # ---- tail: y = my slots + the other core's (v5's order), rounded once, written from the [P, NJ] layout
+    y_sb = nl.ndarray((P, T, NJ), dtype=h.dtype, buffer=nl.sbuf)
+    if n_prog > 1:
+        nisa.tensor_tensor(dst=y_sb, data1=mine, data2=yB, op=nl.add)
+    else:
+        nisa.tensor_copy(dst=y_sb, src=yF[:, 0, :, :])
+    nisa.dma_copy(dst=y.ap(pattern=[[NJ, P], [H, T], [1, NJ]], offset=pid * HS), src=y_sb)
     return y, idx_out, w_out
 
 

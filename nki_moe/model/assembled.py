@@ -25,12 +25,13 @@ Op -> registry op / kernel, per phase (prefill: T > 1; decode: T == 1):
     post_norm           add_rmsnorm             both      residual add + RMSNorm
     router              router                  both      top-k of the router logits, renormalised
     experts             moe_decode              decode,   the k experts of each token and the combine;
-                        (moe_layer_decode)      prefill   ``moe_decode_v5`` is the fused layer: it takes the
-                                                < min     residual stream and does post_norm's RMSNorm and the
-                                                          router itself (the residual add then runs on the
-                                                          host: one bf16 add, bit-exact with add_rmsnorm's
-                                                          h); prefill below ``moe_prefill_min_tokens`` runs
-                                                          it over token chunks of <= 128
+                        (moe_layer_decode)      prefill   moe_layer_decode (moe_decode_v5 … v8) is the fused
+                                                < min     layer: it takes the residual stream and does
+                                                          post_norm's RMSNorm and the router itself (the
+                                                          residual add then runs on the host: one bf16
+                                                          add, bit-exact with add_rmsnorm's h); prefill
+                                                          below ``moe_prefill_min_tokens`` runs it over
+                                                          token chunks of <= 128
     experts_prefill     moe_prefill             prefill   T >= ``moe_prefill_min_tokens``; while that op is
                                                 >= min    not registered, the ``experts`` kernel in chunks
     final_norm          rmsnorm                 both      the final RMSNorm (last row only when last_only)
@@ -158,7 +159,7 @@ def _default_kernels() -> dict[str, str]:
         "o_proj": "matmul_v6",
         "post_norm": "add_rmsnorm_v3",
         "router": "router_v2",
-        "experts": "moe_decode_v5",  # the fused MoE layer (op moe_layer_decode): norm + router + experts
+        "experts": "moe_decode_v5",  # replaced below by op moe_layer_decode's final version
         "final_norm": "rmsnorm_v3",
         "lm_head": "matmul_v6",
     }
