@@ -25,7 +25,7 @@
 # - The fused block adds 9.4 MB of weights (w_qkv [2048, 1280], w_o [1024, 2048]): its floor is the weight
 #   stream, ~13.5 µs on the two cores of one LNC=2 rank (Trn2), so splitting the weights over both cores,
 #   streaming them at full DMA efficiency and keeping the fixed costs (exchanges, the store) off the tail is
-#   what matters there (v4-v7).
+#   what matters there (v4-v8; v8 also does the layer's input RMSNorm).
 # - Prefill at T = 512 (printed below): 0.34 G MACs per rank — 8.5 µs of one Trn2 core's PE — but every
 #   score also passes through the PSUM eviction, the scale, the mask, the max, exp and the normalisation:
 #   the vector engines, not the PE, set the pace.
@@ -51,8 +51,11 @@ import inspect
 
 import numpy as np
 
+import nki_moe.sim as sim
 from nki_moe import budget, ops, paths, results
 from nki_moe.figures import save_figure
+from nki_moe.kernels import attention as attn_kernels
+from nki_moe.kernels import rmsnorm as norm_kernels
 from nki_moe.ladder import busiest_engine
 from nki_moe.perf.published import QWEN3_LAYER_MEASURED
 from nki_moe.reference import gqa_attention
@@ -331,6 +334,45 @@ for tg in ("trn2", "trn3"):
 assert all(fused[tg] < separate[tg] and fused[tg] < published[tg].us for tg in fused)
 
 # %% [markdown]
+# ## The decode layer: the input RMSNorm inside the block (op `attention_layer_decode`)
+# Notebook 07's decode step launches an RMSNorm of [1, 2048] before every block: ~9 µs per layer that is
+# almost all fixed DMA latency (two dependent loads and a store), 48 times per token. `attention_block_v8`
+# (op `attention_layer_decode`, v0) takes the residual stream h and the norm's weight instead of x and
+# normalises on chip while the first weight bytes stream: each core loads all of h (4 KiB) and sums its
+# squares with one ones matmul (no extra exchange), rounding as `rmsnorm_v3` does. Its other changes over
+# v7: the q|k|v columns split by core (core 0 its query heads + k, core 1 its query heads + v, each over
+# the whole contraction; the k|v block streams first and is swapped while the q columns stream), and a
+# load-time layout (`nki_moe.kernels.layouts.attention_layer_layout`, applied once per layer like
+# `tile_weight`) that makes every core's w_qkv and w_o blocks one contiguous run per partition: w_o moves
+# at 8/6/2 KiB per descriptor instead of 2 KiB. Asserted: bit-identical to `rmsnorm_v3` then v7 (y and both
+# caches), and faster than the two launches at every L on both chips.
+
+# %%
+layer = ops.get("attention_layer_decode").on(TARGET, SEED)
+lc, lq = layer.step("v0", L=SHOW_L)
+_ = ops.check_with_cache(layer, "v0", L=SHOW_L)
+h_, gamma_, w_qkv_, w_o_, qw_, kw_, cos_, sin_, kc_, vc_, L_, eps_ = layer.args(L=SHOW_L)
+x_ = sim.run(norm_kernels.rmsnorm_v3, h_, gamma_, eps_, lnc=2).outputs
+y7_ = sim.run(attn_kernels.attention_block_v7, x_, w_qkv_, w_o_, qw_, kw_, cos_, sin_, kc_.copy(), vc_.copy(),
+              L_, eps_, lnc=2).outputs  # y [1, H] (the caches are written in place)
+assert np.array_equal(np.asarray(lc.outputs[0]).view(np.uint16), np.asarray(y7_).view(np.uint16))
+lsweep = layer.sweep(L=LENGTHS)
+print(lsweep.table(TARGET))
+norm_us = {e.target: e.us for e in budget.estimate(ops.get("rmsnorm").on(TARGET, SEED), [dict(T=1)],
+                                                     versions=("v3",))}
+llat = {tg: lsweep.latency(tg) for tg in ("trn2", "trn3")}
+for tg in ("trn2", "trn3"):
+    two = norm_us[tg] + blat[tg]["v7", SHOW_L]
+    print(f"{tg} L={SHOW_L}: rmsnorm_v3 {norm_us[tg]:.2f} + block v7 {blat[tg]['v7', SHOW_L]:.2f} = "
+          f"{two:.2f} µs as two launches; the layer kernel {llat[tg]['v0', SHOW_L]:.2f} µs (estimates), "
+          f"saving {48 * (two - llat[tg]['v0', SHOW_L]) / 1e3:.2f} ms per 48-layer token")
+assert all(llat[tg]["v0", L] < norm_us[tg] + blat[tg]["v7", L] for tg in llat for L in LENGTHS)
+assert all(llat[tg]["v0", L] < blat[tg]["v7", L] for tg in llat for L in LENGTHS)  # even without the norm
+layer_final = lsweep.final("v0", LENGTHS)
+layer_x_floor = {k: v["latency_us"] / v["roofline_us"] for k, v in layer_final.items()}
+print({k: f"{x:.2f}× its floor" for k, x in layer_x_floor.items()})
+
+# %% [markdown]
 # ## Prefill (context encoding): T tokens from position 0, causal
 # Norm + RoPE per 128-token tile with all heads in one instruction per step, K/V written to cache rows
 # 0..T-1, Qᵀ and Kᵀ by PE transposes. Per head and 128-query tile only keys 0 … q0 + tq − 1 are computed in
@@ -587,21 +629,24 @@ block_prefill_final = {"final_version": "v2", "lnc": 2, "final": bfinal, "order_
 # %% [markdown]
 # ## Takeaways
 # Printed from the sweeps (estimates). Asserted: the attention core stays below 10 % of its (sub-µs) floor at
-# every L — latency-bound, its next step is fewer dependent instructions, not bandwidth. The fused block v7
-# is the fastest block at every L and beats the separate launches and the published per-layer figures
-# above; on trn2 it reaches 55-67 % of its HBM floor (v3: 40 %), i.e. 1.5-1.8× the floor: the 1.5× goal
-# is not met (trn3: 35-50 %, its HBM is faster, the fixed costs are not). What is left (v7's schedule,
-# printed): ~2 µs before the first byte; a weight stream slower than the HBM share — w_o's column halves
-# move 2 KiB per descriptor (a row is 4 KiB: in the reference layout a core's half cannot be longer; a
-# load-time layout would lift it) and the cache rows 1.25 KiB; after the last weight byte the last w_o
-# chunk's GEMV and the store (~2.7 µs). The second exchange now overlaps the stream; it cannot go without
-# computing every head's attention on both cores (the MACs would exceed the analytic count) or swapping
-# partial sums after the o GEMV (v4: slower). Prefill v8 (the fastest, a faster variant; v5 the
-# order-preserving one) stays below 25 % of its two cores' PE floor (printed: ~6.3× it at T = 512 on trn2):
-# the T = 512 goal of 1.5× is not met and cannot be with these passes — the busiest engine's own work per
-# core (ACT: exps, eᵀ evictions, the norms; DVE close behind; asserted below) still exceeds 1.5× the
-# floor, and so do the ~3 µs before the first load lands plus the ~5 µs of output stores after the last
-# instruction. Both caches pass in every check.
+# every L — latency-bound, its next step is fewer dependent instructions, not bandwidth. The fused block v7 is
+# the fastest block at every L and beats the separate launches and the published per-layer figures above; on
+# trn2 it reaches 55-67 % of its HBM floor (v3: 40 %), i.e. 1.5-1.8× the floor: the 1.5× goal is not met
+# (trn3: 35-50 %, its HBM is faster, the fixed costs are not). What is left (v7's schedule, printed): ~2 µs
+# before the first byte; a weight stream slower than the HBM share — w_o's column halves move 2 KiB per
+# descriptor (a row is 4 KiB: in the reference layout a core's half cannot be longer; a load-time layout would
+# lift it) and the cache rows 1.25 KiB; after the last weight byte the last w_o chunk's GEMV and the store
+# (~2.7 µs). The second exchange now overlaps the stream; it cannot go without computing every head's
+# attention on both cores (the MACs would exceed the analytic count) or swapping partial sums after the o GEMV
+# (v4: slower). The decode LAYER kernel (block v8, op `attention_layer_decode`: the input RMSNorm inside,
+# q|k|v split by columns, a load-time layout with 4-12 KiB descriptors) lifts two of those limits: with the
+# norm included it is faster than v7 alone at every L, saves the separate norm launch (~9 µs per layer) and
+# reaches the 1.5× goal at L = 639 on trn2 (asserted in the full run; trn3 ~2.1×, its HBM is faster, the fixed
+# costs are not). Prefill v8 (the fastest, a faster variant; v5 the order-preserving one) stays below 25 % of
+# its two cores' PE floor (printed: ~6.3× it at T = 512 on trn2): the T = 512 goal of 1.5× is not met and
+# cannot be with these passes — the busiest engine's own work per core (ACT: exps, eᵀ evictions, the norms;
+# DVE close behind; asserted below) still exceeds 1.5× the floor, and so do the ~3 µs before the first load
+# lands plus the ~5 µs of output stores after the last instruction. Both caches pass in every check.
 
 # %%
 print("\n".join(sweep.summary_lines("v2", (LENGTHS[0], SHOW_L), "attention_decode_v2 (1 core)")))
@@ -616,6 +661,9 @@ assert all(x > 1.5 for x in ratio_floor.values())
 v7_tail = tail_us(q7)
 print(f"v7 at L={SHOW_L}: first byte {min(b for _, _, b, _ in big_dmas(q7)):.2f} µs, last weight byte "
       f"{max(e for *_, e in big_dmas(q7)):.2f} µs, then {v7_tail:.2f} µs (exchange, o GEMV, store)")
+print("\n".join(lsweep.summary_lines("v0", (LENGTHS[0], SHOW_L), "attention_layer_decode v0 = block v8")))
+if SHOW_L == 639:
+    assert layer_x_floor["trn2_L639"] <= 1.5 < layer_x_floor["trn3_L639"]
 print("\n".join(psweep.summary_lines("v8", (PREFILL_T[0], SHOW_T), "attention_prefill_v8 (LNC=2)")))
 assert all(r["pct_roofline"] < 25 for r in psweep.rows)  # far from the PE floor (v8, T = 640, trn3: ~21 %)
 busiest = max(pp8.busy_us[e] for e in ("pe", "act", "dve", "pool")) / 2  # per core
@@ -657,6 +705,10 @@ results.record("06_attention", {"estimated_by": "nki_moe cost model", "final_ver
                                 "final": sweep.final("v2", (LENGTHS[0], SHOW_L)), "bit_identical_share": bits,
                                 "ops": {"attention_block_decode": {"final_version": "v7", "lnc": 2,
                                                                    "final": final, "x_floor": ratio_floor},
+                                        "attention_layer_decode": {"final_version": "v0", "lnc": 2,
+                                                                   "kernel": "attention_block_v8",
+                                                                   "final": layer_final,
+                                                                   "x_floor": layer_x_floor},
                                         "attention_prefill": prefill_final,
                                         "attention_block_prefill": block_prefill_final},
                                 "separate_launches_us": separate, "fused_block_us": fused,
