@@ -384,14 +384,49 @@ def _generations(sites: dict, peaks: dict, allocs: dict, rotation: int, capacity
     return counts
 
 
-def _rect(acc, phys: dict) -> tuple[tuple, int, int, int, int]:
-    """(key, p0, p1, lo, hi) of an access; HBM accesses use one pseudo-partition."""
+def _hbm_rows(acc) -> tuple[int, int, int, int, int] | None:
+    """(pitch, first row, rows, in-row lo, in-row hi) in bytes when an HBM access is rows of a 2-D layout:
+    its largest-stride dim steps by ``pitch`` and everything inside one step stays within the row (so the
+    rows do not overlap); None otherwise."""
+    dims = [(s, n) for s, n in acc.pat if n > 1 and s != 0]
+    if len(dims) < 2 or any(s < 0 for s, _ in dims):
+        return None
+    k = max(range(len(dims)), key=lambda j: dims[j][0])
+    S, n = dims[k]
+    inner = sum(s * (m - 1) for j, (s, m) in enumerate(dims) if j != k) + 1
+    r0, c0 = divmod(acc.off, S)
+    if c0 + inner > S:
+        return None
+    isz = acc.itemsize
+    return S * isz, r0, n, c0 * isz, (c0 + inner) * isz
+
+
+def _rect(acc, phys: dict, pitch: dict | None = None) -> tuple[tuple, int, int, int, int]:
+    """(key, p0, p1, lo, hi) of an access. On chip: partitions × the byte range within each partition.
+    HBM: rows × the byte range within a row of the allocation's row pitch (``pitch``: key -> bytes, set by
+    the allocation's first access when it is a 2-D row pattern, :func:`_hbm_rows`; else 0: flat), so two
+    programs writing different columns of the same rows do not depend on each other; an access of another
+    pitch is widened to the whole rows it spans (conservative). Flat: one pseudo-row, the byte range."""
     lo, hi = acc._range()
     key = (acc.buffer, phys.get(acc.alloc, acc.alloc))
     if acc.pstep:
         p0 = acc.off // acc.pstep
         return key, p0, p0 + acc.pat[0][1], lo, hi
-    return key, 0, 1, lo, hi
+    if pitch is None:
+        return key, 0, 1, lo, hi
+    rows = _hbm_rows(acc)
+    P = pitch.get(key)
+    if P is None:  # the first access decides (0: not a row pattern, the allocation stays flat)
+        P = pitch[key] = rows[0] if rows is not None else 0
+    if P == 0:
+        return key, 0, 1, lo, hi
+    if rows is not None and rows[0] == P:
+        _, r0, n, c_lo, c_hi = rows
+        return key, r0, r0 + n, c_lo, c_hi
+    r0, r1 = lo // P, (hi - 1) // P + 1
+    if r1 - r0 == 1:
+        return key, r0, r1, lo - r0 * P, hi - r0 * P
+    return key, r0, r1, 0, P
 
 
 def _register_rects(rec) -> list[tuple]:
@@ -464,6 +499,7 @@ class _Scheduler:
         self.sched = Schedule.empty(hw, len(records))
         self.writes: dict = defaultdict(_Regions)
         self.reads: dict = defaultdict(_Regions)
+        self.pitch: dict = {}  # HBM allocation -> the row pitch its regions are kept in (bytes)
         self.free: dict = defaultdict(float)  # (pid, resource) -> time it is free
         self.last: dict = defaultdict(lambda: -1)  # (pid, resource) -> last record on it
         self.floor: dict = defaultdict(float)  # pid -> release time of its last barrier
@@ -485,7 +521,8 @@ class _Scheduler:
             rec = self.records[i]
             p = rec.pid
             sched.pid[i] = p
-            rects = [(a.mode, *_rect(a, self.phys)) for a in rec.accesses] + _register_rects(rec)
+            rects = [(a.mode, *_rect(a, self.phys, self.pitch)) for a in rec.accesses]
+            rects += _register_rects(rec)
             dep_t, dep_i = self._dependency(rects)
             if rec.engine == "dma":
                 pred = self._dma(i, rec, dep_t, dep_i)

@@ -388,3 +388,36 @@ def test_register_dependencies_in_an_emulated_kernel():
     assert s.start[load] >= s.end[0]  # the index is on chip (memory RAW, as before)
     assert s.pred[gather] == load and s.start[gather] >= s.end[load]  # register RAW
     assert s.start[memset] < s.end[load] <= s.start[first_add]  # the loop waits for its bound's register
+
+
+def _rows(mode, alloc, row0, rows, col0, cols, pitch=1024, dtype="bfloat16"):
+    """An HBM access to rows row0.. of a [·, pitch] tensor, columns col0 .. col0 + cols (elements)."""
+    from nki_moe.sim.trace import Access
+
+    pat = ((pitch, rows), (1, cols))
+    return Access("out", mode, "shared_hbm", dtype, 2, row0 * pitch + col0, pat, 0, alloc)
+
+
+def _two_stores(second):
+    """Program 0 stores columns 0..511 of rows 0..127 of an HBM tensor; program 1 then makes ``second``
+    (an access of the same tensor). Returns (schedule, index of program 1's DMA)."""
+    src0, src1 = sb("src", "r", 1), sb("src", "r", 2)
+    first = dma(_rows("w", 9, 0, 128, 0, 512), src0, pid=0)
+    other = dma(second, src1, pid=1)
+    return schedule_trace([first, other], TRN2), 1
+
+
+def test_hbm_column_halves_of_the_same_rows_are_independent():
+    """Two cores storing different columns of the same rows (an LNC=2 kernel's halves of [T, N]) touch
+    disjoint bytes: the row-pitch regions see that, a flat byte range would not (its hull overlaps)."""
+    s, j = _two_stores(_rows("w", 9, 0, 128, 512, 512))
+    assert s.pred_kind[j] != "dep" and s.start[j] == 0.0
+    for overlap in (_rows("w", 9, 0, 128, 256, 512), _rows("w", 9, 127, 1, 0, 2)):  # shared bytes: WAW
+        s, j = _two_stores(overlap)
+        assert s.pred[j] == 0 and s.pred_kind[j] == "dep"
+    # another pitch (rows of 2048 elements here) cannot be compared column-wise: widened to whole rows
+    s, j = _two_stores(_rows("w", 9, 32, 8, 1536, 256, pitch=2048))
+    assert s.pred[j] == 0 and s.pred_kind[j] == "dep"
+    # rows past the first store's are independent whatever the pitch
+    s, j = _two_stores(_rows("r", 9, 128, 4, 0, 1024))
+    assert s.pred_kind[j] != "dep"
