@@ -216,8 +216,9 @@ print("prefill:", *prefill_notes)
 
 # %%
 ASSUMPTIONS = [
-    "kernel times: nki_moe cost-model estimates of the registry's final versions, one emulated layer per "
-    "shape x 48 (random weights); decode attention interpolated linearly in the context",
+    "kernel times: nki_moe cost-model estimates of the versions the kernel model runs (each op's final "
+    f"version, except {est.versions or 'none'}: token parity), one emulated layer per shape x 48 (random "
+    "weights); decode attention interpolated linearly in the context",
     "residual adds, embedding gather at their HBM floor; sampling on device = logits floor + an all-gather",
     f"no device time between launches (GLUE_MS = {GLUE_MS}); 96 all-reduces per step from the collective "
     "model (12.0 us each on trn2, fitted on one published point)",

@@ -10,7 +10,9 @@ version ONCE per distinct shape and costing its trace on each target (:class:`Es
 stream does not depend on the target). The 48 layers of Qwen3-30B-A3B share their shapes, so one emulated
 layer per shape × 48 is the step; the weights are random (the cost model times instructions and bytes, not
 values; the MoE reads 8 experts per token whatever the router picks). The launches are those of the kernel
-model (``nki_moe.model.assembled.KernelModel``, its default switches). Per layer of a decode step:
+model (``nki_moe.model.assembled.KernelModel``, its default switches), each op at the version the kernel
+model runs (:func:`kernel_model_versions`: attention_prefill v5, the order-preserving one). Per layer of a
+decode step:
 
     attention_layer_decode at context L (the input RMSNorm, q|k|v, q/k norms, RoPE, KV append, attention,
         o in one launch) — or rmsnorm (input_norm) + attention_block_decode (the same block without the
@@ -69,6 +71,7 @@ __all__ = [
     "Line",
     "StepEstimate",
     "Estimator",
+    "kernel_model_versions",
     "attention_plans",
     "bucket",
     "decode_launches",
@@ -471,17 +474,38 @@ def _spec_key(hw: hardware.HardwareSpec) -> tuple:
     return hw.name, hw.hbm_tbs, hw.dma_semaphore_us, hw.dma_hwdge_us
 
 
+def kernel_model_versions() -> dict[str, str]:
+    """{registry op: version} of the kernel model's default switches (``assembled.DEFAULT_KERNELS``) where
+    they differ from the op's final version (attention_prefill: v5, the order-preserving version the kernel
+    model runs for token parity, not the faster final one)."""
+    from nki_moe import ops
+    from nki_moe.model.assembled import _OP_FAMILIES, DEFAULT_KERNELS
+
+    out: dict[str, str] = {}
+    for switch, kernel in DEFAULT_KERNELS.items():
+        for family in _OP_FAMILIES[switch]:
+            ladder = ops.OPS.get(family)
+            version = next((v for v in ladder.versions if v.kernel == kernel), None) if ladder else None
+            if version is not None:
+                if version.name != ladder.final.name:
+                    out.setdefault(family, version.name)
+                break
+    return out
+
+
 class Estimator:
     """Estimates of registry ops at shapes: each (op, version, shape) emulated once, costed per target.
 
     Args:
-        versions: {registry op: version} to use (default: each op's final version).
+        versions: {registry op: version} to use (default: the kernel model's choices,
+            :func:`kernel_model_versions`, and each other op's final version). Pass ``{}`` for every op's
+            final version.
 
     The traces are kept, so :func:`patched_cost_model` re-costs them without emulating again.
     """
 
     def __init__(self, versions: Mapping[str, str] | None = None) -> None:
-        self.versions = dict(versions or {})
+        self.versions = kernel_model_versions() if versions is None else dict(versions)
         self._traces: dict[tuple, object] = {}
         self._us: dict[tuple, float] = {}
         self.emulated: list[tuple[str, str, dict]] = []  # (op, version, shape) in emulation order

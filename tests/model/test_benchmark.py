@@ -30,6 +30,21 @@ class FakeEstimator(bench.Estimator):
         return base * (1.5 if target == "trn2" else 1.0)
 
 
+def test_estimates_use_the_kernel_models_versions():
+    """The step estimates cost the kernels the kernel model runs: attention_prefill v5 (order-preserving),
+    not the op's faster final version; every other op at its final version unless the model chose else."""
+    from nki_moe import ops
+    from nki_moe.model.assembled import _OP_FAMILIES, DEFAULT_KERNELS
+
+    est = bench.Estimator()
+    final = ops.get("attention_prefill").final.name
+    assert bench.kernel_model_versions()["attention_prefill"] == "v5" != final
+    for switch, kernel in DEFAULT_KERNELS.items():
+        family = next(f for f in _OP_FAMILIES[switch] if any(v.kernel == kernel for v in ops.get(f).versions))
+        assert ops.get(family).version(est.version(family)).kernel == kernel, (switch, family)
+    assert bench.Estimator({}).version("attention_prefill") == final
+
+
 def test_bucket():
     assert [bench.bucket(p.context_len) for p in competition.PROMPTS] == [128, 256, 128, 128, 512]
     assert bench.bucket(640) == 640
