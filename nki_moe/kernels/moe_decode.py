@@ -689,35 +689,19 @@ def moe_decode_v5(h, gamma, w_router, w_gate_up, w_down, eps):
     return y, idx_out, w_out
 
 
-# ---- v6: the head shortened: the experts' first DMAs right after the ids, w_k broadcast on the PE ----------
-@nki.jit
-def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
-    """As moe_decode_v5 (launch ``moe_decode_v6[2]``) with a shorter head, the time before the first expert
-    byte in which HBM idles (v5: 10.3 µs at T = 1 on trn2, estimate): h is loaded before the router weights
-    (the norm runs while they land, instead of h queueing behind them), the router weights in two DMAs (3/4
-    and 1/4 of the contraction, so most router matmuls run before the last byte), the logits computed
-    transposed (wr the stationary: half the PE time of v5's [T, E] GEMVs), rounded to bf16 and transposed
-    back on the PE, where max8 / nc_find_index8 read them without v5's extra fp32 copy; the first pairs'
-    expert DMAs go out as soon as nc_find_index8 has the ids, and the softmax weights reach every partition
-    by one one-hot matmul per token instead of v5's two dependent DMAs (idx_out and w_out are written after
-    the expert DMAs are out). First expert byte at 6.8 µs; 42.4 µs at T = 1, TP = 4 on trn2 (v5: 46.2),
-    33.4 µs on trn3 (cost-model estimates). Same values as v5 (bit-identical on the tests' inputs: the
-    logits' dot products are the same, in the other operand order).
+# ---- v6-v8's head: RMSNorm, router logits, top-8 (the expert ids) and the winners' softmax ----------------
+def _router_top8(h, gamma, w_router, eps, setup=None):
+    """moe_decode_v6's head up to the expert ids (v6-v8 share it): h loaded first, the router weights in two
+    DMAs, the one-hot rows ``sel`` and a [128, 128] identity, the RMSNorm, the logits computed transposed and
+    rounded to bf16, then max8 / nc_find_index8. ``setup(eye_i)`` (optional) runs after the identity's iota,
+    before the norm, for a version's own tiles (its result is returned as ``extra``).
 
-    Args, Returns: as moe_decode_v5.
-    """
-    T, H, E, inter = _check_layer(h, gamma, w_router, w_gate_up, w_down)
+    Returns: (xT [P, T, KT] the normed h, h = p·KT + kt; top [T, 8] fp32 logits; i_t [T, 8] uint32 ids;
+    sel [T, T, P] one-hot rows; extra)."""
+    T, H = h.shape
+    E = w_router.shape[1]
     P = nl.tile_size.pmax
-    KT, I2 = H // P, 2 * inter
-    n_prog = nl.num_programs()
-    pid = nl.program_id(0) if n_prog > 1 else 0
-    first, count = lnc_share(TOP_K)
-    HS = H // n_prog
-    chunks = i_chunks(inter)
-    depth = max(1, min(4, (96 * 1024) // ((KT * I2 + len(chunks) * H) * 2)))
-    y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
-    idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
-    w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
+    KT = H // P
     # h first (4 KiB: the norm runs while the 512 KiB of router weights land), the router weights in two
     # DMAs, kt < 3/4·KT then the rest (the first part's matmuls run while the rest lands), gamma between them
     x_sb = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
@@ -739,6 +723,7 @@ def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
     nisa.iota(dst=eye_i, pattern=[[1, P]], offset=0, channel_multiplier=-1)
     eye_bf = nl.ndarray((P, P), dtype=h.dtype, buffer=nl.sbuf)
     nisa.tensor_scalar(dst=eye_bf, data=eye_i, op0=nl.equal, operand0=0)
+    extra = setup(eye_i) if setup is not None else None  # the caller's own tiles
     # RMSNorm as v5
     sq = nl.ndarray((P, T, KT), dtype=nl.float32, buffer=nl.sbuf)
     ss = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
@@ -785,12 +770,15 @@ def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
     nisa.max8(dst=top, src=lg)
     i_t = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.sbuf)
     nisa.nc_find_index8(dst=i_t, data=lg, vals=top)
-    # the first `depth` pairs' expert DMAs go out now: the softmax and the small DMAs run under them
-    pairs = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
-    rows0 = [_row_offsets(inter, n) for n in range(len(pairs))]
-    ids = [i_t[p // TOP_K : p // TOP_K + 1, p % TOP_K : p % TOP_K + 1] for p in pairs]
-    regs = [nisa.register_alloc() for _ in range(depth)]
-    loaded = [_load_expert(w_gate_up, w_down, ids[n], regs[n], rows0[n]) for n in range(depth)]
+    return xT, top, i_t, sel, extra
+
+
+def _router_weights(top, sel, dtype):
+    """The softmax of the 8 winning logits (rounded to ``dtype`` as the reference's weights) and every
+    pair's weight on every partition, w_f[p, t·8 + j] = w_t[t, j] (one one-hot matmul per token, exact in
+    fp32 PSUM). Returns (w_t [T, 8] dtype, w_f [P, T·8] fp32)."""
+    T = top.shape[0]
+    P = nl.tile_size.pmax
     neg_max = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
     nisa.tensor_scalar(dst=neg_max, data=top[:, 0:1], op0=nl.multiply, operand0=-1.0)
     ex = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
@@ -806,7 +794,7 @@ def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
     )
     rsum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
     nisa.reciprocal(dst=rsum, data=ssum)
-    w_t = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.sbuf)
+    w_t = nl.ndarray((T, TOP_K), dtype=dtype, buffer=nl.sbuf)
     nisa.tensor_scalar(dst=w_t, data=ex, op0=nl.multiply, operand0=rsum)
     # w_f[p, t·8 + j] = w_t[t, j] on every partition: sel[:, t, :]ᵀ @ w_t picks row t (exact in fp32 PSUM)
     wf_ps = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.psum)
@@ -814,6 +802,46 @@ def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
         nisa.nc_matmul(dst=wf_ps[:, t * TOP_K : (t + 1) * TOP_K], stationary=sel[:, t, :], moving=w_t)
     w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
     nisa.tensor_copy(dst=w_f, src=wf_ps)
+    return w_t, w_f
+
+
+# ---- v6: the head shortened: the experts' first DMAs right after the ids, w_k broadcast on the PE ----------
+@nki.jit
+def moe_decode_v6(h, gamma, w_router, w_gate_up, w_down, eps):
+    """As moe_decode_v5 (launch ``moe_decode_v6[2]``) with a shorter head, the time before the first expert
+    byte in which HBM idles (v5: 10.3 µs at T = 1 on trn2, estimate): h is loaded before the router weights
+    (the norm runs while they land, instead of h queueing behind them), the router weights in two DMAs (3/4
+    and 1/4 of the contraction, so most router matmuls run before the last byte), the logits computed
+    transposed (wr the stationary: half the PE time of v5's [T, E] GEMVs), rounded to bf16 and transposed
+    back on the PE, where max8 / nc_find_index8 read them without v5's extra fp32 copy; the first pairs'
+    expert DMAs go out as soon as nc_find_index8 has the ids, and the softmax weights reach every partition
+    by one one-hot matmul per token instead of v5's two dependent DMAs (idx_out and w_out are written after
+    the expert DMAs are out). First expert byte at 6.8 µs; 42.4 µs at T = 1, TP = 4 on trn2 (v5: 46.2),
+    33.4 µs on trn3 (cost-model estimates). Same values as v5 (bit-identical on the tests' inputs: the
+    logits' dot products are the same, in the other operand order).
+
+    Args, Returns: as moe_decode_v5.
+    """
+    T, H, E, inter = _check_layer(h, gamma, w_router, w_gate_up, w_down)
+    P = nl.tile_size.pmax
+    KT, I2 = H // P, 2 * inter
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    first, count = lnc_share(TOP_K)
+    HS = H // n_prog
+    chunks = i_chunks(inter)
+    depth = max(1, min(4, (96 * 1024) // ((KT * I2 + len(chunks) * H) * 2)))
+    y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
+    idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
+    w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
+    xT, top, i_t, sel, _ = _router_top8(h, gamma, w_router, eps)
+    # the first `depth` pairs' expert DMAs go out now: the softmax and the small DMAs run under them
+    pairs = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
+    rows0 = [_row_offsets(inter, n) for n in range(len(pairs))]
+    ids = [i_t[p // TOP_K : p // TOP_K + 1, p % TOP_K : p % TOP_K + 1] for p in pairs]
+    regs = [nisa.register_alloc() for _ in range(depth)]
+    loaded = [_load_expert(w_gate_up, w_down, ids[n], regs[n], rows0[n]) for n in range(depth)]
+    w_t, w_f = _router_weights(top, sel, h.dtype)
     if pid == 0:
         nisa.dma_copy(dst=idx_out, src=i_t)
         nisa.dma_copy(dst=w_out, src=w_t)
@@ -932,73 +960,15 @@ def moe_decode_v7(h, gamma, w_router, w_gate_up, w_down, eps):
     y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
     idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
     w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
-    # ---- head: as moe_decode_v6
-    x_sb = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.dma_copy(dst=x_sb, src=h.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
-    wr = nl.ndarray((P, KT, E), dtype=w_router.dtype, buffer=nl.sbuf)
-    KH = 3 * KT // 4
-    nisa.dma_copy(dst=wr[:, :KH, :], src=w_router.ap(pattern=[[KT * E, P], [E, KH], [1, E]], offset=0))
-    g_sb = nl.ndarray((P, KT), dtype=gamma.dtype, buffer=nl.sbuf)
-    nisa.dma_copy(dst=g_sb, src=gamma.ap(pattern=[[KT, P], [1, KT]], offset=0))
-    nisa.dma_copy(
-        dst=wr[:, KH:, :], src=w_router.ap(pattern=[[KT * E, P], [E, KT - KH], [1, E]], offset=KH * E)
-    )
-    sel_i = nl.ndarray((T, T, P), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.iota(dst=sel_i, pattern=[[1, T], [0, P]], offset=0, channel_multiplier=-1)
-    sel = nl.ndarray((T, T, P), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=sel, data=sel_i, op0=nl.equal, operand0=0)
-    eye_i = nl.ndarray((P, P), dtype=nl.int32, buffer=nl.sbuf)  # identities: p == column
-    nisa.iota(dst=eye_i, pattern=[[1, P]], offset=0, channel_multiplier=-1)
-    eye_bf = nl.ndarray((P, P), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=eye_bf, data=eye_i, op0=nl.equal, operand0=0)
-    # every pair's act, slot j's chunk c at [rows, t, j·C + c] (zeros elsewhere: the exchange sends all rows)
-    acts = nl.ndarray((P, T, TOP_K * C), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.memset(dst=acts, value=0.0)
-    sq = nl.ndarray((P, T, KT), dtype=nl.float32, buffer=nl.sbuf)
-    ss = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
-    for t in range(T):
-        nisa.activation(
-            dst=sq[:, t, :],
-            op=nl.square,
-            data=x_sb[:, t, :],
-            reduce_op=nl.add,
-            reduce_res=ss[:, t : t + 1],
-            reduce_cmd=nisa.reduce_cmd.reset_reduce,
-        )
-    ones = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.memset(dst=ones, value=1.0)
-    tot = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.psum)
-    nisa.nc_matmul(dst=tot, stationary=ones, moving=ss)
-    ms = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=ms, data=tot, op0=nl.multiply, operand0=1.0 / H, op1=nl.add, operand1=eps)
-    rstd = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.activation(dst=rstd, op=nl.rsqrt, data=ms)
-    xT = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
-    for t in range(T):
-        xr = nl.ndarray((P, KT), dtype=h.dtype, buffer=nl.sbuf)
-        nisa.tensor_scalar(dst=xr, data=x_sb[:, t, :], op0=nl.multiply, operand0=rstd[:, t : t + 1])
-        nisa.tensor_tensor(dst=xT[:, t, :], data1=xr, data2=g_sb, op=nl.multiply)
-    # router logits transposed (experts on the partitions, wr the stationary: 64-cycle GEMVs), rounded to
-    # bf16, then back to [T, E] by a PE transpose (exact), where max8 and nc_find_index8 read them
-    e_tiles = [(e0, min(P, E - e0)) for e0 in range(0, E, P)]
-    lgT_ps = nl.ndarray((P, len(e_tiles), T), dtype=nl.float32, buffer=nl.psum)
-    for c, (e0, esz) in enumerate(e_tiles):
-        for kt in range(KT):
-            nisa.nc_matmul(
-                dst=lgT_ps[:esz, c, :],
-                stationary=wr[:, kt, e0 : e0 + esz],
-                moving=xT[:, :, kt],
-                accumulate=kt > 0,
-            )
-    lgT = nl.ndarray((P, len(e_tiles), T), dtype=h.dtype, buffer=nl.sbuf)
-    lg = nl.ndarray((T, E), dtype=nl.float32, buffer=nl.psum)
-    for c, (e0, esz) in enumerate(e_tiles):
-        nisa.tensor_copy(dst=lgT[:esz, c, :], src=lgT_ps[:esz, c, :], engine=nisa.scalar_engine)
-        nisa.nc_matmul(dst=lg[:, e0 : e0 + esz], stationary=lgT[:esz, c, :], moving=eye_bf[:esz, :esz])
-    top = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.max8(dst=top, src=lg)
-    i_t = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.sbuf)
-    nisa.nc_find_index8(dst=i_t, data=lg, vals=top)
+
+    def setup(_eye_i):
+        """Every pair's act, slot j's chunk c at [rows, t, j·C + c] (zeros elsewhere: the exchange sends
+        all rows)."""
+        acts = nl.ndarray((P, T, TOP_K * C), dtype=h.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=acts, value=0.0)
+        return acts
+
+    xT, top, i_t, sel, acts = _router_top8(h, gamma, w_router, eps, setup)
     # ---- phase A: my pairs' gate|up and the down weights of my half of H; the first DMAs go out now
     own = [t * TOP_K + j for t in range(T) for j in range(first, first + count)]
     theirs = [t * TOP_K + j for t in range(T) for j in range(TOP_K) if not first <= j < first + count]
@@ -1017,28 +987,7 @@ def moe_decode_v7(h, gamma, w_router, w_gate_up, w_down, eps):
         return gu, _load_down_cols(w_down, e, rows0[pair], pid * HS, HS, NJ)
 
     loaded = [load_a(n) for n in range(min(depth_a, len(own)))]
-    neg_max = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=neg_max, data=top[:, 0:1], op0=nl.multiply, operand0=-1.0)
-    ex = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-    ssum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.activation(
-        dst=ex,
-        op=nl.exp,
-        data=top,
-        bias=neg_max,
-        reduce_op=nl.add,
-        reduce_res=ssum,
-        reduce_cmd=nisa.reduce_cmd.reset_reduce,
-    )
-    rsum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.reciprocal(dst=rsum, data=ssum)
-    w_t = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=w_t, data=ex, op0=nl.multiply, operand0=rsum)
-    wf_ps = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.psum)
-    for t in range(T):
-        nisa.nc_matmul(dst=wf_ps[:, t * TOP_K : (t + 1) * TOP_K], stationary=sel[:, t, :], moving=w_t)
-    w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_copy(dst=w_f, src=wf_ps)
+    w_t, w_f = _router_weights(top, sel, h.dtype)
     if pid == 0:
         nisa.dma_copy(dst=idx_out, src=i_t)
         nisa.dma_copy(dst=w_out, src=w_t)
@@ -1162,74 +1111,16 @@ def moe_decode_v8(h, gamma, w_router, w_gate_up, w_down, eps):
     y = nl.ndarray((T, H), dtype=h.dtype, buffer=nl.shared_hbm)
     idx_out = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.shared_hbm)
     w_out = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.shared_hbm)
-    # ---- head: as moe_decode_v6
-    x_sb = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.dma_copy(dst=x_sb, src=h.ap(pattern=[[KT, P], [H, T], [1, KT]], offset=0))
-    wr = nl.ndarray((P, KT, E), dtype=w_router.dtype, buffer=nl.sbuf)
-    KH = 3 * KT // 4
-    nisa.dma_copy(dst=wr[:, :KH, :], src=w_router.ap(pattern=[[KT * E, P], [E, KH], [1, E]], offset=0))
-    g_sb = nl.ndarray((P, KT), dtype=gamma.dtype, buffer=nl.sbuf)
-    nisa.dma_copy(dst=g_sb, src=gamma.ap(pattern=[[KT, P], [1, KT]], offset=0))
-    nisa.dma_copy(
-        dst=wr[:, KH:, :], src=w_router.ap(pattern=[[KT * E, P], [E, KT - KH], [1, E]], offset=KH * E)
-    )
-    sel_i = nl.ndarray((T, T, P), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.iota(dst=sel_i, pattern=[[1, T], [0, P]], offset=0, channel_multiplier=-1)
-    sel = nl.ndarray((T, T, P), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=sel, data=sel_i, op0=nl.equal, operand0=0)
-    eye_i = nl.ndarray((P, P), dtype=nl.int32, buffer=nl.sbuf)  # identities: p == column
-    nisa.iota(dst=eye_i, pattern=[[1, P]], offset=0, channel_multiplier=-1)
-    eye_bf = nl.ndarray((P, P), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=eye_bf, data=eye_i, op0=nl.equal, operand0=0)
-    eye = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)  # fp32: moves the received partial into PSUM
-    nisa.tensor_scalar(dst=eye, data=eye_i, op0=nl.equal, operand0=0)
-    acts = nl.ndarray((P, T, TOP_K * C), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.memset(dst=acts, value=0.0)
-    sq = nl.ndarray((P, T, KT), dtype=nl.float32, buffer=nl.sbuf)
-    ss = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
-    for t in range(T):
-        nisa.activation(
-            dst=sq[:, t, :],
-            op=nl.square,
-            data=x_sb[:, t, :],
-            reduce_op=nl.add,
-            reduce_res=ss[:, t : t + 1],
-            reduce_cmd=nisa.reduce_cmd.reset_reduce,
-        )
-    ones = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.memset(dst=ones, value=1.0)
-    tot = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.psum)
-    nisa.nc_matmul(dst=tot, stationary=ones, moving=ss)
-    ms = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=ms, data=tot, op0=nl.multiply, operand0=1.0 / H, op1=nl.add, operand1=eps)
-    rstd = nl.ndarray((P, T), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.activation(dst=rstd, op=nl.rsqrt, data=ms)
-    xT = nl.ndarray((P, T, KT), dtype=h.dtype, buffer=nl.sbuf)
-    for t in range(T):
-        xr = nl.ndarray((P, KT), dtype=h.dtype, buffer=nl.sbuf)
-        nisa.tensor_scalar(dst=xr, data=x_sb[:, t, :], op0=nl.multiply, operand0=rstd[:, t : t + 1])
-        nisa.tensor_tensor(dst=xT[:, t, :], data1=xr, data2=g_sb, op=nl.multiply)
-    # router logits transposed (experts on the partitions, wr the stationary: 64-cycle GEMVs), rounded to
-    # bf16, then back to [T, E] by a PE transpose (exact), where max8 and nc_find_index8 read them
-    e_tiles = [(e0, min(P, E - e0)) for e0 in range(0, E, P)]
-    lgT_ps = nl.ndarray((P, len(e_tiles), T), dtype=nl.float32, buffer=nl.psum)
-    for c, (e0, esz) in enumerate(e_tiles):
-        for kt in range(KT):
-            nisa.nc_matmul(
-                dst=lgT_ps[:esz, c, :],
-                stationary=wr[:, kt, e0 : e0 + esz],
-                moving=xT[:, :, kt],
-                accumulate=kt > 0,
-            )
-    lgT = nl.ndarray((P, len(e_tiles), T), dtype=h.dtype, buffer=nl.sbuf)
-    lg = nl.ndarray((T, E), dtype=nl.float32, buffer=nl.psum)
-    for c, (e0, esz) in enumerate(e_tiles):
-        nisa.tensor_copy(dst=lgT[:esz, c, :], src=lgT_ps[:esz, c, :], engine=nisa.scalar_engine)
-        nisa.nc_matmul(dst=lg[:, e0 : e0 + esz], stationary=lgT[:esz, c, :], moving=eye_bf[:esz, :esz])
-    top = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.max8(dst=top, src=lg)
-    i_t = nl.ndarray((T, TOP_K), dtype=nl.uint32, buffer=nl.sbuf)
-    nisa.nc_find_index8(dst=i_t, data=lg, vals=top)
+
+    def setup(eye_i):
+        """An fp32 identity (moves the received partial into PSUM) and every pair's act tile (zeroed)."""
+        eye = nl.ndarray((P, P), dtype=nl.float32, buffer=nl.sbuf)
+        nisa.tensor_scalar(dst=eye, data=eye_i, op0=nl.equal, operand0=0)
+        acts = nl.ndarray((P, T, TOP_K * C), dtype=h.dtype, buffer=nl.sbuf)
+        nisa.memset(dst=acts, value=0.0)
+        return eye, acts
+
+    xT, top, i_t, sel, (eye, acts) = _router_top8(h, gamma, w_router, eps, setup)
     # ---- phase A DMAs, in stream order: per own pair its gate|up (+ its full down rows for the first
     # n_full slots), then my half of the down weights of my last slots
     other = 1 - pid
@@ -1271,28 +1162,7 @@ def moe_decode_v8(h, gamma, w_router, w_gate_up, w_down, eps):
             n_issued += 1
         return tile
 
-    neg_max = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=neg_max, data=top[:, 0:1], op0=nl.multiply, operand0=-1.0)
-    ex = nl.ndarray((T, TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-    ssum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.activation(
-        dst=ex,
-        op=nl.exp,
-        data=top,
-        bias=neg_max,
-        reduce_op=nl.add,
-        reduce_res=ssum,
-        reduce_cmd=nisa.reduce_cmd.reset_reduce,
-    )
-    rsum = nl.ndarray((T, 1), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.reciprocal(dst=rsum, data=ssum)
-    w_t = nl.ndarray((T, TOP_K), dtype=h.dtype, buffer=nl.sbuf)
-    nisa.tensor_scalar(dst=w_t, data=ex, op0=nl.multiply, operand0=rsum)
-    wf_ps = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.psum)
-    for t in range(T):
-        nisa.nc_matmul(dst=wf_ps[:, t * TOP_K : (t + 1) * TOP_K], stationary=sel[:, t, :], moving=w_t)
-    w_f = nl.ndarray((P, T * TOP_K), dtype=nl.float32, buffer=nl.sbuf)
-    nisa.tensor_copy(dst=w_f, src=wf_ps)
+    w_t, w_f = _router_weights(top, sel, h.dtype)
     # yF[p, k, t, jj] = y[t, k·HS + p·NJ + jj]: my slots in half k = pid (and my full slots' partial of the
     # other half in k = other); yB: the other core's slots in my half
     yF = nl.ndarray((P, n_prog, T, NJ), dtype=nl.float32, buffer=nl.psum)
