@@ -68,7 +68,9 @@ def cases(lm_head: bool):
         "moe_layer_decode": [dict(T=1, tp=4)],
         "attention_decode": [dict(L=639)],
         "attention_block_decode": [dict(L=639)],
+        "attention_layer_decode": [dict(L=639)],
         "attention_prefill": [dict(T=512)],
+        "moe_prefill": [dict(T=512, tp=4)],
     }
     for name, points in shapes.items():
         op = ops.get(name)
