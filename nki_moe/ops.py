@@ -700,7 +700,7 @@ OPS: dict[str, Ladder] = {
             reference=attention_prefill,
             cost=_attn_prefill_cost,
             compare=_compare_out,
-            versions=_versions("attention_prefill", lnc=(1, 1, 1, 1, 2, 2, 2, 2, 2)),
+            versions=_versions("attention_prefill", lnc=(1, 1, 1, 1, 2, 2, 2, 2, 2, 2)),
             notebook="notebooks/06_attention.py",
             figures=("06_attention_prefill_sweep", "06_attention_prefill_roofline"),
             tests=("tests/kernels/test_attention.py",),

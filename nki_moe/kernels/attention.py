@@ -64,6 +64,8 @@ Versions (each adds one idea):
     attention_prefill_v8 v7 with the prologue pipelined (causal: query tile t needs keys 0 … t only): token
                          tile t + 2 normed (products on GpSimd) while tile t attends, one pipeline over the
                          (tile, head) items
+    attention_prefill_v9 v8 with ACT's and DVE's work rebalanced: odd heads' eᵀ evictions on DVE, −max·d^-0.5
+                         on ACT before its exp, eᵀ one item ahead of p·V (v8's bits)
     attention_block_prefill_v0  the prefill block (x, w_qkv, w_o in; y out), unfused, one core: q|k|v
                          stored to HBM and read back by v5's passes, the attention output likewise to o
     attention_block_prefill_v1  q/k-norm + RoPE fused into the QKV epilogue: PSUM tiles evicted, normed and
@@ -75,7 +77,7 @@ Issue 16's prefill rungs → these: v0 scores in HBM = v0; v1 SBUF-resident = v1
 RoPE fused into the QKV epilogue": the prefill versions norm and rotate q/k per 128-token tile as it is
 loaded, but take q, k, v (the projections' outputs); the epilogue fusion proper is attention_block_prefill_v1
 (x, w_qkv in; v0 the unfused baseline, v2 the o projection fused too, LNC=2); v4 LNC=2 = v4. v3 (stage
-interleave), v5-v8 are the workbook's own.
+interleave), v5-v9 are the workbook's own.
 
 Run: ``nki_moe.sim.run(attention_block_v7, x, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache,
 L, eps, lnc=2)``; prefill: ``nki_moe.sim.run(attention_prefill_v6, q, k, v, q_norm_w, k_norm_w, cos, sin,
@@ -2394,11 +2396,12 @@ def _evict_alternate(h):
     return (nisa.vector_engine, nisa.scalar_engine)[h % 2]
 
 
-def _scores_max(qT, kT, q0, tq, h, h0, g, p_idx, neg):
+def _scores_max(qT, kT, q0, tq, h, h0, g, p_idx, neg, neg_on_dve=True):
     """PE: head h's scores of query tile [q0, q0 + tq) over keys 0 … q0 + tq − 1, one PSUM bank per ≤ 512
     keys; DVE: their row max read from PSUM, the bank holding the diagonal tile masked in place by the same
     pass (``range_select``: keys past the query set to FP32_MIN), neg[:, h] = −max·d^-0.5. Returns the
-    banks [(c0, PSUM [tq, csz])]."""
+    banks [(c0, PSUM [tq, csz])]; ``neg_on_dve=False`` (prefill v9): (banks, the fp32 max [tq, 1]), neg
+    left to the caller."""
     d, nk = qT.shape[0], q0 + tq
     blocks = [(c0, min(SCORE_TILE, nk - c0)) for c0 in range(0, nk, SCORE_TILE)]
     m = nl.ndarray((tq, len(blocks)), dtype=nl.float32, buffer=nl.sbuf)
@@ -2424,6 +2427,8 @@ def _scores_max(qT, kT, q0, tq, h, h0, g, p_idx, neg):
         banks.append((c0, s_psum))
     if len(blocks) > 1:
         nisa.tensor_reduce(dst=m[:, 0:1], op=nl.maximum, data=m, axis=1)
+    if not neg_on_dve:
+        return banks, m[:, 0:1]
     nisa.tensor_scalar(dst=neg[:, h : h + 1], data=m[:, 0:1], op0=nl.multiply, operand0=-(d**-0.5))
     return banks
 
@@ -2450,9 +2455,15 @@ def _exp(banks, h, neg, total, scale, dtype):
 def _pv(e, v_tiles, h, kv, total, o, evict):
     """eᵀ by PE transposes evicted by the ``evict`` engine, p·V with the unnormalised e (KV head kv), then on
     DVE o[:, h, :] = (e·V) / Σe at the [tq, d] eviction (flash-style deferred normalisation)."""
+    _pv_matmuls(_transposes_grouped(e, S_TILE, evict), v_tiles, h, kv, total, o)
+
+
+def _pv_matmuls(eT, v_tiles, h, kv, total, o):
+    """p·V from the eᵀ tiles [ksz, tq] (key order) and the V tiles (KV head kv), then on DVE
+    o[:, h, :] = (e·V) / Σe at the [tq, d] eviction: the second half of ``_pv``."""
     tq, d = o.shape[0], o.shape[2]
     o_psum = nl.ndarray((tq, d), dtype=nl.float32, buffer=nl.psum)
-    for i, pT_i in enumerate(_transposes_grouped(e, S_TILE, evict)):
+    for i, pT_i in enumerate(eT):
         nisa.nc_matmul(dst=o_psum, stationary=pT_i, moving=v_tiles[i][:, kv, :], accumulate=i > 0)
     nisa.tensor_scalar(dst=o[:, h, :], data=o_psum, op0=nl.divide, operand0=total[:, h : h + 1])
 
@@ -2473,7 +2484,8 @@ def attention_prefill_v7(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
     divided by Σe at the [tq, d] eviction (flash-style deferred normalisation, ``_pv``); head h + 1's scores
     and max issued before head h's exp. Gone per score: v6's PSUM eviction, the GpSimd mask and the GpSimd
     normalisation pass — of five passes over every score two are left (DVE's max, ACT's exp). Estimate
-    (trn2, T = 512): 34.96 µs against v6's 36.76 (12.1 % of the PE floor); the prologue (norms, RoPE,
+    (trn2, T = 512): 32.83 µs against v6's 34.62 (12.9 % of the PE floor; 34.96 before the cost model's
+    row-pitch HBM regions, 2026-12-04); the prologue (norms, RoPE,
     transposes: ~14 µs before the first score) is v6's, and the busiest engine is now DVE (~17 µs per
     core: the fp32 max from PSUM costs N per score, the bf16 max of v6 N/2). The faster variant: not the
     reference's rounding points (no bf16 scores, no bf16 p): ~33 % of the outputs bit-identical to the
@@ -2540,11 +2552,11 @@ def attention_prefill_v8(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
     run as a software pipeline across the tiles: scores and max two items ahead, the exp one ahead, then
     p·V, its eᵀ tiles evicted by ACT (DVE now has the max). The loads all first, as v5's
     (``_prefill_loads``). The same per-head instructions as v7 on other engines and in another order: v7's
-    bits. Estimate (trn2, T = 512): 26.69 µs (15.9 % of the PE floor, 6.3× it; v7 34.96). What is left:
-    per core ACT ~13.2 µs (exps, eᵀ evictions, the norms' Σx² and scaling) and DVE ~11.5 µs (the max from
-    PSUM, the divisions, the Qᵀ/Kᵀ evictions) against a 4.25 µs floor; ~3 µs before the first load lands;
-    ~5 µs after the last instruction — the out stores: the cost model orders the two cores' stores into
-    the same rows (byte ranges of one HBM tensor overlap), so core 1's last store waits for core 0's."""
+    bits. Estimate (trn2, T = 512): 24.25 µs (17.5 % of the PE floor, 5.7× it; v7 32.83; 26.69 before the
+    cost model's row-pitch HBM regions, which stopped ordering the two cores' stores into the same rows).
+    What is left: per core ACT ~13.2 µs (exps, eᵀ evictions, the norms' Σx² and scaling) and DVE ~11.5 µs
+    (the max from PSUM, the divisions, the Qᵀ/Kᵀ evictions) against a 4.25 µs floor; ~3 µs before the first
+    load lands; ~2.4 µs after the last instruction (the last out store)."""
     T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
     g = n_q // n_kv
     n_prog = nl.num_programs()
@@ -2609,6 +2621,111 @@ def attention_prefill_v8(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
             nisa.dma_copy(
                 dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=state.pop(i)[2]
             )
+    return out
+
+
+# ---- prefill v9: v8 with ACT's and DVE's per-item work rebalanced, each queue fed in dependency order ------
+@nki.jit
+def attention_prefill_v9(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, eps):
+    """As attention_prefill_v8 with the per-(tile, head) work rebalanced between ACT and DVE, the two busiest
+    engines (v8 per core, trn2, T = 512: ACT ~13.2 µs, DVE ~11.5), and each engine's share issued where its
+    in-order queue does not stall on another engine:
+
+    * the eᵀ PSUM evictions of the odd heads on DVE (its 2× PSUM-source bf16 rate), the even heads' on ACT
+      (v8: all on ACT; v7 split them the other way round, DVE taking the even heads);
+    * neg = −max·d^-0.5 on ACT (a tensor_scalar multiply: the same fp32 product), issued just before its
+      exp (v8: on DVE right after the max), so DVE's queue holds only the maxima, the evictions and the
+      divisions;
+    * the eᵀ transposes and their evictions one item ahead of the p·V matmuls: in v8's order PE ran
+      S(n + 2), T(n), PV(n), so T(n) waited behind S(n + 2) behind PV(n − 1) behind ACT's eviction of
+      n − 1 — one chain eviction → p·V → scores → transposes → eviction per item (~1.1 µs at T = 512, ACT
+      then idle); here PE runs S(n + 2), T(n), PV(n − 1) and an eviction has a whole item to land.
+
+    GpSimd cannot read PSUM (the exps, evictions and maxima all do); moving v8's SBUF-only norm scalings or
+    the negs onto it was tried and measured slower (its in-order queue holds the next tiles' norm chains).
+    The same instructions as v8 on the same values (a copy, an fp32 product, on other engines): v8's bits.
+    Estimate (trn2, T = 512): 21.14 µs against v8's 24.25 (4.98× the PE floor; trn3 19.37 against 21.56);
+    per core ACT ~11.9 µs (busiest; v8 13.2), DVE ~11.7, GpSimd ~6.8 (its norm products, as v8), PE ~7.5."""
+    T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
+    g = n_q // n_kv
+    n_prog = nl.num_programs()
+    pid = nl.program_id(0) if n_prog > 1 else 0
+    assert n_q % n_prog == 0, f"{n_q} query heads do not split evenly over {n_prog} cores"
+    h0, nh = lnc_share(n_q)
+    out = nl.ndarray((T, n_q * d), dtype=q.dtype, buffer=nl.shared_hbm)
+    (qw_b, kw_b), loads, tiles = _prefill_loads(
+        q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache, (h0, h0 + nh), write_v=pid == n_prog - 1
+    )
+    qT = nl.ndarray((d, nh, T), dtype=q.dtype, buffer=nl.sbuf)
+    kT = nl.ndarray((d, n_kv, T), dtype=k.dtype, buffer=nl.sbuf)
+    p_idx = _partition_index(S_TILE)
+    normed = {}
+
+    def norm(i):  # as v8: ACT and GpSimd (tile 0: DVE), beside tile i − 1's attention
+        q_t, k_t, _, (c_t, s_t) = loads[i]
+        eng = nisa.gpsimd_engine if i > 0 else nisa.vector_engine
+        sin_n = _neg_sin(s_t, eng)
+        normed[i] = [
+            _norm_rope_heads_b(x_t, w_b, c_t, sin_n, eps, eng) for x_t, w_b in ((q_t, qw_b), (k_t, kw_b))
+        ]
+
+    def place(i):  # as v8: PE transposes (DVE evictions) into Qᵀ, Kᵀ; this core's K-cache rows
+        t0, tsz = tiles[i]
+        qn, kn = normed.pop(i)
+        _heads_T(qn, qT, t0)
+        _heads_T(kn, kT, t0)
+        if pid == 0:
+            nisa.dma_copy(dst=k_cache[t0 : t0 + tsz, :, :], src=kn)
+
+    v_tiles = [ld[2] for ld in loads]
+    items = [(i, h) for i in range(len(tiles)) for h in range(nh)]  # (query tile, head), in order
+    state, banks, exps, eTs = {}, {}, {}, {}
+
+    def scores(n):  # stage 1: PE scores, DVE max (the tile's Qᵀ/Kᵀ placed before its first head)
+        i, h = items[n]
+        if h == 0:
+            place(i)
+            state[i] = _softmax_state(tiles[i][1], nh, d, q.dtype)
+        banks[n] = _scores_max(qT, kT, *tiles[i], h, h0, g, p_idx, state[i][0], neg_on_dve=False)
+
+    def exp(n):  # stage 2, ACT: neg = −max·d^-0.5, then the exp pass from PSUM
+        i, h = items[n]
+        item_banks, m = banks.pop(n)
+        neg, total = state[i][0], state[i][1]
+        nisa.tensor_scalar(
+            dst=neg[:, h : h + 1], data=m, op0=nl.multiply, operand0=-(d**-0.5), engine=nisa.scalar_engine
+        )
+        exps[n] = _exp(item_banks, h, neg, total, d**-0.5, q.dtype)
+
+    def transpose(n):  # stage 3: PE's eᵀ tiles, evicted by ACT (even heads) or DVE (odd heads)
+        evict = (nisa.scalar_engine, nisa.vector_engine)[items[n][1] % 2]
+        eTs[n] = _transposes_grouped(exps.pop(n), S_TILE, evict)
+
+    def pv(n):  # stage 4: p·V, o / Σe on DVE; the tile's out columns stored after its last head
+        i, h = items[n]
+        _pv_matmuls(eTs.pop(n), v_tiles, h, (h0 + h) // g, *state[i][1:])
+        if h == nh - 1:
+            q0, tq = tiles[i]
+            nisa.dma_copy(
+                dst=out[q0 : q0 + tq, h0 * d : (h0 + nh) * d].reshape((tq, nh, d)), src=state.pop(i)[2]
+            )
+
+    for i in range(min(2, len(tiles))):
+        norm(i)
+    for n in range(min(2, len(items))):
+        scores(n)
+    exp(0)
+    for n, (i, h) in enumerate(items):  # scores 2 items ahead, exp 1 ahead, eᵀ 1 ahead of p·V (v8: with it)
+        if h == min(2, nh - 1) and i + 2 < len(tiles):
+            norm(i + 2)
+        if n + 2 < len(items):
+            scores(n + 2)
+        if n + 1 < len(items):
+            exp(n + 1)
+        transpose(n)
+        if n > 0:
+            pv(n - 1)
+    pv(len(items) - 1)
     return out
 
 
