@@ -326,30 +326,11 @@ def decode_launches(
     L, H, n_q, n_kv = _heads(cfg, tp)
     d, cached = cfg.head_dim, context - 1
     layer = [] if attention == "layer" else [_norm(1)]
-    if attention == "layer":
+    if attention in ("layer", "block"):  # one fused launch (the layer kernel also does the input norm)
         shape = dict(L=cached, n_q=n_q, n_kv=n_kv)
-        layer.append(
-            Launch(
-                "input norm + attention (q|k|v .. o)",
-                "attention",
-                1,
-                "attention_layer_decode",
-                shape,
-                _cost("attention_layer_decode", shape),
-            )
-        )
-    elif attention == "block":
-        shape = dict(L=cached, n_q=n_q, n_kv=n_kv)
-        layer.append(
-            Launch(
-                "attention (q|k|v .. o)",
-                "attention",
-                1,
-                "attention_block_decode",
-                shape,
-                _cost("attention_block_decode", shape),
-            )
-        )
+        kernel = f"attention_{attention}_decode"
+        name = ("input norm + " if attention == "layer" else "") + "attention (q|k|v .. o)"
+        layer.append(Launch(name, "attention", 1, kernel, shape, _cost(kernel, shape)))
     elif attention == "separate":
         qkv, o, core = (
             dict(T=1, N=(n_q + 2 * n_kv) * d, K=H),
