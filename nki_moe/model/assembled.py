@@ -424,7 +424,7 @@ class KernelModel:
             )
             for name in ("w_qkv", "w_o"):
                 lw.tiled[name] = tile_weight(getattr(lw, name), n_prog=2)
-            if self._family("attention_decode") == "attention_layer_decode":
+            if self.fuses_input_norm:
                 cfg = self.cfg
                 try:
                     lw.layer_layout = attention_layer_layout(
