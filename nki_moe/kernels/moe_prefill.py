@@ -811,21 +811,13 @@ def _store_block_halves(out_slots, blk, y_sb):
     )
 
 
-@nki.jit
-def moe_prefill_v6(x, idx, weights, w_gate_up, w_down):
-    """As moe_prefill_v5 (launch ``moe_prefill_v6[2]``) with the DMA engines balanced: v5's 64-row transfers
-    left engines 0-7 with two per block (the token gather and the output store) and 8-15 with one (the down
-    chunk). Here the down projection writes column half h of the block's output on partitions 64·h … 64·h + 63
-    (tile_position; the routing weights loaded on both halves), so the store is [128, H/2]: 2 KiB rows on all
-    16 engines. Per block ≈ 8.5 µs of transfers on each engine (v5: 9.3 on 0-7, 7.7 on 8-15). Estimate at
-    T = 512: trn2 679 µs = 1.31x the floor, trn3 554 µs.
-
-    Args/Returns: as moe_prefill_v0.
-    """
+def _prefill_halves(x, idx, weights, w_gate_up, w_down, B, acc_buffer):
+    """The body of moe_prefill_v6 and v7 (B-slot blocks, each column half of a block's output on its own
+    partition half); ``acc_buffer`` holds the combine's fp32 running sum (``_combine``): SBUF in v6,
+    PSUM in v7. Returns y."""
     T, H, E, inter = _check(x, idx, weights, w_gate_up, w_down)
     P = nl.tile_size.pmax
     KT, Q = H // P, P // 2
-    B = BLOCK["moe_prefill_v6"]
     HH, HC = H // 2, min(HB, H // 2)  # the column half on each partition half; PSUM chunk of it
     assert B == Q, f"B={B} slots must fill one partition half ({Q})"
     n_prog = nl.num_programs()
@@ -890,8 +882,22 @@ def moe_prefill_v6(x, idx, weights, w_gate_up, w_down):
                 operand0=w[q0 : q0 + B],
             )
         _store_block_halves(out_slots, blk, y_sb)
-    _combine(out_slots, pos, y)
+    _combine(out_slots, pos, y, acc_buffer=acc_buffer)
     return y
+
+
+@nki.jit
+def moe_prefill_v6(x, idx, weights, w_gate_up, w_down):
+    """As moe_prefill_v5 (launch ``moe_prefill_v6[2]``) with the DMA engines balanced: v5's 64-row transfers
+    left engines 0-7 with two per block (the token gather and the output store) and 8-15 with one (the down
+    chunk). Here the down projection writes column half h of the block's output on partitions 64·h … 64·h + 63
+    (tile_position; the routing weights loaded on both halves), so the store is [128, H/2]: 2 KiB rows on all
+    16 engines. Per block ≈ 8.5 µs of transfers on each engine (v5: 9.3 on 0-7, 7.7 on 8-15). Estimate at
+    T = 512: trn2 679 µs = 1.31x the floor, trn3 554 µs.
+
+    Args/Returns: as moe_prefill_v0.
+    """
+    return _prefill_halves(x, idx, weights, w_gate_up, w_down, BLOCK["moe_prefill_v6"], nl.sbuf)
 
 
 # ---- v7: the combine's running sum in PSUM (full-rate vector adds) ----------------------------------------
@@ -905,73 +911,4 @@ def moe_prefill_v7(x, idx, weights, w_gate_up, w_down):
 
     Args/Returns: as moe_prefill_v0.
     """
-    T, H, E, inter = _check(x, idx, weights, w_gate_up, w_down)
-    P = nl.tile_size.pmax
-    KT, Q = H // P, P // 2
-    B = BLOCK["moe_prefill_v7"]
-    HH, HC = H // 2, min(HB, H // 2)  # the column half on each partition half; PSUM chunk of it
-    assert B == Q, f"B={B} slots must fill one partition half ({Q})"
-    n_prog = nl.num_programs()
-    pid = nl.program_id(0) if n_prog > 1 else 0
-    chunks = i_chunks(inter)
-    y = nl.ndarray((T, H), dtype=x.dtype, buffer=nl.shared_hbm)
-    tab, _, bexp, nb, pos = _route(idx, weights, E, B, one_scatter=True)
-    out_slots = nl.ndarray((tab.shape[0], H), dtype=x.dtype, buffer=nl.shared_hbm)
-    n_blocks, e = nisa.register_alloc(), nisa.register_alloc()
-    nisa.register_load(n_blocks, nb)
-    nxt_tok, nxt_w = _block_rows(tab, 0, B, ahead=pid, copies=2)
-    nxt = _load_block_expert(w_gate_up, w_down, _block_expert_id(bexp, 0, pid), e)
-    nxt_id = _block_expert_id(bexp, 0, pid + n_prog)
-    nxt_x = _gather_rows(x, nxt_tok, B)
-    for blk in nl.dynamic_range(pid, n_blocks, n_prog):
-        (gu, dn), x_rows, w = nxt, nxt_x, nxt_w  # issued one iteration ago (or before the loop)
-        far_id = _block_expert_id(bexp, blk, 2 * n_prog)  # small DMAs first: not behind the next weights
-        nxt_tok, nxt_w = _block_rows(tab, blk, B, ahead=n_prog, copies=2)
-        nxt = _load_block_expert(w_gate_up, w_down, nxt_id, e)
-        nxt_x = _gather_rows(x, nxt_tok, B)
-        nxt_id = far_id
-        xT = _transpose_rows(x_rows)
-        acts = []
-        for (i0, isz), (_, p0) in zip(chunks, dn):
-            gu_ps = nl.ndarray((P, 2, B), dtype=nl.float32, buffer=nl.psum)
-            for half, c0 in ((0, i0), (1, inter + i0)):
-                for kt in range(KT):
-                    nisa.nc_matmul(
-                        dst=gu_ps[p0 : p0 + isz, half, :],
-                        stationary=gu[:, kt, c0 : c0 + isz],
-                        moving=xT[:, kt, :],
-                        accumulate=kt > 0,
-                        **(dict(tile_position=(0, Q), tile_size=(P, Q)) if p0 else {}),
-                    )
-            g = nl.ndarray((P, B), dtype=nl.float32, buffer=nl.sbuf)
-            nisa.activation(dst=g[p0 : p0 + isz], op=nl.silu, data=gu_ps[p0 : p0 + isz, 0, :])
-            act = nl.ndarray((P, B), dtype=x.dtype, buffer=nl.sbuf)
-            nisa.tensor_tensor(
-                dst=act[p0 : p0 + isz],
-                data1=g[p0 : p0 + isz],
-                data2=gu_ps[p0 : p0 + isz, 1, :],
-                op=nl.multiply,
-            )
-            acts.append(act[p0 : p0 + isz])
-        y_sb = nl.ndarray((P, HH), dtype=x.dtype, buffer=nl.sbuf)
-        for h0 in range(0, H, HC):
-            q0, c0 = h0 // HH * B, h0 % HH  # output partitions of this column chunk, its column in the half
-            y_ps = nl.ndarray((P, HC), dtype=nl.float32, buffer=nl.psum)
-            for c, (act, ((_, isz), (d, p0))) in enumerate(zip(acts, zip(chunks, dn))):
-                tiling = dict(tile_position=(p0, q0), tile_size=(P if isz > Q else Q, Q))  # (row, col)
-                nisa.nc_matmul(
-                    dst=y_ps[q0 : q0 + B],
-                    stationary=act,
-                    moving=d[p0 : p0 + isz, h0 : h0 + HC],
-                    accumulate=c > 0,
-                    **(tiling if p0 or q0 else {}),
-                )
-            nisa.tensor_scalar(
-                dst=y_sb[q0 : q0 + B, c0 : c0 + HC],
-                data=y_ps[q0 : q0 + B],
-                op0=nl.multiply,
-                operand0=w[q0 : q0 + B],
-            )
-        _store_block_halves(out_slots, blk, y_sb)
-    _combine(out_slots, pos, y, acc_buffer=nl.psum)
-    return y
+    return _prefill_halves(x, idx, weights, w_gate_up, w_down, BLOCK["moe_prefill_v7"], nl.psum)
