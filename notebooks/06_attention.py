@@ -663,8 +663,8 @@ block_prefill_final = {"final_version": "v2", "lnc": 2, "final": bfinal, "order_
 # (v4: slower). The decode LAYER kernel (block v8, op `attention_layer_decode`: the input RMSNorm inside,
 # q|k|v split by columns, a load-time layout with 4-12 KiB descriptors) lifts two of those limits: with the
 # norm included it is faster than v7 alone at every L, saves the separate norm launch (~9 µs per layer) and
-# reaches the 1.5× goal at L = 639 on trn2 (asserted in the full run; trn3 ~2.1×, its HBM is faster, the fixed
-# costs are not). Prefill v9 (the fastest, a faster variant; v5 the order-preserving one) stays below 30 % of
+# reaches the 1.5× goal at every L on trn2 (asserted; 1.46-1.48×, its short slots' padding mask built while
+# the weights stream; trn3 ~2.1×, its HBM is faster, the fixed costs are not). Prefill v9 (the fastest, a faster variant; v5 the order-preserving one) stays below 30 % of
 # its two cores' PE floor (printed: ~5.0× it at T = 512 on trn2): the T = 512 goal of 1.5× is not met and
 # cannot be with these passes — the busiest engine's own work per core (ACT: exps, half the eᵀ evictions, the
 # norms; DVE close behind; asserted below) still exceeds 1.5× the floor, and so do the ~3 µs before the first
@@ -685,8 +685,8 @@ v7_tail = tail_us(q7)
 print(f"v7 at L={SHOW_L}: first byte {min(b for _, _, b, _ in big_dmas(q7)):.2f} µs, last weight byte "
       f"{max(e for *_, e in big_dmas(q7)):.2f} µs, then {v7_tail:.2f} µs (exchange, o GEMV, store)")
 print("\n".join(lsweep.summary_lines("v0", (LENGTHS[0], SHOW_L), "attention_layer_decode v0 = block v8")))
-if SHOW_L == 639:
-    assert layer_x_floor["trn2_L639"] <= 1.5 < layer_x_floor["trn3_L639"]
+assert all(x <= 1.5 for k, x in layer_x_floor.items() if k.startswith("trn2"))
+assert all(x > 1.5 for k, x in layer_x_floor.items() if k.startswith("trn3"))
 print("\n".join(psweep.summary_lines("v9", (PREFILL_T[0], SHOW_T), "attention_prefill_v9 (LNC=2)")))
 assert all(r["pct_roofline"] < 30 for r in psweep.rows)  # far from the PE floor (v9, T = 640, trn3: ~26 %)
 busiest = max(pp9.busy_us[e] for e in ("pe", "act", "dve", "pool")) / 2  # per core

@@ -1531,10 +1531,15 @@ def attention_block_v8(h, gamma, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cac
       written before the last q byte: the chain after it starts at the q heads' norm;
     * w_o per core with each partition's heads contiguous (8 / 6 / 2 KiB descriptors), w_qkv in 4-12 KiB;
       the q/k norm weights and cos/sin as one row each, broadcast on chip (four descriptors, not 13); the
-      attention outputs swapped as [n_q/2, d] rows on DMA engine 4 (256 B, not 8 B, per descriptor).
+      attention outputs swapped as [n_q/2, d] rows on DMA engine 4 (256 B, not 8 B, per descriptor);
+    * the padding mask of short slots (``_slot_mask``: a memset and one GpSimd affine_select per slot, ~0.26
+      µs each) depends on L only: built at the start, while the weights stream, not after q's norm, where
+      its nt selects sat on the critical path (L = 512: 5 slots, 20.89 µs = 1.56x; now 19.76 µs = 1.47x).
 
-    Estimate at L = 639 (trn2): 19.68 µs, 1.46x the HBM floor of the block plus the norm's reads (v7 1.62x,
-    rmsnorm_v3 + v7 31.1 µs as two launches); trn3 16.94 µs (v7 18.29).
+    Estimates (trn2, x the HBM floor of the block plus the norm's reads) at L = 20 / 128 / 512 / 639:
+    19.38 / 19.46 / 19.76 / 19.68 µs = 1.48 / 1.48 / 1.47 / 1.46x, at most 1.484x over every L = 0 … 639
+    (v7 1.62x at L = 639, rmsnorm_v3 + v7 31.1 µs as two launches); trn3 16.77 / 16.84 / 17.03 / 16.94 µs
+    (v7 18.29 at L = 639).
 
     Args: h [1, H] bf16 (the residual stream), gamma [H] (the input norm's weight); w_qkv
     [2, 128, (H/128)·(n_kv + n_q/2)·d] and w_o [2, d, n_q, H/2]: ``attention_layer_layout`` of w_qkv
@@ -1575,6 +1580,7 @@ def attention_block_v8(h, gamma, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cac
     nisa.memset(dst=zeros_gp, value=0.0)
     zeros_bf = nl.ndarray((g, P), dtype=h.dtype, buffer=nl.sbuf)
     nisa.memset(dst=zeros_bf, value=0.0)
+    mask = _slot_mask(slots, g, P)  # depends on L only: built on GpSimd while the weights stream
     # h and gamma blocked as the weights' rows by PE transposes ([i, hf·nb + t] = row hf·Hc + i·nb + t),
     # RMSNorm of h: per-partition sums of squares, summed across the partitions by a ones matmul
     x_raw = nl.ndarray((P, R), dtype=h.dtype, buffer=nl.psum)
@@ -1660,7 +1666,6 @@ def attention_block_v8(h, gamma, w_qkv, w_o, q_norm_w, k_norm_w, cos, sin, k_cac
         nisa.tensor_tensor(dst=v_blk[j][:, sL, :], data1=v_blk[j][:, sL, :], data2=zT, op=nl.add)
 
     col = slots[sL][0] + pL
-    mask = _slot_mask(slots, g, P)
     outT = nl.ndarray((d, n_q), dtype=h.dtype, buffer=nl.sbuf)  # column k: head o_pid(k), own heads first
     for j in kv:
         a, b = max(h0, j * g), min(h1, (j + 1) * g)
