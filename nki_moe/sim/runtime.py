@@ -300,16 +300,22 @@ class MemTracker:
             freed += r.nbytes if buffer == "sbuf" else r.banks
         if freed < need:
             return False
+        self.set_aside(buffer, cands)
+        return True
+
+    def set_aside(self, buffer: str, recs) -> None:
+        """Release the live records `recs` of `buffer` as dead, but check any later use of one of them over
+        the whole time since (revive -> _unsuspend): right for a tile that really was dead, and exact for one
+        that was not."""
         hist = self.hist[buffer]
         if hist is None:
             hist = self.hist[buffer] = []
-        for r in cands:
+        for r in recs:
             self.suspended.add(r)
-        for r in cands:
+        for r in recs:
             self.release(r)
-        for r in cands:
+        for r in recs:
             r.suspended_at = len(hist)
-        return True
 
     def _unsuspend(self, rec: AllocRecord, instruction: str) -> None:
         """A set-aside tile is used again: it was live all along, so it must fit at every moment since."""

@@ -446,9 +446,13 @@ def _release_rebound(f, prog) -> bool:
         for g, local in zip(frames, snapshots):
             for target in _assigned_names(g.f_code.co_filename, g.f_lineno):
                 dead = _only_held_by(local.get(target), local, snapshots, frames)
-                for st in dead:
-                    if st.rec is not None and st.rec.live:
-                        prog.mem.release(st.rec)
+                recs = [st.rec for st in dead if st.rec is not None and st.rec.live]
+                # Set aside rather than released: a referrer the scan cannot see (a container older than
+                # the launch, see jit.run) and a later use are then still checked exactly.
+                for buf in ON_CHIP:
+                    mine = [r for r in recs if r.buffer == buf]
+                    if mine:
+                        prog.mem.set_aside(buf, mine)
                         released = True
         return released
     finally:
@@ -540,15 +544,20 @@ def _only_held_by(value, local, *ours) -> list:
         return []
     everything = objs + storages
     inside = set(map(id, objs))
+    held = set(map(id, storages))
     mine = {id(objs), id(stack), id(storages), id(everything), *map(id, ours)}
-    for o in everything:
-        for r in gc.get_referrers(o):
-            rid = id(r)
-            # Only the top value may be named by the frame; an element also bound to another variable
-            # (`p0 = ps[0]`) is still in use.
-            if rid in mine or rid in inside or (r is local and o is value):
-                continue
+    # One scan of the heap for all of them (each get_referrers call walks every tracked object).
+    for r in gc.get_referrers(*everything):
+        rid = id(r)
+        if rid in mine or rid in inside:
+            continue
+        # Only the top value may be named by the frame; an element also bound to another variable
+        # (`p0 = ps[0]`) is still in use.
+        if r is not local:
             return []
+        for v in local.values():  # a loop, not any(...): a generator's closure cell would be a referrer
+            if v is not value and (id(v) in inside or id(v) in held):
+                return []
     return storages
 
 

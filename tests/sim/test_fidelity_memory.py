@@ -386,3 +386,55 @@ def test_a_tile_used_again_is_counted_for_the_whole_time_it_was_set_aside(free_m
     err = e.value
     assert err.instruction == "tensor_copy" and err.operand == "acc" and err.limit == 8 and err.value == 9
     assert err.location.endswith(f"{HERE}:{_line(_accumulator_used_again, 'src=acc')}")
+
+
+# ---- the referrer scan of a launch sees only the launch's own objects ----------------------------------
+
+_OLDER_THAN_THE_LAUNCH: list = []  # a container that exists before the kernel starts (frozen during it)
+
+
+def _stash_in_an_old_list_then_rebind(x, use_again):
+    for _i in range(2):
+        ps = [nl.ndarray((128, 512), nl.float32, buffer=nl.psum) for _ in range(5)]  # 5 of 8 banks
+        for p in ps:
+            nisa.memset(dst=p, value=1.0)
+        if not _OLDER_THAN_THE_LAUNCH:
+            _OLDER_THAN_THE_LAUNCH.extend(ps[:4])  # still held: 4 + 5 > 8 once the second list is made
+        del p
+    if use_again:
+        res = nl.ndarray((128, 1), nl.float32)
+        for t in _OLDER_THAN_THE_LAUNCH:
+            nisa.tensor_copy(dst=res, src=t[:, 0:1])
+    return x
+
+
+@pytest.mark.parametrize("use_again", [False, True], ids=["dead", "used-again"])
+def test_a_tile_held_by_a_container_older_than_the_launch_is_counted_when_used_again(use_again):
+    _OLDER_THAN_THE_LAUNCH.clear()
+    try:
+        if not use_again:  # never used after the rebinding: dead to the compiler, so it may be released
+            run(_stash_in_an_old_list_then_rebind, X, use_again)
+            return
+        with pytest.raises(NkiCapacityError, match="PSUM banks") as e:
+            run(_stash_in_an_old_list_then_rebind, X, use_again)
+        assert e.value.instruction == "tensor_copy" and e.value.limit == 8 and e.value.value == 9
+    finally:
+        _OLDER_THAN_THE_LAUNCH.clear()
+
+
+def test_a_launch_leaves_the_gc_as_it_found_it():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    run(_psum_rebound_each_iteration, X, "helper")
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    with pytest.raises(NkiCapacityError):
+        run(_stash_in_an_old_list_then_rebind, X, True)
+    _OLDER_THAN_THE_LAUNCH.clear()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()  # a host that froze its own objects: the launch leaves them frozen (not unfrozen)
+    try:
+        run(_psum_rebound_each_iteration, X, "helper")
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
