@@ -7,7 +7,6 @@ uninitialised-data taint, checks affine_range independence and appends one trace
 from __future__ import annotations
 
 import sys
-import weakref
 
 import numpy as np
 
@@ -53,9 +52,6 @@ def _elem_span(st, dtype: str, pat: tuple, off: int) -> tuple[int, int]:
     return lo * a // b, -(-hi * a // b)
 
 
-_SCAN_DEBT: dict = {"taint": weakref.WeakKeyDictionary(), "mminit": weakref.WeakKeyDictionary()}
-
-
 def scan_due(st, n: int, mask: str) -> bool:
     """Whether a whole-storage scan of `mask` ('taint' or 'mminit') is due after a write of n elements.
 
@@ -64,13 +60,15 @@ def scan_due(st, n: int, mask: str) -> bool:
     """
     if n >= st.nelem:
         return True
-    debt = _SCAN_DEBT[mask]
-    d = debt.get(st, 0) + n
-    if d >= st.nelem:
-        debt.pop(st, None)
-        return True
-    debt[st] = d
-    return False
+    if mask == "taint":
+        d = st.debt_taint + n
+        due = d >= st.nelem
+        st.debt_taint = 0 if due else d
+    else:
+        d = st.debt_mminit + n
+        due = d >= st.nelem
+        st.debt_mminit = 0 if due else d
+    return due
 
 
 def _drop_clear_taint(st, n: int) -> None:

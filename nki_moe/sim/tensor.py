@@ -149,6 +149,8 @@ class Storage:
         "gen",
         "tainted_fill",
         "pooled",
+        "debt_taint",
+        "debt_mminit",
         "__weakref__",
     )
 
@@ -189,6 +191,7 @@ class Storage:
         self.written = False
         self.mem = None
         self.pooled = fresh  # buffers from _take_buffer go back to the pool
+        self.debt_taint = self.debt_mminit = 0  # elements written since the mask's last scan (instr.scan_due)
 
     def materialize(self) -> None:
         """Apply the deferred poison fill (and all-tainted mask) of a fresh allocation."""
