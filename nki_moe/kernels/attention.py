@@ -2650,7 +2650,14 @@ def attention_prefill_v9(q, k, v, q_norm_w, k_norm_w, cos, sin, k_cache, v_cache
     the negs onto it was tried and measured slower (its in-order queue holds the next tiles' norm chains).
     The same instructions as v8 on the same values (a copy, an fp32 product, on other engines): v8's bits.
     Estimate (trn2, T = 512): 21.14 µs against v8's 24.25 (4.98× the PE floor; trn3 19.37 against 21.56);
-    per core ACT ~11.9 µs (busiest; v8 13.2), DVE ~11.7, GpSimd ~6.8 (its norm products, as v8), PE ~7.5."""
+    per core ACT ~11.9 µs (busiest; v8 13.2), DVE ~11.7, GpSimd ~6.8 (its norm products, as v8), PE ~7.5.
+
+    Tried beyond v9 and not kept (estimates, T = 512): the scores a second time transposed (sᵀ = K·qᵀ in PSUM,
+    −max and the causal mask added by a matmul against −I, eᵀ = exp straight from PSUM in p·V's layout, Σe
+    from a ones column appended to V), so no eᵀ transposes or evictions: trn2 20.97 µs (−0.8 %), trn3 20.16
+    (+4 %). The PE takes what ACT and DVE lose (per core PE 9.6, ACT 10.7, DVE 10.4 µs), and the latency is
+    not the busy time: the critical path is ~4.8 µs of input loads, the GpSimd norm chain (~2.4 µs a tile)
+    that gates each tile's Qᵀ/Kᵀ, the last tile's PE-bound items and ~2.4 µs of the last output store."""
     T, n_q, n_kv, d = _check_prefill(q, k, v, k_cache, v_cache)
     g = n_q // n_kv
     n_prog = nl.num_programs()
