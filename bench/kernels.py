@@ -12,10 +12,8 @@ NumPy's default BLAS threads and ``NumPy 1T`` with one BLAS thread, the emulator
 pins OpenBLAS to one thread); ``ratio`` emulated ÷ NumPy and ``ratio 1T`` emulated ÷ NumPy 1T (wall
 times), ``cpu 1T`` the same ratio in CPU time (process_time: the steadier one on a shared machine). The
 ratios differ only where the reference is a BLAS call (matmul, router); elementwise references are
-single-threaded either way. ``bf16-in 1T`` is the same reference (one BLAS thread) started from the bf16
-arrays the kernel is given (``op.expected``, as the notebooks' checks run it), so its time includes widening
-them to fp32, a pass the emulator also makes; ``ratio`` after it is emulated ÷ that. Emulated and reference
-calls alternate so all see the same machine load; each reports its best.
+single-threaded either way. Emulated and reference calls alternate so both see the same machine load; each
+reports its best.
 """
 
 from __future__ import annotations
@@ -86,22 +84,21 @@ def cases(lm_head: bool):
                 label,
                 lambda op=op, v=v, a=kernel_args: sim.run(op.kernel(v), *a, lnc=v.lnc),
                 lambda op=op, a=ref_args: op.reference(*a, dtype="bf16"),
-                lambda op=op, a=args: op.expected(a, "bf16"),  # from the kernel's own bf16 arrays
             )
 
 
-def measure(emu, ref, ref_bf16, repeat: int) -> tuple[int, tuple, tuple, tuple, tuple]:
-    """(instructions, emulated, reference, reference with one BLAS thread, the same from bf16 inputs), each
-    timing a (wall, CPU) pair of seconds: the best of ``repeat`` calls, the calls alternating."""
+def measure(emu, ref, repeat: int) -> tuple[int, tuple, tuple, tuple]:
+    """(instructions, emulated, reference, reference with one BLAS thread), each timing a (wall, CPU) pair
+    of seconds: the best of ``repeat`` calls, the three calls alternating."""
     n = len(emu().trace)  # also the warm-up (imports, buffer pool)
-    ref_1t, bf16_1t = single_threaded(ref), single_threaded(ref_bf16)
-    ref_1t(), bf16_1t()
-    best = {f: (float("inf"), float("inf")) for f in (emu, ref, ref_1t, bf16_1t)}
+    ref_1t = single_threaded(ref)
+    ref(), ref_1t()
+    best = {f: (float("inf"), float("inf")) for f in (emu, ref, ref_1t)}
     for _ in range(repeat):
         for f in best:
             w, c = best_times(f, 1)
             best[f] = (min(best[f][0], w), min(best[f][1], c))
-    return n, best[emu], best[ref], best[ref_1t], best[bf16_1t]
+    return n, best[emu], best[ref], best[ref_1t]
 
 
 def profile(label: str, emu, top: int) -> None:
@@ -136,21 +133,20 @@ def main() -> None:
     args = ap.parse_args()
     selected = [c for c in cases(args.lm_head) if args.only in c[0]]
     if args.profile:
-        for label, emu, *_ in selected:
+        for label, emu, _ in selected:
             profile(label, emu, args.profile)
         return
     print(
         f"{'kernel':40s} {'instr':>6s} {'emulated':>10s} {'instr/s':>8s} {'NumPy':>9s} {'NumPy 1T':>9s} "
-        f"{'ratio':>6s} {'ratio 1T':>8s} {'cpu 1T':>6s} {'bf16-in 1T':>10s} {'ratio':>6s}"
+        f"{'ratio':>6s} {'ratio 1T':>8s} {'cpu 1T':>6s}"
     )
     total_n = total_t = 0.0
-    for label, emu, ref, ref_bf16 in selected:
-        n, (t_emu, c_emu), (t_ref, _), (t_1t, c_1t), (t_b, _) = measure(emu, ref, ref_bf16, args.repeat)
+    for label, emu, ref in selected:
+        n, (t_emu, c_emu), (t_ref, _), (t_1t, c_1t) = measure(emu, ref, args.repeat)
         total_n, total_t = total_n + n, total_t + t_emu
         print(
             f"{label:40s} {n:6d} {t_emu * 1e3:8.1f}ms {n / t_emu:8.0f} {t_ref * 1e3:7.2f}ms "
-            f"{t_1t * 1e3:7.2f}ms {t_emu / t_ref:5.1f}x {t_emu / t_1t:7.1f}x {c_emu / c_1t:5.1f}x "
-            f"{t_b * 1e3:8.2f}ms {t_emu / t_b:5.1f}x"
+            f"{t_1t * 1e3:7.2f}ms {t_emu / t_ref:5.1f}x {t_emu / t_1t:7.1f}x {c_emu / c_1t:5.1f}x"
         )
     rate = total_n / total_t
     print(f"all kernels: {total_n:.0f} instructions in {total_t * 1e3:.1f} ms = {rate:.0f} instr/s")
