@@ -665,16 +665,16 @@ block_prefill_final = {"final_version": "v2", "lnc": 2, "final": bfinal, "order_
 # q|k|v split by columns, a load-time layout with 4-12 KiB descriptors) lifts two of those limits: with the
 # norm included it is faster than v7 alone at every L, saves the separate norm launch (~9 µs per layer) and
 # reaches the 1.5× goal at every L on trn2 (asserted; 1.46-1.48×, its short slots' padding mask built while
-# the weights stream; trn3 ~2.1×, its HBM is faster, the fixed costs are not). Prefill v9 (the fastest, a faster variant; v5 the order-preserving one) stays below 30 % of
-# its two cores' PE floor (printed: ~5.0× it at T = 512 on trn2): the T = 512 goal of 1.5× is not met and
-# cannot be with these passes — the busiest engine's own work per core (ACT: exps, half the eᵀ evictions, the
-# norms; DVE close behind; asserted below) still exceeds 1.5× the floor, and so do the ~3 µs before the first
-# load lands plus the ~2.4 µs of the last output store after the last instruction. No standalone launch can
-# reach it on this cost model (asserted): the DMA fixed cost (1.9 µs) before the first operand lands and again
-# after the last result, around at least the PE floor, is ≥ 8.05 µs = 1.9× the floor at T = 512; only inside a
-# fused prefill layer, where those costs overlap the weight stream, is the goal meaningful. A transposed-scores
-# variant (no eᵀ transposes) was tried beyond v9 and not kept (its docstring: −0.8 % trn2, +4 % trn3). Both
-# caches pass in every check.
+# the weights stream; trn3 ~2.1×, its HBM is faster, the fixed costs are not). Prefill v9 (the fastest, a
+# faster variant; v5 the order-preserving one) stays below 30 % of its two cores' PE floor (printed: ~5.0× it
+# at T = 512 on trn2): the T = 512 goal of 1.5× is not met and cannot be with these passes — the busiest
+# engine's own work per core (ACT: exps, half the eᵀ evictions, the norms; DVE close behind; asserted below)
+# still exceeds 1.5× the floor, and so do the ~3 µs before the first load lands plus the ~2.4 µs of the last
+# output store after the last instruction. No standalone launch can reach it on this cost model (asserted):
+# the DMA fixed cost (1.9 µs) before the first operand lands and again after the last result, around at least
+# the PE floor, is ≥ 8.05 µs = 1.9× the floor at T = 512; only inside a fused prefill layer, where those costs
+# overlap the weight stream, is the goal meaningful. A transposed-scores variant (no eᵀ transposes) was tried
+# beyond v9 and not kept (its docstring: −0.8 % trn2, +4 % trn3). Both caches pass in every check.
 
 # %%
 print("\n".join(sweep.summary_lines("v2", (LENGTHS[0], SHOW_L), "attention_decode_v2 (1 core)")))
