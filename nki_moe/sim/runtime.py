@@ -300,22 +300,21 @@ class MemTracker:
             freed += r.nbytes if buffer == "sbuf" else r.banks
         if freed < need:
             return False
-        self.set_aside(buffer, cands)
+        self.set_aside(cands)
         return True
 
-    def set_aside(self, buffer: str, recs) -> None:
-        """Release the live records `recs` of `buffer` as dead, but check any later use of one of them over
-        the whole time since (revive -> _unsuspend): right for a tile that really was dead, and exact for one
-        that was not."""
-        hist = self.hist[buffer]
-        if hist is None:
-            hist = self.hist[buffer] = []
+    def set_aside(self, recs) -> None:
+        """Release the live records `recs` as dead, but check any later use of one of them over the whole
+        time since (revive -> _unsuspend): right for a tile that really was dead, and exact for one that was
+        not."""
         for r in recs:
+            if self.hist[r.buffer] is None:
+                self.hist[r.buffer] = []
             self.suspended.add(r)
         for r in recs:
             self.release(r)
         for r in recs:
-            r.suspended_at = len(hist)
+            r.suspended_at = len(self.hist[r.buffer])
 
     def _unsuspend(self, rec: AllocRecord, instruction: str) -> None:
         """A set-aside tile is used again: it was live all along, so it must fit at every moment since."""

@@ -450,13 +450,11 @@ def _release_rebound(f, prog) -> bool:
             for target in _assigned_names(g.f_code.co_filename, g.f_lineno):
                 dead = _only_held_by(local.get(target), local, snapshots, frames)
                 recs = [st.rec for st in dead if st.rec is not None and st.rec.live]
-                # Set aside rather than released: a referrer the scan cannot see (a container older than
-                # the launch, see jit.run) and a later use are then still checked exactly.
-                for buf in ON_CHIP:
-                    mine = [r for r in recs if r.buffer == buf]
-                    if mine:
-                        prog.mem.set_aside(buf, mine)
-                        released = True
+                if recs:
+                    # Set aside rather than released: a referrer the scan cannot see (a container older
+                    # than the launch, see jit.run) and a later use are then still checked exactly.
+                    prog.mem.set_aside(recs)
+                    released = True
         return released
     finally:
         # The snapshots would keep every tile they name alive past its rebinding (and so counted as live).
