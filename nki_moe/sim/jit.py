@@ -376,10 +376,10 @@ def run(
         gc.disable()
     # The objects that exist before the launch go to the GC's permanent generation for its duration, so
     # the capacity check's referrer scan (tensor._only_held_by, on an overflow) walks only what the launch
-    # made: ~30x fewer objects in a notebook or test process. A tile the scan then misses (one stored in a
-    # container older than the launch) is released at its rebinding; a later use revives it, and the
-    # revival checks capacity at every moment since (MemTracker.revive), so the accounting stays exact for
-    # every tile the kernel uses again. Skipped inside a nested launch and when the host froze objects.
+    # made. A tile the scan then misses (one stored in a container older than the launch) is set aside at
+    # its rebinding (MemTracker.set_aside); a later use is checked against the capacity at every moment
+    # since, so the accounting stays exact for every tile the kernel uses again. Skipped inside a nested
+    # launch and when the host froze objects.
     froze = gc.get_freeze_count() == 0
     if froze:
         gc.freeze()
