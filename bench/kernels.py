@@ -105,10 +105,10 @@ def data_floor(trace):
     view of it (dtype, offset, pattern) as in the emulator, built once outside the timing. Per record: a
     DMA copies its source view into its destination view (converting where the dtypes differ; an indirect
     one into a contiguous array of the source's size, as its destination access spans every row it may
-    reach); a compute
-    instruction widens each operand it reads that is not stored in fp32 (fp32 reads are free, as in the
-    emulator), a matmul (not a transpose) multiplies fp32 [K, M]ᵀ by [K, N] (its MACs, the only compute
-    counted), and each result is stored into its destination view from an fp32 array of that shape.
+    reach); a compute instruction widens each operand it reads that is not stored in fp32 (fp32 reads are
+    free, as in the emulator), a matmul (not a transpose) multiplies fp32 [K, M]ᵀ by [K, N] (its MACs, the
+    only compute counted), and each result is stored into its destination view from an fp32 array of that
+    shape. Views are built for non-negative strides (all the bench's kernels).
     """
     extent: dict[int, int] = {}  # allocation serial -> bytes its views reach
     for rec in trace:
